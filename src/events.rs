@@ -1,0 +1,163 @@
+//! Kubernetes Events about sets (events.k8s.io/v1), deduplicated as client-go's correlator
+//! does: an Event identical to a recent one (same object, type, reason *and* note) becomes a
+//! series count on it instead of a new object. kube's own recorder leaves the note out of its
+//! key and so keeps showing the first message for a different failure; hence this module.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+use crate::api::Writer;
+
+/// How long an Event counts as recent for deduplication.
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// The Events API rejects notes above 1 kB.
+const MAX_NOTE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    type_: EventType,
+    reason: String,
+    note: String,
+}
+
+struct Recent {
+    name: String,
+    count: i32,
+    at: Instant,
+}
+
+pub struct Recorder {
+    controller: String,
+    instance: String,
+    recent: Mutex<HashMap<Key, Recent>>,
+}
+
+/// Cuts `note` to the API's limit on a character boundary.
+pub fn truncate_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    note
+}
+
+impl Recorder {
+    pub fn new(controller: &str, instance: Option<String>) -> Self {
+        Recorder {
+            controller: controller.to_owned(),
+            instance: instance.unwrap_or_else(|| controller.to_owned()),
+            recent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes an Event about `regarding`, or counts a repeat of a recent identical one.
+    pub async fn publish(
+        &self,
+        writer: &Writer,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let note = truncate_note(note);
+        let ns = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            type_,
+            reason: reason.to_owned(),
+            note: note.clone(),
+        };
+        let now = jiff::Timestamp::now();
+        let repeat = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.retain(|_, r| r.at.elapsed() < SERIES_WINDOW);
+            recent.get_mut(&key).map(|r| {
+                r.count += 1;
+                r.at = Instant::now();
+                (r.name.clone(), r.count)
+            })
+        };
+        if let Some((name, count)) = repeat {
+            let series = EventSeries {
+                count,
+                last_observed_time: MicroTime(now),
+            };
+            return writer.patch_event_series(&ns, &name, &series).await;
+        }
+        let name = format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            now.as_nanosecond()
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some("Reconcile".to_owned()),
+            reason: Some(reason.to_owned()),
+            note: Some(note),
+            type_: Some(type_.as_str().to_owned()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        };
+        writer.create_event(&ns, &event).await?;
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Recent {
+                    name,
+                    count: 1,
+                    at: Instant::now(),
+                },
+            );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_note;
+
+    #[test]
+    fn notes_are_cut_to_the_api_limit_on_a_char_boundary() {
+        let note = "é".repeat(600); // 1200 bytes
+        let cut = truncate_note(note);
+        assert!(cut.len() <= 1000);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_note("short".into()), "short");
+    }
+}

@@ -1,0 +1,14 @@
+//! vecodex-operator: runs Vecodex vector-search clusters described by `VecodexSet` objects.
+
+pub mod api;
+pub mod children;
+pub mod controller;
+pub mod crd;
+pub mod diff;
+pub mod events;
+pub mod quantity;
+pub mod queue;
+pub mod reconcile;
+pub mod status;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,225 @@
+//! The status a set should report, computed from its spec, what the reconcile did and the live
+//! Deployments (pure: the reconcile patches it only when it differs from the current status).
+
+use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::crd::{Component, ComponentStatus, Condition, VecodexSet, VecodexSetStatus};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// What this reconcile achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every desired child exists as desired (possibly after writes).
+    Applied,
+    /// The spec failed validation; nothing was changed.
+    Invalid(String),
+    /// A write failed; the reconcile will be retried.
+    Failed(String),
+}
+
+/// The live state of one component's Deployment as status needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentState {
+    pub exists: bool,
+    /// The deployment controller has seen the newest Deployment spec.
+    pub observed: bool,
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    pub available: i32,
+    /// Why the Deployment reports failure (`ProgressDeadlineExceeded`, `ReplicaFailure`).
+    pub failure: Option<String>,
+}
+
+impl DeploymentState {
+    pub fn from_deployment(d: Option<&Deployment>) -> Self {
+        let Some(d) = d else {
+            return Self::default();
+        };
+        let status = d.status.clone().unwrap_or_default();
+        let generation = d.metadata.generation.unwrap_or(0);
+        let failure = status.conditions.iter().flatten().find_map(|c| {
+            let failed = (c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                || (c.type_ == "ReplicaFailure" && c.status == "True");
+            failed.then(|| {
+                format!(
+                    "{}: {}",
+                    c.reason.clone().unwrap_or_else(|| c.type_.clone()),
+                    c.message.clone().unwrap_or_default()
+                )
+            })
+        });
+        DeploymentState {
+            exists: true,
+            observed: status.observed_generation.unwrap_or(0) >= generation,
+            replicas: status.replicas.unwrap_or(0),
+            ready: status.ready_replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            available: status.available_replicas.unwrap_or(0),
+            failure,
+        }
+    }
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: String::new(),
+        observed_generation: generation,
+    }
+}
+
+/// Computes the status. `now` (RFC 3339) is used only for conditions whose status flips.
+pub fn summarize(
+    set: &VecodexSet,
+    deployments: &[(Component, DeploymentState)],
+    outcome: &Outcome,
+    now: &str,
+) -> VecodexSetStatus {
+    let previous = set.status.clone().unwrap_or_default();
+    let generation = set.metadata.generation;
+    let mut status = VecodexSetStatus {
+        observed_generation: previous.observed_generation,
+        ingress_host: previous.ingress_host.clone(),
+        ..VecodexSetStatus::default()
+    };
+
+    let mut not_ready = Vec::new();
+    let mut rolling = Vec::new();
+    let mut failures = Vec::new();
+    for (component, state) in deployments {
+        let desired = set.spec.component(*component).replicas;
+        *status.component_mut(*component) = Some(ComponentStatus {
+            replicas: desired,
+            ready_replicas: state.ready,
+            updated_replicas: state.updated,
+            available_replicas: state.available,
+            ready: format!("{}/{}", state.ready, desired),
+        });
+        let rolled_out =
+            state.exists && state.observed && state.updated >= desired && state.replicas == desired;
+        if !rolled_out {
+            rolling.push(format!("{component} {}/{desired} updated", state.updated));
+        }
+        if !(rolled_out && state.ready >= desired && state.available >= desired) {
+            not_ready.push(format!("{component} {}/{desired} ready", state.ready));
+        }
+        if let Some(f) = &state.failure {
+            failures.push(format!("{component}: {f}"));
+        }
+    }
+
+    let conditions = match outcome {
+        Outcome::Invalid(message) => {
+            // The spec was looked at (observed) and found invalid.
+            status.observed_generation = generation;
+            vec![
+                condition(READY, false, "InvalidSpec", message.clone(), generation),
+                condition(
+                    PROGRESSING,
+                    false,
+                    "InvalidSpec",
+                    "fix the spec to continue".to_owned(),
+                    generation,
+                ),
+                condition(DEGRADED, true, "InvalidSpec", message.clone(), generation),
+            ]
+        }
+        Outcome::Failed(message) => vec![
+            condition(READY, false, "ApplyFailed", message.clone(), generation),
+            condition(
+                PROGRESSING,
+                true,
+                "Retrying",
+                "applying children failed; retrying".to_owned(),
+                generation,
+            ),
+            condition(DEGRADED, true, "ApplyFailed", message.clone(), generation),
+        ],
+        Outcome::Applied => {
+            status.observed_generation = generation;
+            status.ingress_host = set.spec.ingress.as_ref().map(|i| i.host.clone());
+            let ready = if not_ready.is_empty() {
+                condition(
+                    READY,
+                    true,
+                    "AllComponentsReady",
+                    "all components are ready".to_owned(),
+                    generation,
+                )
+            } else {
+                condition(
+                    READY,
+                    false,
+                    "ComponentsNotReady",
+                    not_ready.join(", "),
+                    generation,
+                )
+            };
+            let progressing = if rolling.is_empty() {
+                condition(
+                    PROGRESSING,
+                    false,
+                    "RolloutComplete",
+                    "every Deployment runs the desired spec".to_owned(),
+                    generation,
+                )
+            } else {
+                condition(
+                    PROGRESSING,
+                    true,
+                    "RollingOut",
+                    rolling.join(", "),
+                    generation,
+                )
+            };
+            let degraded = if failures.is_empty() {
+                condition(
+                    DEGRADED,
+                    false,
+                    "AsExpected",
+                    "no component reports a failure".to_owned(),
+                    generation,
+                )
+            } else {
+                condition(
+                    DEGRADED,
+                    true,
+                    "DeploymentFailing",
+                    failures.join("; "),
+                    generation,
+                )
+            };
+            vec![ready, progressing, degraded]
+        }
+    };
+
+    status.conditions = conditions
+        .into_iter()
+        .map(|mut c| {
+            c.last_transition_time = match previous.condition(&c.type_) {
+                Some(old) if old.status == c.status => old.last_transition_time.clone(),
+                _ => now.to_owned(),
+            };
+            c
+        })
+        .collect();
+    status
+}
+
+#[cfg(test)]
+mod tests;

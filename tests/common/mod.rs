@@ -1,0 +1,278 @@
+//! Shared harness of the integration tests: one real control plane per test binary (started
+//! through `deploy/local/cluster.sh`), the CRD installed once, one operator process, and a
+//! namespace per test.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use vecodex_operator::crd;
+
+pub const MAX_REPLICAS: i32 = 50;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static OPERATOR: OnceLock<()> = OnceLock::new();
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane of this test binary: `VECODEX_TEST_KUBECONFIG` if set (a cluster you
+/// started yourself), else a new one from `deploy/local/cluster.sh up` that goes down when
+/// this process exits.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let cluster = if let Ok(kc) = std::env::var("VECODEX_TEST_KUBECONFIG") {
+            let kubeconfig = PathBuf::from(kc);
+            Cluster {
+                dir: kubeconfig
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                kubeconfig,
+            }
+        } else {
+            start_cluster()
+        };
+        // The CRD is installed once, by a thread of its own: tests run on their own runtimes.
+        let kubeconfig = cluster.kubeconfig.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(install_crd(&kubeconfig))
+        })
+        .join()
+        .expect("CRD install thread");
+        cluster
+    })
+}
+
+fn start_cluster() -> Cluster {
+    let script = repo_root().join("deploy/local/cluster.sh");
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["up", "--owner-pid", &std::process::id().to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "`{} up` failed ({}); run `deploy/local/cluster.sh install` (needs root, apt and about 7 minutes the first time) or see its log above",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("cluster.sh up prints its run dir")
+            .trim(),
+    );
+    eprintln!(
+        "control plane up in {:?} at {}",
+        started.elapsed(),
+        dir.display()
+    );
+    Cluster {
+        kubeconfig: dir.join("kubeconfig"),
+        dir,
+    }
+}
+
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(&cluster().kubeconfig).expect("kubeconfig readable");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig valid");
+    Client::try_from(config).expect("client")
+}
+
+async fn install_crd(kubeconfig: &Path) {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig valid");
+    let client = Client::try_from(config).expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    crds.patch(
+        "vecodexsets.apps.vecodex.link",
+        &PatchParams::apply("vecodex-tests").force(),
+        &Patch::Apply(crd::crd()),
+    )
+    .await
+    .expect("the CRD installs on the API server");
+    wait_for("CRD established", Duration::from_secs(30), || async {
+        let crd = crds.get("vecodexsets.apps.vecodex.link").await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Starts the operator binary once for this test binary (all namespaces), logging to
+/// `<cluster dir>/operator-<pid>.log`.
+pub fn operator() {
+    OPERATOR.get_or_init(|| {
+        let cluster = cluster();
+        let log = cluster
+            .dir
+            .join(format!("operator-{}.log", std::process::id()));
+        let child = spawn_operator(&cluster.kubeconfig, &log, &[]);
+        eprintln!("operator pid {} logs to {}", child.id(), log.display());
+        // Keep the handle alive for the life of the process.
+        std::mem::forget(child);
+    });
+}
+
+/// Spawns `vecodex-operator run` from a thread that never exits: PR_SET_PDEATHSIG fires when
+/// the spawning *thread* ends, and test threads end with their test.
+pub fn spawn_operator(kubeconfig: &Path, log: &Path, extra_args: &[&str]) -> Child {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let log = log.to_path_buf();
+    let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vecodex-operator"));
+        cmd.args([
+            "run",
+            "--max-replicas",
+            &MAX_REPLICAS.to_string(),
+            "--log-level",
+            "info,vecodex_operator=debug",
+        ])
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("RUST_LOG")
+        .stdout(log_file.try_clone().expect("log fd"))
+        .stderr(log_file);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child
+        // when this thread's process goes away.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        tx.send(cmd.spawn().expect("spawn vecodex-operator"))
+            .expect("send child");
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("operator spawned")
+}
+
+/// Creates a fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", std::process::id() % 100_000);
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+    name
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The seed example, verbatim, as a JSON value with its namespace replaced.
+pub fn seed_example(namespace: &str, name: &str) -> serde_json::Value {
+    let yaml = std::fs::read_to_string(repo_root().join("deploy/samples/vecodexset-example.yaml"))
+        .unwrap();
+    let mut v: serde_json::Value = serde_saphyr::from_str(&yaml).expect("seed example parses");
+    v["metadata"]["namespace"] = namespace.into();
+    v["metadata"]["name"] = name.into();
+    v
+}
+
+/// Sums `apiserver_request_total` for write verbs on the resources the operator writes.
+pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.expect("apiserver /metrics");
+    let mut counts = std::collections::BTreeMap::new();
+    for line in BufReader::new(text.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if !line.starts_with("apiserver_request_total{") {
+            continue;
+        }
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let verb = label("verb");
+        if !matches!(
+            verb.as_str(),
+            "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE"
+        ) {
+            continue;
+        }
+        let resource = label("resource");
+        let subresource = label("subresource");
+        // The deployment controller keeps writing deployments/status without a kubelet.
+        // Events are counted by their reporting controller instead (other components write
+        // them too).
+        let ours = matches!(
+            resource.as_str(),
+            "deployments" | "services" | "configmaps" | "ingresses" | "vecodexsets"
+        ) && !(resource == "deployments" && subresource == "status");
+        if !ours {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *counts
+            .entry(format!("{verb} {resource}/{subresource}"))
+            .or_insert(0.0) += value;
+    }
+    counts
+}
