@@ -20,5 +20,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
-# Two test threads per binary: the API server is the bottleneck on two cores.
-cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+# Unit and integration tests (no doc tests: the crate has none). Four test threads per binary:
+# the API server, not the test process, is the bottleneck on two cores.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
