@@ -50,6 +50,19 @@ impl Writer {
         }
     }
 
+    /// Reads an object (not a write; here so that every API call of a reconcile has one home).
+    pub async fn get_opt<K>(&self, ns: &str, name: &str) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        Api::<K>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+    }
+
     /// Server-side apply with our field manager; `force` takes back fields another manager
     /// changed, which is how drift is repaired.
     pub async fn apply<K>(&self, obj: &K) -> Result<K, kube::Error>

@@ -1,6 +1,7 @@
 //! Wiring: watches feed reflector stores and turn events into keys; workers take keys from
 //! the queue and reconcile them.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,9 @@ use crate::api::Writer;
 use crate::children::managed_selector;
 use crate::crd::{GROUP, KIND, VecodexSet};
 use crate::events::Recorder;
-use crate::queue::{QueueConfig, WorkQueue};
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::queue::{Priority, QueueConfig, WorkQueue};
 use crate::reconcile::{Context, Report, Stores, reconcile};
 use crate::validate::Limits;
 
@@ -37,6 +40,9 @@ pub struct Config {
     pub instance: Option<String>,
     /// How long a shutdown waits for in-flight reconciles.
     pub shutdown_timeout: Duration,
+    /// Every set is re-queued (at low priority) this often, ±10 %, to find drift that
+    /// produced no event.
+    pub resync: Duration,
 }
 
 impl Default for Config {
@@ -48,6 +54,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             instance: None,
             shutdown_timeout: Duration::from_secs(20),
+            resync: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -121,17 +128,25 @@ pub fn key_of<K: Resource>(obj: &K) -> Option<String> {
     ))
 }
 
-/// Runs watches that feed `queue` until `shutdown`; `to_key` maps an object to the set to
-/// reconcile. Deletions of children matter (they are recreated); deletions of sets do not.
-async fn pump<K, S>(
+/// What a watch event asks of the queue: which key, at which priority, and whether it may
+/// end a backoff early (only a spec change may).
+pub struct Enqueue {
+    pub key: String,
+    pub priority: Priority,
+    pub cut_backoff: bool,
+}
+
+/// Feeds `queue` from a watch until `shutdown`. Backpressure: when the queue is full the
+/// watch is not read until there is room.
+async fn pump<K, S, F>(
     stream: S,
     queue: Arc<WorkQueue>,
-    to_key: fn(&K) -> Option<String>,
-    on_delete: bool,
+    mut classify: F,
     shutdown: CancellationToken,
 ) where
     K: Resource<DynamicType = ()> + Send,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    F: FnMut(Event<K>) -> Option<Enqueue> + Send,
 {
     let mut stream = std::pin::pin!(stream);
     loop {
@@ -140,17 +155,15 @@ async fn pump<K, S>(
             next = stream.next() => next,
         };
         match next {
-            Some(Ok(Event::Apply(obj) | Event::InitApply(obj))) => {
-                if let Some(key) = to_key(&obj) {
-                    queue.add(&key);
+            Some(Ok(event)) => {
+                if let Some(e) = classify(event) {
+                    if e.cut_backoff {
+                        queue.add_now(&e.key, e.priority).await;
+                    } else {
+                        queue.add(&e.key, e.priority).await;
+                    }
                 }
             }
-            Some(Ok(Event::Delete(obj))) if on_delete => {
-                if let Some(key) = to_key(&obj) {
-                    queue.add(&key);
-                }
-            }
-            Some(Ok(_)) => {}
             Some(Err(e)) => {
                 warn!(error = %e, kind = %K::kind(&()), "watch error; retrying with backoff")
             }
@@ -159,10 +172,89 @@ async fn pump<K, S>(
     }
 }
 
+/// Set events: a new set or a new generation is a real change (normal priority, ends a
+/// backoff); the initial list and metadata or status updates are low priority.
+fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
+    let mut generations: HashMap<String, i64> = HashMap::new();
+    move |event| match event {
+        Event::InitApply(set) => {
+            let key = key_of(&set)?;
+            generations.insert(key.clone(), set.metadata.generation.unwrap_or(0));
+            Some(Enqueue {
+                key,
+                priority: Priority::Low,
+                cut_backoff: false,
+            })
+        }
+        Event::Apply(set) => {
+            let key = key_of(&set)?;
+            let generation = set.metadata.generation.unwrap_or(0);
+            let changed = generations.insert(key.clone(), generation) != Some(generation);
+            Some(Enqueue {
+                key,
+                priority: if changed {
+                    Priority::Normal
+                } else {
+                    Priority::Low
+                },
+                cut_backoff: changed,
+            })
+        }
+        Event::Delete(set) => {
+            generations.remove(&key_of(&set)?);
+            None
+        }
+        Event::Init | Event::InitDone => None,
+    }
+}
+
+/// Child events: drift (a change or a deletion) is a real change; the initial list is not.
+fn classify_children<K: Resource>(event: Event<K>) -> Option<Enqueue> {
+    let (child, priority) = match &event {
+        Event::Apply(c) | Event::Delete(c) => (c, Priority::Normal),
+        Event::InitApply(c) => (c, Priority::Low),
+        Event::Init | Event::InitDone => return None,
+    };
+    Some(Enqueue {
+        key: owner_key(child)?,
+        priority,
+        cut_backoff: false,
+    })
+}
+
+/// Re-queues every set every `period` ±10 %, at low priority.
+async fn resync(
+    stores: Stores,
+    queue: Arc<WorkQueue>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Jitter from the clock's nanoseconds: replicas started together spread out.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = 0.9 + 0.2 * (f64::from(nanos) / 1e9);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period.mul_f64(jitter)) => {}
+        }
+        let sets = stores.sets.state();
+        debug!(sets = sets.len(), "resync");
+        for set in sets {
+            if let Some(key) = key_of(set.as_ref()) {
+                queue.add(&key, Priority::Low).await;
+            }
+        }
+    }
+}
+
 /// Runs the operator until `shutdown` is cancelled, then drains in-flight reconciles.
 pub async fn run(
     client: Client,
     config: Config,
+    metrics: Metrics,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ns = config.namespace.as_deref();
@@ -175,41 +267,36 @@ pub async fn run(
         reflected(api::<ConfigMap>(&client, ns), children.clone());
     let (ingresses, ingresses_stream) = reflected(api::<Ingress>(&client, ns), children);
 
-    let queue = WorkQueue::new(config.queue.clone());
+    let queue = WorkQueue::with_metrics(config.queue.clone(), metrics.queue.clone());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(pump(
         sets_stream,
         queue.clone(),
-        key_of::<VecodexSet>,
-        false,
+        classify_sets(),
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         deployments_stream,
         queue.clone(),
-        owner_key::<Deployment>,
-        true,
+        classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         services_stream,
         queue.clone(),
-        owner_key::<Service>,
-        true,
+        classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         config_maps_stream,
         queue.clone(),
-        owner_key::<ConfigMap>,
-        true,
+        classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         ingresses_stream,
         queue.clone(),
-        owner_key::<Ingress>,
-        true,
+        classify_children,
         shutdown.clone(),
     ));
 
@@ -238,6 +325,23 @@ pub async fn run(
         sets = stores.sets.len(),
         "caches synced; starting {} workers", config.concurrency
     );
+    health.set_ready(true);
+    tasks.spawn(resync(
+        stores.clone(),
+        queue.clone(),
+        config.resync,
+        shutdown.clone(),
+    ));
+    tasks.spawn({
+        let queue = queue.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            while tokio::select! { _ = shutdown.cancelled() => false, _ = tick.tick() => true } {
+                queue.update_unfinished_work();
+            }
+        }
+    });
 
     let ctx = Arc::new(Context {
         writer: Writer::new(client.clone()),
@@ -269,8 +373,14 @@ pub async fn run(
 }
 
 async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>) {
-    while let Some(key) = queue.get().await {
-        let span = info_span!("reconcile", key = %key);
+    while let Some(item) = queue.get().await {
+        let key = item.key;
+        let span = info_span!(
+            "reconcile",
+            key = %key,
+            priority = ?item.priority,
+            queued_ms = item.waited.as_millis() as u64
+        );
         let result = reconcile(&ctx, &key).instrument(span.clone()).await;
         span.in_scope(|| match result {
             Ok(report) => {
@@ -284,10 +394,89 @@ async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>) {
                 }
             }
             Err(err) => {
-                let delay = queue.retry(&key);
+                let delay = queue.retry(&key, item.priority);
                 error!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
             }
         });
         queue.done(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::watcher::Event;
+
+    use super::{classify_children, classify_sets};
+    use crate::crd::VecodexSet;
+    use crate::queue::Priority;
+
+    fn set(generation: i64) -> VecodexSet {
+        let mut set: VecodexSet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.vecodex.link/v1alpha1",
+            "kind": "VecodexSet",
+            "metadata": {"name": "s", "namespace": "t", "generation": generation},
+            "spec": {"coordinator": {"image": "a"}, "writer": {"image": "a"}, "searcher": {"image": "a"}}
+        }))
+        .unwrap();
+        set.metadata.generation = Some(generation);
+        set
+    }
+
+    #[test]
+    fn only_new_sets_and_spec_changes_are_urgent() {
+        let mut classify = classify_sets();
+        let listed = classify(Event::InitApply(set(1))).unwrap();
+        assert_eq!(
+            (listed.key.as_str(), listed.priority, listed.cut_backoff),
+            ("t/s", Priority::Low, false)
+        );
+        let echo = classify(Event::Apply(set(1))).unwrap();
+        assert_eq!(
+            (echo.priority, echo.cut_backoff),
+            (Priority::Low, false),
+            "status or metadata update"
+        );
+        let edit = classify(Event::Apply(set(2))).unwrap();
+        assert_eq!(
+            (edit.priority, edit.cut_backoff),
+            (Priority::Normal, true),
+            "spec change"
+        );
+        assert!(classify(Event::Delete(set(2))).is_none());
+        let created = classify(Event::Apply(set(1))).unwrap();
+        assert_eq!(
+            (created.priority, created.cut_backoff),
+            (Priority::Normal, true),
+            "a new set"
+        );
+    }
+
+    #[test]
+    fn children_map_to_their_controlling_set() {
+        let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+        cm.metadata.namespace = Some("t".into());
+        cm.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps.vecodex.link/v1alpha1".into(),
+                kind: "VecodexSet".into(),
+                name: "s".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            },
+        ]);
+        let drift = classify_children(Event::Delete(cm.clone())).unwrap();
+        assert_eq!(
+            (drift.key.as_str(), drift.priority),
+            ("t/s", Priority::Normal)
+        );
+        assert_eq!(
+            classify_children(Event::InitApply(cm.clone()))
+                .unwrap()
+                .priority,
+            Priority::Low
+        );
+        cm.metadata.owner_references = None;
+        assert!(classify_children(Event::Apply(cm)).is_none(), "not ours");
     }
 }

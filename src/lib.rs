@@ -6,6 +6,8 @@ pub mod controller;
 pub mod crd;
 pub mod diff;
 pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod quantity;
 pub mod queue;
 pub mod reconcile;

@@ -1,9 +1,13 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+
 use vecodex_operator::controller::{self, Config};
+use vecodex_operator::http::{self, Health};
+use vecodex_operator::metrics::Metrics;
 use vecodex_operator::queue::QueueConfig;
 use vecodex_operator::telemetry::{self, LogFormat};
 use vecodex_operator::validate::Limits;
@@ -41,6 +45,21 @@ struct RunArgs {
     /// Longest retry delay of a failing set, in seconds.
     #[arg(long, default_value_t = 1000, env = "VECODEX_RETRY_MAX_SECONDS")]
     retry_max_seconds: u64,
+    /// Retries per second over all sets (token bucket; 0 = unlimited).
+    #[arg(long, default_value_t = 10.0, env = "VECODEX_RETRY_RATE")]
+    retry_rate: f64,
+    /// Retries allowed at once before the rate applies.
+    #[arg(long, default_value_t = 100, env = "VECODEX_RETRY_BURST")]
+    retry_burst: u32,
+    /// Queued sets at which the watches wait for the workers (backpressure).
+    #[arg(long, default_value_t = 100_000, env = "VECODEX_QUEUE_CAPACITY")]
+    queue_capacity: usize,
+    /// How often every set is reconciled even without events, ±10 % (e.g. 30m, 90s, 1h).
+    #[arg(long, default_value = "30m", value_parser = parse_duration, env = "VECODEX_RESYNC")]
+    resync: Duration,
+    /// Address of the /metrics, /healthz and /readyz listener.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "VECODEX_METRICS_ADDR")]
+    metrics_addr: std::net::SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "VECODEX_LOG_FORMAT")]
     log_format: LogFormat,
@@ -93,14 +112,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_replicas: args.max_replicas,
         },
         queue: QueueConfig {
+            capacity: args.queue_capacity.max(1),
             base_delay: Duration::from_millis(args.retry_base_ms),
             max_delay: Duration::from_secs(args.retry_max_seconds),
+            retry_rate: args.retry_rate,
+            retry_burst: args.retry_burst,
+            ..QueueConfig::default()
         },
+        resync: args.resync,
         instance: args.instance,
         ..Config::default()
     };
     info!(version = env!("CARGO_PKG_VERSION"), namespace = ?config.namespace, "starting vecodex-operator");
-    controller::run(client, config, shutdown).await
+    let metrics = Metrics::default();
+    let health = Arc::new(Health::default());
+    let server = http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
+    let result = controller::run(client, config, metrics, health, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}
+
+/// Parses `90s`, `30m`, `1h` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the resync period must be positive".to_owned());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -104,6 +104,10 @@ pub enum Error {
     BadKey(String),
     #[error("cannot build children: {0}")]
     Build(#[from] children::BuildError),
+    #[error(
+        "{kind} {name} already exists and is not controlled by this VecodexSet; remove or rename it"
+    )]
+    NotOwned { kind: String, name: String },
     #[error("{verb} {kind} {name}: {source}")]
     Write {
         verb: &'static str,
@@ -279,6 +283,28 @@ where
     }
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(());
+    }
+    if live.is_none() {
+        // Not in our cache (which holds only labelled children): make sure we do not take
+        // over an object someone else created under the same name.
+        let existing = ctx
+            .writer
+            .get_opt::<K>(&ns, &name)
+            .await
+            .map_err(|source| Error::Write {
+                verb: "read",
+                kind: kind.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        if let Some(existing) = existing
+            && !existing.owner_references().iter().any(|o| {
+                o.controller == Some(true)
+                    && desired.owner_references().iter().any(|d| d.uid == o.uid)
+            })
+        {
+            return Err(Error::NotOwned { kind, name });
+        }
     }
     ctx.writer
         .apply(desired)

@@ -767,3 +767,118 @@ async fn sigterm_stops_the_operator_cleanly() {
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains("stopped"));
 }
+
+#[tokio::test]
+async fn a_name_collision_is_retried_with_growing_delays_while_others_converge() {
+    let (client, ns) = setup("collide").await;
+    // A Service the operator does not own, under the name the set needs.
+    let squatter: Service = serde_json::from_value(json!({
+        "metadata": {"name": "cl-searcher", "namespace": ns},
+        "spec": {"ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    services
+        .create(&PostParams::default(), &squatter)
+        .await
+        .unwrap();
+    create(&client, &ns, seed_example(&ns, "cl")).await;
+    create(&client, &ns, seed_example(&ns, "fine")).await;
+
+    // The other set converges meanwhile.
+    wait_children(&client, &ns, "fine", 3, 1, 0).await;
+    wait_status(&client, &ns, "fine", "the other set's status", |s| {
+        condition(s, "Ready").is_some()
+    })
+    .await;
+
+    // The colliding one fails, says why, and is retried with growing delays.
+    let set = wait_for("ApplyFailed", WAIT, || async {
+        let set = get_set(&client, &ns, "cl").await;
+        condition(&set, "Ready")
+            .is_some_and(|c| c["reason"] == "ApplyFailed")
+            .then_some(set)
+    })
+    .await;
+    let message = condition(&set, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("cl-searcher") && message.contains("not controlled"),
+        "{message}"
+    );
+    let key = format!("key={ns}/cl");
+    let delays = wait_for(
+        "backoff to grow past 2 s",
+        Duration::from_secs(60),
+        || async {
+            let delays: Vec<u64> = common::operator_log()
+                .lines()
+                .filter(|l| l.contains(&key) && l.contains("reconcile failed"))
+                .filter_map(|l| {
+                    l.split("retry_in_ms=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            (delays.last().copied().unwrap_or(0) >= 2000).then_some(delays)
+        },
+    )
+    .await;
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]),
+        "delays grow: {delays:?}"
+    );
+    assert_eq!(delays[0], 5, "the first retry waits the base delay");
+    let warning = events(&client, &ns, "cl")
+        .await
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("ApplyFailed"))
+        .expect("a Warning event");
+    assert!(
+        warning.series.map_or(0, |s| s.count) >= 2,
+        "repeats are counted on one Event"
+    );
+    let metrics = common::operator_metrics().await;
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("workqueue_retries_total{name=\"vecodexsets\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("workqueue_retries_total");
+    assert!(
+        retries >= delays.len() as f64,
+        "retries visible in metrics: {retries}"
+    );
+
+    // The collision goes and the spec changes: worked on at once, not after the backoff.
+    services
+        .delete("cl-searcher", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the squatter to be gone", WAIT, || async {
+        services
+            .get_opt("cl-searcher")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let changed = std::time::Instant::now();
+    merge_spec(&client, &ns, "cl", json!({"searcher": {"replicas": 2}})).await;
+    wait_children(&client, &ns, "cl", 3, 1, 0).await;
+    wait_status(&client, &ns, "cl", "convergence after the fix", |s| {
+        condition(s, "Ready").is_some_and(|c| c["reason"] != "ApplyFailed")
+    })
+    .await;
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_millis(delays.last().copied().unwrap_or(0)),
+        "a spec change ended the {} ms backoff early (took {took:?})",
+        delays.last().unwrap()
+    );
+}

@@ -1,109 +1,313 @@
-//! The work queue between the watches and the workers, with client-go's workqueue semantics:
-//! a key is queued at most once, never processed by two workers at once, and an add while it
-//! is processed marks it dirty so it runs again right after. Failed keys come back after a
-//! per-key exponential backoff that resets when the key succeeds.
+//! The work queue between the watches and the workers, with client-go's workqueue semantics
+//! and what kube-runtime's `Controller` lacks:
+//!
+//! - a key (`namespace/name`) is queued at most once and never processed by two workers at
+//!   once; an add while it is processed marks it dirty, and it runs again right after;
+//! - bounded: state grows with distinct keys, never with events; at capacity `add` waits;
+//! - two priorities (initial list, resyncs and takeovers are `Low`), and round-robin across
+//!   namespaces within a priority, so one tenant's flood cannot starve another's change;
+//! - failures wait `max(per-key exponential backoff, global token bucket)`; success resets
+//!   the key's backoff; a plain event does not cut a backoff short, a spec change does.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod bucket;
+mod metrics;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use bucket::TokenBucket;
+pub use metrics::QueueMetrics;
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
-    /// First retry delay; doubles with each consecutive failure.
+    /// Name in the metrics' `name` label.
+    pub name: String,
+    /// Queued keys at which producers wait.
+    pub capacity: usize,
+    /// First retry delay; doubles with each consecutive failure of a key.
     pub base_delay: Duration,
-    /// Longest retry delay.
+    /// Longest per-key retry delay.
     pub max_delay: Duration,
+    /// Retries per second over all keys (token bucket); 0 disables it.
+    pub retry_rate: f64,
+    pub retry_burst: u32,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
+            name: "vecodexsets".to_owned(),
+            capacity: 100_000,
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_secs(1000),
+            retry_rate: 10.0,
+            retry_burst: 100,
         }
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Initial list, resync, shard takeover: work that no one is waiting for.
+    Low = 0,
+    /// A create, a spec change, a child's drift.
+    Normal = 1,
+}
+
+/// A key handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub key: String,
+    pub priority: Priority,
+    /// How long it waited in the queue.
+    pub waited: Duration,
+}
+
+fn namespace_of(key: &str) -> &str {
+    key.split_once('/').map_or("", |(ns, _)| ns)
+}
+
+/// Keys of one priority, served round-robin by namespace.
 #[derive(Default)]
+struct Lane {
+    /// Namespaces that have keys here, in serving order.
+    order: VecDeque<String>,
+    keys: HashMap<String, VecDeque<String>>,
+}
+
+impl Lane {
+    fn push(&mut self, key: &str) {
+        let ns = namespace_of(key);
+        match self.keys.get_mut(ns) {
+            Some(keys) => keys.push_back(key.to_owned()),
+            None => {
+                self.keys
+                    .insert(ns.to_owned(), VecDeque::from([key.to_owned()]));
+                self.order.push_back(ns.to_owned());
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<String> {
+        let ns = self.order.pop_front()?;
+        let keys = self.keys.get_mut(&ns)?;
+        let key = keys.pop_front();
+        if keys.is_empty() {
+            self.keys.remove(&ns);
+        } else {
+            self.order.push_back(ns);
+        }
+        key
+    }
+
+    fn remove(&mut self, key: &str) {
+        let ns = namespace_of(key);
+        if let Some(keys) = self.keys.get_mut(ns) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.keys.remove(ns);
+                self.order.retain(|n| n != ns);
+            }
+        }
+    }
+}
+
+struct Queued {
+    priority: Priority,
+    since: Instant,
+}
+
 struct State {
-    ready: VecDeque<String>,
-    queued: HashSet<String>,
-    processing: HashSet<String>,
-    dirty: HashSet<String>,
+    lanes: [Lane; 2],
+    queued: HashMap<String, Queued>,
+    /// Keys being processed, with their start.
+    processing: HashMap<String, Instant>,
+    /// Keys added while processed, with the highest priority they were added at.
+    dirty: HashMap<String, Priority>,
+    /// Keys in backoff: when they come back, and at which priority.
+    waiting: HashMap<String, (Instant, Priority)>,
+    timeline: BTreeSet<(Instant, String)>,
     failures: HashMap<String, u32>,
+    bucket: TokenBucket,
     shut_down: bool,
 }
 
 pub struct WorkQueue {
     state: Mutex<State>,
-    notify: Notify,
+    /// Signals workers that a key is ready.
+    ready: Notify,
+    /// Signals producers waiting for capacity.
+    space: Notify,
+    /// Signals the timer that an earlier deadline arrived.
+    timer: Arc<Notify>,
     config: QueueConfig,
+    metrics: QueueMetrics,
 }
 
 impl WorkQueue {
+    /// A queue with its backoff timer running on the current Tokio runtime.
     pub fn new(config: QueueConfig) -> Arc<Self> {
-        Arc::new(WorkQueue {
-            state: Mutex::new(State::default()),
-            notify: Notify::new(),
+        Self::with_metrics(config, QueueMetrics::default())
+    }
+
+    pub fn with_metrics(config: QueueConfig, metrics: QueueMetrics) -> Arc<Self> {
+        let queue = Arc::new(WorkQueue {
+            state: Mutex::new(State {
+                lanes: [Lane::default(), Lane::default()],
+                queued: HashMap::new(),
+                processing: HashMap::new(),
+                dirty: HashMap::new(),
+                waiting: HashMap::new(),
+                timeline: BTreeSet::new(),
+                failures: HashMap::new(),
+                bucket: TokenBucket::new(config.retry_rate, config.retry_burst, Instant::now()),
+                shut_down: false,
+            }),
+            ready: Notify::new(),
+            space: Notify::new(),
+            timer: Arc::new(Notify::new()),
+            metrics,
             config,
-        })
+        });
+        tokio::spawn(Self::run_timer(Arc::downgrade(&queue), queue.timer.clone()));
+        queue
+    }
+
+    pub fn metrics(&self) -> &QueueMetrics {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a panic while holding it; the state itself stays consistent
-        // because every critical section is a few set operations.
+        // Every critical section is a few map operations that cannot leave the state
+        // half-changed, so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `key` unless it is already queued; marks it dirty if it is being processed.
-    pub fn add(&self, key: &str) {
-        let mut s = self.lock();
-        if s.shut_down || s.queued.contains(key) {
-            return;
-        }
-        if s.processing.contains(key) {
-            s.dirty.insert(key.to_owned());
-            return;
-        }
-        s.queued.insert(key.to_owned());
-        s.ready.push_back(key.to_owned());
-        drop(s);
-        self.notify.notify_one();
+    /// Queues `key` unless it is already queued (then raises its priority if needed), marks
+    /// it dirty if it is being processed, and leaves it alone while it waits out a backoff.
+    /// Waits while the queue is at capacity.
+    pub async fn add(&self, key: &str, priority: Priority) {
+        self.add_inner(key, priority, false).await;
     }
 
-    /// Waits for the next key; `None` once the queue is shut down.
-    pub async fn get(&self) -> Option<String> {
+    /// Like [`add`](Self::add), but also ends a backoff: for changes someone waits for
+    /// (a spec change).
+    pub async fn add_now(&self, key: &str, priority: Priority) {
+        self.add_inner(key, priority, true).await;
+    }
+
+    async fn add_inner(&self, key: &str, priority: Priority, cut_backoff: bool) {
         loop {
-            let notified = self.notify.notified();
+            let space = self.space.notified();
+            {
+                let mut s = self.lock();
+                if s.shut_down {
+                    return;
+                }
+                if cut_backoff && let Some((at, _)) = s.waiting.remove(key) {
+                    s.timeline.remove(&(at, key.to_owned()));
+                }
+                let full = s.queued.len() >= self.config.capacity;
+                let is_new = !s.queued.contains_key(key)
+                    && !s.processing.contains_key(key)
+                    && !s.waiting.contains_key(key);
+                if !(full && is_new) {
+                    self.insert(&mut s, key, priority);
+                    return;
+                }
+            }
+            // Backpressure: wait for a worker to take a key.
+            space.await;
+        }
+    }
+
+    /// Puts a key where it belongs; the caller holds the lock.
+    fn insert(&self, s: &mut State, key: &str, priority: Priority) {
+        if s.waiting.contains_key(key) {
+            return;
+        }
+        if s.processing.contains_key(key) {
+            let p = s.dirty.entry(key.to_owned()).or_insert(priority);
+            *p = (*p).max(priority);
+            return;
+        }
+        if let Some(q) = s.queued.get_mut(key) {
+            if priority > q.priority {
+                let old = q.priority;
+                q.priority = priority;
+                s.lanes[old as usize].remove(key);
+                s.lanes[priority as usize].push(key);
+            }
+            return;
+        }
+        s.queued.insert(
+            key.to_owned(),
+            Queued {
+                priority,
+                since: Instant::now(),
+            },
+        );
+        s.lanes[priority as usize].push(key);
+        self.metrics.added(&self.config.name, s.queued.len());
+        self.ready.notify_one();
+    }
+
+    /// Waits for the next key: normal priority first, namespaces in turn. `None` once the
+    /// queue is shut down.
+    pub async fn get(&self) -> Option<Item> {
+        loop {
+            let ready = self.ready.notified();
             {
                 let mut s = self.lock();
                 if s.shut_down {
                     return None;
                 }
-                if let Some(key) = s.ready.pop_front() {
-                    s.queued.remove(&key);
-                    s.processing.insert(key.clone());
-                    if !s.ready.is_empty() {
+                let next = s.lanes[Priority::Normal as usize]
+                    .pop()
+                    .or_else(|| s.lanes[Priority::Low as usize].pop());
+                if let Some(key) = next {
+                    let now = Instant::now();
+                    let queued = s.queued.remove(&key);
+                    let (priority, since) =
+                        queued.map_or((Priority::Low, now), |q| (q.priority, q.since));
+                    s.processing.insert(key.clone(), now);
+                    let waited = now.saturating_duration_since(since);
+                    self.metrics
+                        .taken(&self.config.name, s.queued.len(), waited);
+                    if !s.queued.is_empty() {
                         // Wake another worker for the rest.
-                        self.notify.notify_one();
+                        self.ready.notify_one();
                     }
-                    return Some(key);
+                    drop(s);
+                    self.space.notify_one();
+                    return Some(Item {
+                        key,
+                        priority,
+                        waited,
+                    });
                 }
             }
-            notified.await;
+            ready.await;
         }
     }
 
     /// Marks `key` finished; a key that became dirty meanwhile is queued again.
     pub fn done(&self, key: &str) {
         let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.remove(key) && !s.shut_down && s.queued.insert(key.to_owned()) {
-            s.ready.push_back(key.to_owned());
-            drop(s);
-            self.notify.notify_one();
+        if let Some(started) = s.processing.remove(key) {
+            self.metrics.worked(
+                &self.config.name,
+                Instant::now().saturating_duration_since(started),
+            );
+        }
+        if let Some(priority) = s.dirty.remove(key)
+            && !s.shut_down
+        {
+            self.insert(&mut s, key, priority);
         }
     }
 
@@ -112,110 +316,158 @@ impl WorkQueue {
         self.lock().failures.remove(key);
     }
 
-    /// The delay the next failure of `key` waits: base * 2^failures, capped.
-    pub fn next_backoff(&self, key: &str) -> Duration {
+    /// The key failed: it comes back after `max(per-key backoff, token bucket delay)`.
+    /// Returns that delay.
+    pub fn retry(&self, key: &str, priority: Priority) -> Duration {
         let mut s = self.lock();
-        let n = s.failures.entry(key.to_owned()).or_insert(0);
-        let exp = (*n).min(40);
-        *n = n.saturating_add(1);
-        let delay = self.config.base_delay.saturating_mul(1u32 << exp.min(31));
-        let delay = if exp > 31 {
+        let failures = s.failures.entry(key.to_owned()).or_insert(0);
+        let exp = (*failures).min(63);
+        *failures = failures.saturating_add(1);
+        let backoff = if exp >= 32 {
             self.config.max_delay
         } else {
-            delay
+            self.config
+                .base_delay
+                .saturating_mul(1 << exp)
+                .min(self.config.max_delay)
         };
-        delay.min(self.config.max_delay)
-    }
-
-    /// Queues `key` again after its backoff.
-    pub fn retry(self: &Arc<Self>, key: &str) -> Duration {
-        let delay = self.next_backoff(key);
-        self.add_after(key, delay);
+        let now = Instant::now();
+        let delay = backoff.max(s.bucket.reserve(now));
+        self.metrics.retried(&self.config.name);
+        self.schedule(&mut s, key, now + delay, priority);
         delay
     }
 
-    pub fn add_after(self: &Arc<Self>, key: &str, delay: Duration) {
-        let queue = Arc::clone(self);
-        let key = key.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(&key);
-        });
+    /// Queues `key` after `delay` without counting a failure.
+    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority) {
+        let mut s = self.lock();
+        self.schedule(&mut s, key, Instant::now() + delay, priority);
     }
 
+    fn schedule(&self, s: &mut State, key: &str, at: Instant, priority: Priority) {
+        if s.shut_down {
+            return;
+        }
+        // One deadline per key: the earliest wins, as in client-go's delaying queue.
+        if let Some((old, p)) = s.waiting.get(key).copied() {
+            if old <= at {
+                return;
+            }
+            s.timeline.remove(&(old, key.to_owned()));
+            s.waiting.insert(key.to_owned(), (at, p.max(priority)));
+        } else {
+            s.waiting.insert(key.to_owned(), (at, priority));
+        }
+        let earliest = s.timeline.first().is_none_or(|(first, _)| at < *first);
+        s.timeline.insert((at, key.to_owned()));
+        if earliest {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Moves keys whose backoff ended into the queue; returns the next deadline.
+    fn release_due(&self) -> Option<Instant> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        while let Some((at, key)) = s.timeline.first().cloned() {
+            if at > now {
+                return Some(at);
+            }
+            s.timeline.pop_first();
+            if let Some((_, priority)) = s.waiting.remove(&key) {
+                self.insert(&mut s, &key, priority);
+            }
+        }
+        None
+    }
+
+    async fn run_timer(queue: std::sync::Weak<WorkQueue>, timer: Arc<Notify>) {
+        loop {
+            let notified = timer.notified();
+            let Some(q) = queue.upgrade() else { return };
+            let next = q.release_due();
+            if q.lock().shut_down {
+                return;
+            }
+            drop(q);
+            // Hold no strong reference while sleeping, so a dropped queue ends this task.
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = notified => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = notified => {}
+                        // Recheck now and then whether the queue is gone.
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops queued and waiting keys for which `keep` is false (a shard was lost).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut s = self.lock();
+        let dropped: Vec<String> = s.queued.keys().filter(|k| !keep(k)).cloned().collect();
+        for key in &dropped {
+            if let Some(q) = s.queued.remove(key) {
+                s.lanes[q.priority as usize].remove(key);
+            }
+        }
+        let waiting: Vec<(Instant, String)> = s
+            .waiting
+            .iter()
+            .filter(|(k, _)| !keep(k))
+            .map(|(k, (at, _))| (*at, k.clone()))
+            .collect();
+        for (at, key) in waiting {
+            s.waiting.remove(&key);
+            s.timeline.remove(&(at, key));
+        }
+        s.dirty.retain(|k, _| keep(k));
+        self.metrics.depth(&self.config.name, s.queued.len());
+    }
+
+    /// Keys ready to be handed out.
     pub fn len(&self) -> usize {
-        self.lock().ready.len()
+        self.lock().queued.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Keys waiting out a backoff.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// Refreshes the gauges about work in progress (client-go does this every 500 ms).
+    pub fn update_unfinished_work(&self) {
+        let s = self.lock();
+        let now = Instant::now();
+        let ages = s
+            .processing
+            .values()
+            .map(|start| now.saturating_duration_since(*start));
+        let (total, longest) = ages.fold((Duration::ZERO, Duration::ZERO), |(t, l), a| {
+            (t + a, l.max(a))
+        });
+        self.metrics.unfinished(&self.config.name, total, longest);
+    }
+
     /// Stops handing out keys; workers finish what they hold.
     pub fn shut_down(&self) {
         self.lock().shut_down = true;
-        self.notify.notify_waiters();
+        self.ready.notify_waiters();
+        self.space.notify_waiters();
+        self.timer.notify_one();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::{QueueConfig, WorkQueue};
-
-    #[tokio::test(start_paused = true)]
-    async fn keys_are_deduplicated() {
-        let q = WorkQueue::new(QueueConfig::default());
-        q.add("a/x");
-        q.add("a/x");
-        q.add("a/y");
-        assert_eq!(q.len(), 2);
-        assert_eq!(q.get().await.as_deref(), Some("a/x"));
-        assert_eq!(q.get().await.as_deref(), Some("a/y"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn add_while_processing_runs_again_after_done() {
-        let q = WorkQueue::new(QueueConfig::default());
-        q.add("a/x");
-        let key = q.get().await.unwrap();
-        q.add("a/x");
-        assert_eq!(q.len(), 0, "not handed to a second worker while processing");
-        q.done(&key);
-        assert_eq!(q.get().await.as_deref(), Some("a/x"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_and_resets_on_success() {
-        let q = WorkQueue::new(QueueConfig {
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(30),
-        });
-        let delays: Vec<_> = (0..5).map(|_| q.next_backoff("a/x").as_millis()).collect();
-        assert_eq!(delays, [5, 10, 20, 30, 30]);
-        q.forget("a/x");
-        assert_eq!(q.next_backoff("a/x").as_millis(), 5);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_requeues_after_the_delay() {
-        let q = WorkQueue::new(QueueConfig::default());
-        q.retry("a/x");
-        assert!(q.is_empty());
-        tokio::time::sleep(Duration::from_millis(6)).await;
-        assert_eq!(q.len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shut_down_releases_waiting_workers() {
-        let q = WorkQueue::new(QueueConfig::default());
-        let waiter = tokio::spawn({
-            let q = q.clone();
-            async move { q.get().await }
-        });
-        tokio::task::yield_now().await;
-        q.shut_down();
-        assert_eq!(waiter.await.unwrap(), None);
-    }
-}
+mod tests;

@@ -162,6 +162,8 @@ pub fn spawn_operator(kubeconfig: &Path, log: &Path, extra_args: &[&str]) -> Chi
             &MAX_REPLICAS.to_string(),
             "--log-level",
             "info,vecodex_operator=debug",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ])
         .args(&args)
         .env("KUBECONFIG", &kubeconfig)
@@ -275,4 +277,35 @@ pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<Strin
             .or_insert(0.0) += value;
     }
     counts
+}
+
+/// The operator log of this test binary.
+pub fn operator_log() -> String {
+    let log = cluster()
+        .dir
+        .join(format!("operator-{}.log", std::process::id()));
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Fetches the operator's /metrics (its address is in its log).
+pub async fn operator_metrics() -> String {
+    let log = operator_log();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+        .expect("the operator logs its metrics address");
+    // A tiny blocking HTTP/1.1 GET: local, answered in milliseconds.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&addr).expect("metrics listener");
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
 }
