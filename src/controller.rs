@@ -27,6 +27,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Priority, QueueConfig, WorkQueue};
 use crate::reconcile::{Context, Report, Stores, reconcile};
+use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager};
 use crate::validate::Limits;
 
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct Config {
     /// Every set is re-queued (at low priority) this often, ±10 %, to find drift that
     /// produced no event.
     pub resync: Duration,
+    /// Shards, Leases and this replica's identity.
+    pub sharding: ShardConfig,
 }
 
 impl Default for Config {
@@ -55,6 +58,15 @@ impl Default for Config {
             instance: None,
             shutdown_timeout: Duration::from_secs(20),
             resync: Duration::from_secs(30 * 60),
+            sharding: ShardConfig {
+                shards: 16,
+                namespace: "default".to_owned(),
+                group: "vecodex-operator".to_owned(),
+                identity: crate::shard::default_identity(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -141,6 +153,7 @@ pub struct Enqueue {
 async fn pump<K, S, F>(
     stream: S,
     queue: Arc<WorkQueue>,
+    gate: Arc<ShardGate>,
     mut classify: F,
     shutdown: CancellationToken,
 ) where
@@ -156,7 +169,9 @@ async fn pump<K, S, F>(
         };
         match next {
             Some(Ok(event)) => {
-                if let Some(e) = classify(event) {
+                // Keys of shards held elsewhere are not queued here; a gained shard queues
+                // all its sets from the cache.
+                if let Some(e) = classify(event).filter(|e| gate.accepts(&e.key)) {
                     if e.cut_backoff {
                         queue.add_now(&e.key, e.priority).await;
                     } else {
@@ -226,6 +241,7 @@ fn classify_children<K: Resource>(event: Event<K>) -> Option<Enqueue> {
 async fn resync(
     stores: Stores,
     queue: Arc<WorkQueue>,
+    gate: Arc<ShardGate>,
     period: Duration,
     shutdown: CancellationToken,
 ) {
@@ -242,7 +258,7 @@ async fn resync(
         let sets = stores.sets.state();
         debug!(sets = sets.len(), "resync");
         for set in sets {
-            if let Some(key) = key_of(set.as_ref()) {
+            if let Some(key) = key_of(set.as_ref()).filter(|k| gate.accepts(k)) {
                 queue.add(&key, Priority::Low).await;
             }
         }
@@ -268,34 +284,41 @@ pub async fn run(
     let (ingresses, ingresses_stream) = reflected(api::<Ingress>(&client, ns), children);
 
     let queue = WorkQueue::with_metrics(config.queue.clone(), metrics.queue.clone());
+    let (gate, shard_events) =
+        ShardGate::new(config.sharding.shards, config.sharding.renew_deadline);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(pump(
         sets_stream,
         queue.clone(),
+        gate.clone(),
         classify_sets(),
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         deployments_stream,
         queue.clone(),
+        gate.clone(),
         classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         services_stream,
         queue.clone(),
+        gate.clone(),
         classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         config_maps_stream,
         queue.clone(),
+        gate.clone(),
         classify_children,
         shutdown.clone(),
     ));
     tasks.spawn(pump(
         ingresses_stream,
         queue.clone(),
+        gate.clone(),
         classify_children,
         shutdown.clone(),
     ));
@@ -329,9 +352,27 @@ pub async fn run(
     tasks.spawn(resync(
         stores.clone(),
         queue.clone(),
+        gate.clone(),
         config.resync,
         shutdown.clone(),
     ));
+    tasks.spawn(follow_shards(
+        shard_events,
+        stores.clone(),
+        queue.clone(),
+        gate.clone(),
+    ));
+    // Shards are taken only now that the caches can tell which sets a shard holds.
+    let release = CancellationToken::new();
+    let manager = tokio::spawn(
+        ShardManager::new(
+            client.clone(),
+            config.sharding.clone(),
+            gate.clone(),
+            metrics.shard.clone(),
+        )
+        .run(release.clone(), config.shutdown_timeout),
+    );
     tasks.spawn({
         let queue = queue.clone();
         let shutdown = shutdown.clone();
@@ -352,7 +393,7 @@ pub async fn run(
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
-        workers.spawn(worker(ctx.clone(), queue.clone()));
+        workers.spawn(worker(ctx.clone(), queue.clone(), gate.clone()));
     }
 
     shutdown.cancelled().await;
@@ -368,34 +409,93 @@ pub async fn run(
         warn!("in-flight reconciles did not finish in time; aborting them");
         workers.shutdown().await;
     }
+    // Only now, with no reconcile running, are the Leases released: the next holder never
+    // overlaps with us.
+    release.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), manager)
+        .await
+        .is_err()
+    {
+        warn!("releasing the leases took too long");
+    }
     info!("stopped");
     Ok(())
 }
 
-async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>) {
+/// Applies shard ownership changes to the queue: a gained shard queues all its sets (low
+/// priority), a lost one drops its queued keys.
+async fn follow_shards(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
+    stores: Stores,
+    queue: Arc<WorkQueue>,
+    gate: Arc<ShardGate>,
+) {
+    while let Some(event) = events.recv().await {
+        match event {
+            ShardEvent::Gained(shard) => {
+                let keys: Vec<String> = stores
+                    .sets
+                    .state()
+                    .iter()
+                    .filter_map(|s| key_of(s.as_ref()))
+                    .filter(|k| gate.shard_of_key(k) == shard)
+                    .collect();
+                info!(shard, sets = keys.len(), "shard gained; queueing its sets");
+                for key in keys {
+                    queue.add(&key, Priority::Low).await;
+                }
+            }
+            ShardEvent::Lost(shard) => {
+                queue.retain(|k| gate.shard_of_key(k) != shard);
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>, gate: Arc<ShardGate>) {
     while let Some(item) = queue.get().await {
         let key = item.key;
+        // Only while this replica holds the key's shard; a lost shard cancels the reconcile.
+        let Some(guard) = gate.begin(&key) else {
+            queue.done(&key);
+            continue;
+        };
+        let shard = gate.shard_of_key(&key);
         let span = info_span!(
             "reconcile",
             key = %key,
+            shard,
             priority = ?item.priority,
             queued_ms = item.waited.as_millis() as u64
         );
-        let result = reconcile(&ctx, &key).instrument(span.clone()).await;
-        span.in_scope(|| match result {
-            Ok(report) => {
-                queue.forget(&key);
-                match report {
-                    Report::Applied {
-                        writes: 0,
-                        status_patched: false,
-                    } => debug!("no change"),
-                    report => info!(?report, "reconciled"),
+        let started_ms = unix_ms();
+        let result = tokio::select! {
+            r = reconcile(&ctx, &key).instrument(span.clone()) => Some(r),
+            _ = guard.token.cancelled() => None,
+        };
+        let finished_ms = unix_ms();
+        drop(guard);
+        span.in_scope(|| {
+            debug!(shard, started_ms, finished_ms, "reconcile interval");
+            match result {
+                None => warn!("shard lost: reconcile cancelled"),
+                Some(Ok(report)) => {
+                    queue.forget(&key);
+                    match report {
+                        Report::Applied { writes: 0, status_patched: false } => debug!("no change"),
+                        report => info!(?report, "reconciled"),
+                    }
                 }
-            }
-            Err(err) => {
-                let delay = queue.retry(&key, item.priority);
-                error!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                Some(Err(err)) => {
+                    let delay = queue.retry(&key, item.priority);
+                    error!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                }
             }
         });
         queue.done(&key);

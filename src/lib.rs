@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod quantity;
 pub mod queue;
 pub mod reconcile;
+pub mod shard;
 pub mod status;
 pub mod telemetry;
 pub mod validate;

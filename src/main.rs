@@ -9,6 +9,7 @@ use vecodex_operator::controller::{self, Config};
 use vecodex_operator::http::{self, Health};
 use vecodex_operator::metrics::Metrics;
 use vecodex_operator::queue::QueueConfig;
+use vecodex_operator::shard::{ShardConfig, default_identity};
 use vecodex_operator::telemetry::{self, LogFormat};
 use vecodex_operator::validate::Limits;
 
@@ -23,9 +24,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator (in-cluster config, or KUBECONFIG / ~/.kube/config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the VecodexSet CustomResourceDefinition as YAML.
     Crd,
+    /// Print each shard's holder (from its Lease) and how many namespaces and sets it covers.
+    Shards(ShardArgs),
+    /// Print the shard of a namespace.
+    ShardOf {
+        namespace: String,
+        #[arg(long, default_value_t = 16, env = "VECODEX_SHARDS")]
+        shards: u32,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ShardArgs {
+    /// Namespaces are hashed into this many shards, one Lease each (1 = single leader).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096), env = "VECODEX_SHARDS")]
+    shards: u32,
+    /// Namespace of the Leases (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Lease name prefix; replicas with the same group share the shards.
+    #[arg(long, default_value = "vecodex-operator", env = "VECODEX_LEASE_GROUP")]
+    lease_group: String,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +91,20 @@ struct RunArgs {
     /// Name reported on Events; the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    #[command(flatten)]
+    sharding: ShardArgs,
+    /// How long a shard Lease lasts without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "VECODEX_LEASE_DURATION")]
+    lease_duration: Duration,
+    /// A replica that could not renew a shard for this long stops reconciling it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "VECODEX_RENEW_DEADLINE")]
+    renew_deadline: Duration,
+    /// How often Leases are read, renewed and acquired.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "VECODEX_RETRY_PERIOD")]
+    retry_period: Duration,
+    /// This replica's identity on Leases (default: POD_NAME or host name, plus a random suffix).
+    #[arg(long, env = "VECODEX_IDENTITY")]
+    identity: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +113,41 @@ fn main() -> std::process::ExitCode {
         Command::Crd => {
             print!("{}", vecodex_operator::crd::crd_yaml());
             std::process::ExitCode::SUCCESS
+        }
+        Command::ShardOf { namespace, shards } => {
+            println!(
+                "{}",
+                vecodex_operator::shard::shard_of(&namespace, shards.max(1))
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Shards(args) => {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let client = kube::Client::try_default().await?;
+                        Ok(vecodex_operator::shard::shards_table(
+                            client,
+                            &args.lease_namespace,
+                            &args.lease_group,
+                            args.shards,
+                        )
+                        .await?)
+                    })
+                });
+            match result {
+                Ok(table) => {
+                    print!("{table}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vecodex-operator shards: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
         Command::Run(args) => {
             telemetry::init(args.log_format, &args.log_level);
@@ -90,7 +161,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(args)) {
+            match runtime.block_on(run(*args)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     error!(error = format!("{e:#}"), "operator failed");
@@ -102,6 +173,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration) {
+        anyhow::bail!(
+            "need --retry-period < --renew-deadline < --lease-duration (fencing relies on it)"
+        );
+    }
     let client = kube::Client::try_default().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_handler(shutdown.clone()));
@@ -120,6 +196,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..QueueConfig::default()
         },
         resync: args.resync,
+        sharding: ShardConfig {
+            shards: args.sharding.shards,
+            namespace: args.sharding.lease_namespace.clone(),
+            group: args.sharding.lease_group.clone(),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        },
         instance: args.instance,
         ..Config::default()
     };

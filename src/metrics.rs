@@ -8,12 +8,14 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::queue::QueueMetrics;
+use crate::shard::ShardMetrics;
 
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     pub queue: QueueMetrics,
+    pub shard: ShardMetrics,
 }
 
 impl Default for Metrics {
@@ -21,6 +23,8 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let queue = QueueMetrics::default();
         queue.register(&mut registry);
+        let shard = ShardMetrics::default();
+        shard.register(&mut registry);
         registry.register(
             "vecodex_operator_build",
             "Build information",
@@ -32,6 +36,7 @@ impl Default for Metrics {
         Metrics {
             registry: Arc::new(registry),
             queue,
+            shard,
         }
     }
 }

@@ -745,7 +745,11 @@ async fn sigterm_stops_the_operator_cleanly() {
     let log = cluster
         .dir
         .join(format!("operator-sigterm-{}.log", std::process::id()));
-    let mut child = common::spawn_operator(&cluster.kubeconfig, &log, &["--namespace", &ns]);
+    let mut child = common::spawn_operator(
+        &cluster.kubeconfig,
+        &log,
+        &["--namespace", &ns, "--lease-group", "sigterm-test"],
+    );
     wait_for("the second operator to sync", WAIT, || async {
         std::fs::read_to_string(&log)
             .ok()?

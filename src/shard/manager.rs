@@ -1,0 +1,346 @@
+//! The shard manager: every retry period it reads the group's Leases, renews its heartbeat,
+//! works out the live replicas and each shard's preferred owner (rendezvous hashing with
+//! bounded loads), acquires the shards it is preferred for, renews the ones it holds, and
+//! hands over the ones another live replica is preferred for (drain, then release).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::gate::ShardGate;
+use super::hash::assign;
+use super::lease::{Attempt, LeaseClient};
+use super::metrics::ShardMetrics;
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shards: u32,
+    /// Namespace of the Leases.
+    pub namespace: String,
+    /// Prefix of the Lease names and value of their `app.kubernetes.io/name` label: replicas
+    /// with the same group share the shards.
+    pub group: String,
+    /// This replica's identity (pod name plus a random suffix).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl ShardConfig {
+    pub fn shard_lease(&self, shard: u32) -> String {
+        shard_lease_name(&self.group, shard, self.shards)
+    }
+
+    pub fn member_lease(&self, identity: &str) -> String {
+        format!("{}-member-{}", self.group, identity)
+    }
+}
+
+/// `<group>-shard-07`: zero-padded so the Leases sort by shard.
+pub fn shard_lease_name(group: &str, shard: u32, shards: u32) -> String {
+    let width = (shards.max(1) - 1).to_string().len().max(2);
+    format!("{group}-shard-{shard:0width$}")
+}
+
+/// `POD_NAME` (else the host name) plus a random suffix, so a restarted pod never mistakes
+/// its predecessor's Lease for its own. Lower-cased and limited to name characters.
+pub fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_else(|| "vecodex-operator".to_owned());
+    let mut bytes = [0u8; 3];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map(|_| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+        });
+    let clean: String = base
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("{}-{random}", clean.trim_matches('-'))
+}
+
+pub struct ShardManager {
+    config: ShardConfig,
+    leases: LeaseClient,
+    gate: Arc<ShardGate>,
+    metrics: ShardMetrics,
+    /// Since when this replica has been preferred for a shard it does not hold.
+    wanted_since: HashMap<u32, Instant>,
+}
+
+impl ShardManager {
+    pub fn new(
+        client: Client,
+        config: ShardConfig,
+        gate: Arc<ShardGate>,
+        metrics: ShardMetrics,
+    ) -> Self {
+        let leases = LeaseClient::new(
+            client,
+            &config.namespace,
+            &config.identity,
+            config.lease_duration,
+            &config.group,
+        );
+        ShardManager {
+            config,
+            leases,
+            gate,
+            metrics,
+            wanted_since: HashMap::new(),
+        }
+    }
+
+    /// Runs until `stop`; then drains every held shard (in-flight work bounded by
+    /// `drain_timeout`), releases its Leases and deletes the heartbeat.
+    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
+        info!(
+            identity = %self.config.identity,
+            shards = self.config.shards,
+            namespace = %self.config.namespace,
+            "shard manager starting"
+        );
+        // Fencing does not wait for a slow tick: it runs on its own clock.
+        let fencer = tokio::spawn({
+            let gate = self.gate.clone();
+            let metrics = self.metrics.clone();
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                while tokio::select! { _ = stop.cancelled() => false, _ = tick.tick() => true } {
+                    for shard in gate.fence() {
+                        warn!(
+                            shard,
+                            "lease not renewed within the renew deadline; stopped reconciling the shard"
+                        );
+                        metrics.lost();
+                    }
+                    metrics.held(gate.held().len());
+                }
+            }
+        });
+        loop {
+            let started = Instant::now();
+            self.tick().await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(started + self.config.retry_period) => {}
+            }
+        }
+        fencer.abort();
+        self.shut_down(drain_timeout).await;
+    }
+
+    /// Live members: heartbeat Leases of the group that are held and not expired, and us.
+    fn live_members(&self) -> Vec<String> {
+        let prefix = format!("{}-member-", self.config.group);
+        let now = Instant::now();
+        let mut members: Vec<String> = self
+            .leases
+            .all_observed()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .filter(|(_, o)| !o.is_free(now))
+            .filter_map(|(_, o)| o.holder().map(str::to_owned))
+            .collect();
+        if !members.contains(&self.config.identity) {
+            members.push(self.config.identity.clone());
+        }
+        members.sort();
+        members.dedup();
+        members
+    }
+
+    async fn tick(&mut self) {
+        let refreshed = tokio::time::timeout(self.config.retry_period, self.leases.refresh()).await;
+        if !matches!(refreshed, Ok(Ok(()))) {
+            warn!("cannot read the Leases; holding what we have until the renew deadline");
+            return;
+        }
+        let me = self.config.identity.clone();
+        let member = self.config.member_lease(&me);
+        let _ = tokio::time::timeout(
+            self.config.retry_period,
+            self.leases.try_acquire(&member, "member"),
+        )
+        .await;
+        self.collect_dead_members().await;
+
+        let members = self.live_members();
+        let owners = assign(self.config.shards, &members);
+        for shard in 0..self.config.shards {
+            let preferred = owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
+            let name = self.config.shard_lease(shard);
+            if self.gate.is_held(shard) {
+                self.keep_or_hand_over(shard, &name, preferred).await;
+            } else if preferred {
+                self.try_take(shard, &name).await;
+            } else {
+                self.wanted_since.remove(&shard);
+            }
+        }
+        self.metrics.held(self.gate.held().len());
+    }
+
+    async fn keep_or_hand_over(&mut self, shard: u32, name: &str, preferred: bool) {
+        if !preferred && !self.gate.is_draining(shard) {
+            info!(
+                shard,
+                "another replica is preferred for this shard; handing it over"
+            );
+            self.gate.drain(shard);
+        }
+        if self.gate.is_draining(shard) && self.gate.in_flight(shard) == 0 {
+            self.release(shard, name).await;
+            self.metrics.handed_over();
+            return;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(
+            self.config.retry_period,
+            self.leases.try_acquire(name, "shard"),
+        )
+        .await
+        {
+            Ok(Ok(Attempt::Held)) => self.gate.renewed(shard, started),
+            Ok(Ok(Attempt::NotHeld)) => {
+                // Someone else wrote the Lease: it is not ours any more.
+                warn!(shard, "lost the shard's lease to another replica");
+                self.gate.lose(shard);
+                self.metrics.lost();
+            }
+            Ok(Err(e)) => {
+                debug!(shard, error = %e, "renewal failed; retrying until the renew deadline")
+            }
+            Err(_) => debug!(
+                shard,
+                "renewal timed out; retrying until the renew deadline"
+            ),
+        }
+    }
+
+    async fn try_take(&mut self, shard: u32, name: &str) {
+        let now = Instant::now();
+        let since = *self.wanted_since.entry(shard).or_insert(now);
+        let obtainable = self
+            .leases
+            .observed(name)
+            .is_none_or(|o| o.is_free(now) || o.holder() == Some(self.config.identity.as_str()));
+        if !obtainable {
+            return;
+        }
+        let started = Instant::now();
+        if let Ok(Ok(Attempt::Held)) = tokio::time::timeout(
+            self.config.retry_period,
+            self.leases.try_acquire(name, "shard"),
+        )
+        .await
+        {
+            info!(shard, lease = name, "acquired shard");
+            self.gate.gain(shard, started);
+            self.wanted_since.remove(&shard);
+            self.metrics
+                .acquired(started.saturating_duration_since(since));
+        }
+    }
+
+    async fn release(&mut self, shard: u32, name: &str) {
+        let released = bounded(
+            self.config.retry_period,
+            "release",
+            self.leases.release(name),
+        )
+        .await;
+        // Whether or not the write got through, we stop serving the shard.
+        self.gate.lose(shard);
+        info!(shard, released = released.is_some(), "released shard");
+    }
+
+    /// Heartbeats of replicas gone for ten lease durations are deleted.
+    async fn collect_dead_members(&mut self) {
+        let prefix = format!("{}-member-", self.config.group);
+        let now = Instant::now();
+        let dead: Vec<String> = self
+            .leases
+            .all_observed()
+            .filter(|(name, o)| {
+                name.starts_with(&prefix)
+                    && now.saturating_duration_since(o.observed_at)
+                        > self.config.lease_duration * 10
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dead {
+            let _ = bounded(
+                self.config.retry_period,
+                "delete member lease",
+                self.leases.delete(&name),
+            )
+            .await;
+        }
+    }
+
+    async fn shut_down(&mut self, drain_timeout: Duration) {
+        let held = self.gate.held();
+        for shard in &held {
+            self.gate.drain(*shard);
+        }
+        for shard in &held {
+            self.gate.drained(*shard, drain_timeout).await;
+        }
+        for shard in held {
+            let name = self.config.shard_lease(shard);
+            self.release(shard, &name).await;
+        }
+        let member = self.config.member_lease(&self.config.identity.clone());
+        let _ = bounded(
+            self.config.retry_period,
+            "delete member lease",
+            self.leases.delete(&member),
+        )
+        .await;
+        info!("released every lease");
+    }
+}
+
+/// Bounds a lease request by the retry period (a hung call must not delay renewals) and logs
+/// failures.
+async fn bounded<T>(
+    retry_period: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Option<T> {
+    match tokio::time::timeout(retry_period, f).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            warn!(error = %e, what, "lease request failed");
+            None
+        }
+        Err(_) => {
+            warn!(what, "lease request timed out");
+            None
+        }
+    }
+}
