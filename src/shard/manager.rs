@@ -155,14 +155,32 @@ impl ShardManager {
     }
 
     /// Live members: heartbeat Leases of the group that are held and not expired, and us.
+    ///
+    /// Membership only decides who is *preferred* for a shard; safety rests on the shard
+    /// Leases alone. So besides observed expiry it may also use the heartbeat's `renewTime`:
+    /// a replica that just started has not watched a dead member's heartbeat for a lease
+    /// duration yet, and would otherwise keep assigning shards to it.
     fn live_members(&self) -> Vec<String> {
         let prefix = format!("{}-member-", self.config.group);
         let now = Instant::now();
+        let wall = jiff::Timestamp::now();
+        let stale_after =
+            jiff::SignedDuration::try_from(self.config.lease_duration + Duration::from_secs(1))
+                .unwrap_or(jiff::SignedDuration::from_secs(16));
         let mut members: Vec<String> = self
             .leases
             .all_observed()
             .filter(|(name, _)| name.starts_with(&prefix))
             .filter(|(_, o)| !o.is_free(now))
+            .filter(|(_, o)| {
+                let renewed = o
+                    .lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.renew_time.as_ref())
+                    .map(|t| t.0);
+                renewed.is_none_or(|t| wall.duration_since(t) < stale_after)
+            })
             .filter_map(|(_, o)| o.holder().map(str::to_owned))
             .collect();
         if !members.contains(&self.config.identity) {

@@ -309,3 +309,73 @@ pub async fn operator_metrics() -> String {
     stream.read_to_string(&mut body).unwrap();
     body
 }
+
+/// One operator process of an HA test.
+pub struct Replica {
+    pub identity: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// Lease timings of the HA tests (shorter than the defaults, same proportions).
+pub const LEASE_DURATION_S: u64 = 6;
+pub const RETRY_PERIOD_S: u64 = 1;
+
+impl Replica {
+    /// Starts `vecodex-operator run` as `identity` in lease group `group` with `shards`.
+    pub fn start(identity: &str, group: &str, shards: u32) -> Replica {
+        let cluster = cluster();
+        let log = cluster.dir.join(format!("{group}-{identity}.log"));
+        let child = spawn_operator(
+            &cluster.kubeconfig,
+            &log,
+            &[
+                "--identity",
+                identity,
+                "--lease-group",
+                group,
+                "--shards",
+                &shards.to_string(),
+                "--lease-duration",
+                &format!("{LEASE_DURATION_S}s"),
+                "--renew-deadline",
+                "4s",
+                "--retry-period",
+                &format!("{RETRY_PERIOD_S}s"),
+            ],
+        );
+        Replica {
+            identity: identity.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The holder of each shard Lease of `group` (None: missing or released).
+pub async fn shard_holders(client: &Client, group: &str, shards: u32) -> Vec<Option<String>> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let mut out = Vec::new();
+    for shard in 0..shards {
+        let name = vecodex_operator::shard::shard_lease_name(group, shard, shards);
+        let holder = leases
+            .get_opt(&name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty());
+        out.push(holder);
+    }
+    out
+}

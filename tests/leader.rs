@@ -1,0 +1,174 @@
+//! The Lease protocol under contention, and `--shards 1` (classic leader election with a hot
+//! standby) on a real control plane.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    LEASE_DURATION_S, RETRY_PERIOD_S, Replica, client, seed_example, shard_holders, wait_for,
+};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use serde_json::json;
+use vecodex_operator::crd::VecodexSet;
+use vecodex_operator::shard::lease::{Attempt, LeaseClient};
+
+async fn contend(clients: &mut [LeaseClient], name: &str) -> usize {
+    for c in clients.iter_mut() {
+        c.refresh().await.expect("list leases");
+    }
+    let attempts =
+        futures::future::join_all(clients.iter_mut().map(|c| c.try_acquire(name, "shard"))).await;
+    attempts
+        .into_iter()
+        .filter(|a| matches!(a, Ok(Attempt::Held)))
+        .count()
+}
+
+fn lease(name: &str, holder: Option<&str>, duration_s: i32) -> Lease {
+    let now = MicroTime(jiff::Timestamp::now());
+    Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some([("app.kubernetes.io/name".to_owned(), "race".to_owned())].into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: holder.map(str::to_owned),
+            lease_duration_seconds: Some(duration_s),
+            renew_time: Some(now.clone()),
+            acquire_time: Some(now),
+            lease_transitions: Some(3),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_of_five_contenders_wins_each_round() {
+    common::cluster();
+    let client = client().await;
+    let api: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let mut clients: Vec<LeaseClient> = (0..5)
+        .map(|i| {
+            LeaseClient::new(
+                client.clone(),
+                "default",
+                &format!("c{i}"),
+                Duration::from_secs(15),
+                "race",
+            )
+        })
+        .collect();
+    // 100 rounds over a released Lease, free for everyone at once.
+    for round in 0..100 {
+        let name = format!("race-{round}");
+        api.create(&PostParams::default(), &lease(&name, None, 1))
+            .await
+            .unwrap();
+        let winners = contend(&mut clients, &name).await;
+        assert_eq!(winners, 1, "round {round}: {winners} winners");
+        let won = api.get(&name).await.unwrap().spec.unwrap();
+        assert_eq!(
+            won.lease_transitions,
+            Some(4),
+            "a takeover counts a transition"
+        );
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    // And over a Lease whose holder stopped renewing: everyone waits out its duration as they
+    // observed it, then exactly one takes it.
+    for round in 0..3 {
+        let name = format!("expired-{round}");
+        api.create(&PostParams::default(), &lease(&name, Some("ghost"), 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            contend(&mut clients, &name).await,
+            0,
+            "not expired yet as observed here"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            contend(&mut clients, &name).await,
+            1,
+            "expired round {round}"
+        );
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_shard_is_classic_leader_election() {
+    common::cluster();
+    let client = client().await;
+    let ns = common::namespace(&client, "leader").await;
+    let sets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<VecodexSet>(&()));
+    sets.create(
+        &PostParams::default(),
+        &serde_json::from_value(seed_example(&ns, "one")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let a = Replica::start("leader-a", "solo", 1);
+    let b = Replica::start("leader-b", "solo", 1);
+    let leader = wait_for("a leader", Duration::from_secs(20), || async {
+        shard_holders(&client, "solo", 1).await.remove(0)
+    })
+    .await;
+    let converged = |generation: i64| {
+        let sets = sets.clone();
+        async move {
+            let v = serde_json::to_value(sets.get("one").await.ok()?).ok()?;
+            (v["status"]["observedGeneration"] == json!(generation)).then_some(())
+        }
+    };
+    wait_for("the leader to reconcile", Duration::from_secs(30), || {
+        converged(1)
+    })
+    .await;
+    let (leader_replica, standby) = if leader == a.identity {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        !standby.log_text().contains("reconcile interval"),
+        "the standby reconciles nothing while it does not lead"
+    );
+
+    leader_replica.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let bound = Duration::from_secs(LEASE_DURATION_S + RETRY_PERIOD_S + 2);
+    wait_for(
+        "the standby to lead",
+        bound + Duration::from_secs(5),
+        || async {
+            (shard_holders(&client, "solo", 1).await[0].as_deref()
+                == Some(standby.identity.as_str()))
+            .then_some(())
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("leadership moved {took:?} after kill -9 (bound {bound:?})");
+    assert!(took <= bound, "leadership moved after {took:?}");
+    sets.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"writer": {"replicas": 2}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the new leader to reconcile",
+        Duration::from_secs(30),
+        || converged(2),
+    )
+    .await;
+    standby.signal(libc::SIGTERM);
+}
