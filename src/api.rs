@@ -1,8 +1,9 @@
-//! Every write the operator makes goes through [`Writer`]: one place that sets the field
-//! manager, logs the call and (in later layers) records its span and metrics, so counting and
-//! tracing writes can never be forgotten at a call site.
+//! Every API call a reconcile makes goes through [`Writer`]: one place that sets the field
+//! manager and wraps the call in a child span with its method, resource, name and HTTP
+//! status, so tracing (and counting) a write can never be forgotten at a call site.
 
 use std::fmt::Debug;
+use std::future::Future;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
@@ -10,7 +11,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::children::FIELD_MANAGER;
 
@@ -32,6 +34,46 @@ pub fn is_rejection(err: &kube::Error) -> bool {
     matches!(status_code(err), Some(400 | 403 | 422))
 }
 
+/// Runs one API call in a child span (`otel.kind = client`) with the method, resource, name
+/// and HTTP status; an error marks the span failed with its message.
+async fn traced<T>(
+    method: &'static str,
+    ok_code: u16,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    let span = info_span!(
+        "k8s.request",
+        otel.name = %format!("{method} {resource}"),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+        "http.request.method" = method,
+        "k8s.resource" = resource,
+        "k8s.namespace.name" = ns,
+        "k8s.object.name" = name,
+        "http.response.status_code" = Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    match &result {
+        Ok(_) => {
+            span.record("http.response.status_code", i64::from(ok_code));
+            debug!(parent: &span, method, resource, namespace = ns, name, "request succeeded");
+        }
+        Err(e) => {
+            if let Some(code) = status_code(e) {
+                span.record("http.response.status_code", i64::from(code));
+            }
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", e.to_string().as_str());
+            warn!(parent: &span, method, resource, namespace = ns, name, code = status_code(e), error = %e, "request failed");
+        }
+    }
+    result
+}
+
 impl Writer {
     pub fn new(client: Client) -> Self {
         Writer { client }
@@ -41,16 +83,7 @@ impl Writer {
         &self.client
     }
 
-    fn log<T>(verb: &str, kind: &str, ns: &str, name: &str, result: &Result<T, kube::Error>) {
-        match result {
-            Ok(_) => debug!(verb, kind, namespace = ns, name, "write succeeded"),
-            Err(e) => {
-                warn!(verb, kind, namespace = ns, name, code = status_code(e), error = %e, "write failed")
-            }
-        }
-    }
-
-    /// Reads an object (not a write; here so that every API call of a reconcile has one home).
+    /// Reads an object (not a write; here so that every API call of a reconcile is traced).
     pub async fn get_opt<K>(&self, ns: &str, name: &str) -> Result<Option<K>, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -58,14 +91,14 @@ impl Writer {
             + Clone
             + Debug,
     {
-        Api::<K>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
-            .await
+        let api = Api::<K>::namespaced(self.client.clone(), ns);
+        traced("GET", 200, &K::kind(&()), ns, name, api.get_opt(name)).await
     }
 
     /// Server-side apply with our field manager; `force` takes back fields another manager
-    /// changed, which is how drift is repaired.
-    pub async fn apply<K>(&self, obj: &K) -> Result<K, kube::Error>
+    /// changed, which is how drift is repaired. `creates` says whether the object is new
+    /// (the API server answers 201 then, 200 otherwise), for the span's status code.
+    pub async fn apply<K>(&self, obj: &K, creates: bool) -> Result<K, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Serialize
@@ -76,15 +109,17 @@ impl Writer {
         let name = obj.meta().name.clone().unwrap_or_default();
         let ns = obj.meta().namespace.clone().unwrap_or_default();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
-        let result = api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(obj),
-            )
-            .await;
-        Self::log("apply", &K::kind(&()), &ns, &name, &result);
-        result
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let code = if creates { 201 } else { 200 };
+        traced(
+            "PATCH",
+            code,
+            &K::kind(&()),
+            &ns,
+            &name,
+            api.patch(&name, &params, &Patch::Apply(obj)),
+        )
+        .await
     }
 
     /// Deletes an object only if it is still the one we saw (same uid).
@@ -108,12 +143,13 @@ impl Writer {
             }),
             ..DeleteParams::background()
         };
-        let result = match api.delete(name, &params).await {
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            other => other.map(|_| ()),
+        let call = async {
+            match api.delete(name, &params).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                other => other.map(|_| ()),
+            }
         };
-        Self::log("delete", &K::kind(&()), ns, name, &result);
-        result
+        traced("DELETE", 200, &K::kind(&()), ns, name, call).await
     }
 
     /// Server-side applies the status subresource: fields this manager set before and omits
@@ -138,38 +174,41 @@ impl Writer {
             "metadata": { "name": name, "namespace": ns },
             "status": status,
         });
-        let result = api
-            .patch_status(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await;
-        Self::log("apply_status", &K::kind(&()), ns, name, &result);
-        result
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let resource = format!("{}/status", K::kind(&()));
+        traced(
+            "PATCH",
+            200,
+            &resource,
+            ns,
+            name,
+            api.patch_status(name, &params, &Patch::Apply(&body)),
+        )
+        .await
     }
 
     pub async fn create_event(&self, ns: &str, event: &Event) -> Result<(), kube::Error> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let name = event.metadata.name.clone().unwrap_or_default();
-        let result = api.create(&PostParams::default(), event).await.map(|_| ());
-        Self::log("create", "Event", ns, &name, &result);
-        result
+        let call = async { api.create(&PostParams::default(), event).await.map(|_| ()) };
+        traced("POST", 201, "Event", ns, &name, call).await
     }
 
+    /// Counts a repeat on an Event and points its note at the latest occurrence.
     pub async fn patch_event_series(
         &self,
         ns: &str,
         name: &str,
         series: &EventSeries,
+        note: &str,
     ) -> Result<(), kube::Error> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        let body = serde_json::json!({ "series": series });
-        let result = api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .map(|_| ());
-        Self::log("patch", "Event", ns, name, &result);
-        result
+        let body = serde_json::json!({ "series": series, "note": note });
+        let call = async {
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .map(|_| ())
+        };
+        traced("PATCH", 200, "Event", ns, name, call).await
     }
 }

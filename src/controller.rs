@@ -25,9 +25,9 @@ use crate::crd::{GROUP, KIND, VecodexSet};
 use crate::events::Recorder;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::queue::{Priority, QueueConfig, WorkQueue};
+use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
 use crate::reconcile::{Context, Report, Stores, reconcile};
-use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager};
+use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager, WorkGuard};
 use crate::validate::Limits;
 
 #[derive(Debug, Clone)]
@@ -145,6 +145,7 @@ pub fn key_of<K: Resource>(obj: &K) -> Option<String> {
 pub struct Enqueue {
     pub key: String,
     pub priority: Priority,
+    pub trigger: Trigger,
     pub cut_backoff: bool,
 }
 
@@ -173,9 +174,9 @@ async fn pump<K, S, F>(
                 // all its sets from the cache.
                 if let Some(e) = classify(event).filter(|e| gate.accepts(&e.key)) {
                     if e.cut_backoff {
-                        queue.add_now(&e.key, e.priority).await;
+                        queue.add_now(&e.key, e.priority, e.trigger).await;
                     } else {
-                        queue.add(&e.key, e.priority).await;
+                        queue.add(&e.key, e.priority, e.trigger).await;
                     }
                 }
             }
@@ -198,21 +199,24 @@ fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
             Some(Enqueue {
                 key,
                 priority: Priority::Low,
+                trigger: Trigger::InitialList,
                 cut_backoff: false,
             })
         }
         Event::Apply(set) => {
             let key = key_of(&set)?;
             let generation = set.metadata.generation.unwrap_or(0);
-            let changed = generations.insert(key.clone(), generation) != Some(generation);
+            let previous = generations.insert(key.clone(), generation);
+            let (priority, trigger) = match previous {
+                None => (Priority::Normal, Trigger::Create),
+                Some(g) if g != generation => (Priority::Normal, Trigger::SpecChange),
+                Some(_) => (Priority::Low, Trigger::Update),
+            };
             Some(Enqueue {
                 key,
-                priority: if changed {
-                    Priority::Normal
-                } else {
-                    Priority::Low
-                },
-                cut_backoff: changed,
+                priority,
+                trigger,
+                cut_backoff: priority == Priority::Normal,
             })
         }
         Event::Delete(set) => {
@@ -225,14 +229,15 @@ fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
 
 /// Child events: drift (a change or a deletion) is a real change; the initial list is not.
 fn classify_children<K: Resource>(event: Event<K>) -> Option<Enqueue> {
-    let (child, priority) = match &event {
-        Event::Apply(c) | Event::Delete(c) => (c, Priority::Normal),
-        Event::InitApply(c) => (c, Priority::Low),
+    let (child, priority, trigger) = match &event {
+        Event::Apply(c) | Event::Delete(c) => (c, Priority::Normal, Trigger::ChildDrift),
+        Event::InitApply(c) => (c, Priority::Low, Trigger::InitialList),
         Event::Init | Event::InitDone => return None,
     };
     Some(Enqueue {
         key: owner_key(child)?,
         priority,
+        trigger,
         cut_backoff: false,
     })
 }
@@ -259,7 +264,7 @@ async fn resync(
         debug!(sets = sets.len(), "resync");
         for set in sets {
             if let Some(key) = key_of(set.as_ref()).filter(|k| gate.accepts(k)) {
-                queue.add(&key, Priority::Low).await;
+                queue.add(&key, Priority::Low, Trigger::Resync).await;
             }
         }
     }
@@ -393,7 +398,12 @@ pub async fn run(
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
-        workers.spawn(worker(ctx.clone(), queue.clone(), gate.clone()));
+        workers.spawn(worker(
+            ctx.clone(),
+            queue.clone(),
+            gate.clone(),
+            metrics.clone(),
+        ));
     }
 
     shutdown.cancelled().await;
@@ -442,7 +452,7 @@ async fn follow_shards(
                     .collect();
                 info!(shard, sets = keys.len(), "shard gained; queueing its sets");
                 for key in keys {
-                    queue.add(&key, Priority::Low).await;
+                    queue.add(&key, Priority::Low, Trigger::ShardTakeover).await;
                 }
             }
             ShardEvent::Lost(shard) => {
@@ -458,48 +468,111 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>, gate: Arc<ShardGate>) {
+async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>, gate: Arc<ShardGate>, metrics: Metrics) {
     while let Some(item) = queue.get().await {
-        let key = item.key;
+        let key = item.key.clone();
         // Only while this replica holds the key's shard; a lost shard cancels the reconcile.
         let Some(guard) = gate.begin(&key) else {
             queue.done(&key);
             continue;
         };
         let shard = gate.shard_of_key(&key);
-        let span = info_span!(
-            "reconcile",
-            key = %key,
-            shard,
-            priority = ?item.priority,
-            queued_ms = item.waited.as_millis() as u64
-        );
-        let started_ms = unix_ms();
-        let result = tokio::select! {
-            r = reconcile(&ctx, &key).instrument(span.clone()) => Some(r),
-            _ = guard.token.cancelled() => None,
-        };
-        let finished_ms = unix_ms();
-        drop(guard);
-        span.in_scope(|| {
-            debug!(shard, started_ms, finished_ms, "reconcile interval");
-            match result {
-                None => warn!("shard lost: reconcile cancelled"),
-                Some(Ok(report)) => {
-                    queue.forget(&key);
-                    match report {
-                        Report::Applied { writes: 0, status_patched: false } => debug!("no change"),
-                        report => info!(?report, "reconciled"),
-                    }
-                }
-                Some(Err(err)) => {
-                    let delay = queue.retry(&key, item.priority);
-                    error!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-                }
-            }
-        });
+        work(&ctx, &queue, &metrics, item, shard, guard).await;
         queue.done(&key);
     }
+}
+
+/// One reconcile as one trace: a root span `reconcile` with the set, shard, trigger, queue
+/// wait and attempt, and, when it ends, the outcome and requeue delay.
+async fn work(
+    ctx: &Context,
+    queue: &WorkQueue,
+    metrics: &Metrics,
+    item: Item,
+    shard: u32,
+    guard: WorkGuard,
+) {
+    let (ns, name) = item.key.split_once('/').unwrap_or(("", item.key.as_str()));
+    let span = info_span!(
+        parent: None,
+        "reconcile",
+        otel.name = "reconcile",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        key = %item.key,
+        "k8s.namespace.name" = ns,
+        "vecodex.set.name" = name,
+        "vecodex.set.uid" = tracing::field::Empty,
+        "vecodex.set.generation" = tracing::field::Empty,
+        "vecodex.shard" = i64::from(shard),
+        "vecodex.trigger" = item.trigger.as_str(),
+        "vecodex.priority" = ?item.priority,
+        "vecodex.queue_wait_ms" = item.waited.as_millis() as i64,
+        "vecodex.attempt" = i64::from(item.attempt),
+        "vecodex.outcome" = tracing::field::Empty,
+        "vecodex.requeue_delay_ms" = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let (trace_id, span_id) = crate::telemetry::ids(&span);
+    span.record("trace_id", tracing::field::display(&trace_id));
+    span.record("span_id", tracing::field::display(&span_id));
+
+    let started = std::time::Instant::now();
+    let started_ms = unix_ms();
+    let result = tokio::select! {
+        r = reconcile(ctx, &item.key).instrument(span.clone()) => Some(r),
+        _ = guard.token.cancelled() => None,
+    };
+    let finished_ms = unix_ms();
+    drop(guard);
+    let (outcome, result_label) = match &result {
+        None => ("cancelled: shard lost".to_owned(), "cancelled"),
+        Some(Ok(Report::Gone)) => ("gone".to_owned(), "gone"),
+        Some(Ok(Report::Invalid)) => ("invalid".to_owned(), "invalid"),
+        Some(Ok(Report::Applied {
+            writes: 0,
+            status_patched: false,
+        })) => ("no-op".to_owned(), "noop"),
+        Some(Ok(Report::Applied {
+            writes,
+            status_patched,
+        })) => (
+            format!("applied {} objects", writes + usize::from(*status_patched)),
+            "applied",
+        ),
+        Some(Err(_)) => ("error".to_owned(), "error"),
+    };
+    span.record("vecodex.outcome", outcome.as_str());
+    metrics.reconciled(result_label, started.elapsed(), &trace_id);
+    span.in_scope(|| {
+        debug!(shard, started_ms, finished_ms, "reconcile interval");
+        match result {
+            None => warn!("shard lost: reconcile cancelled"),
+            Some(Ok(report)) => {
+                queue.forget(&item.key);
+                match report {
+                    Report::Applied {
+                        writes: 0,
+                        status_patched: false,
+                    } => debug!("no change"),
+                    Report::Invalid => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("otel.status_message", "invalid spec");
+                        info!(?report, "reconciled");
+                    }
+                    report => info!(?report, "reconciled"),
+                }
+            }
+            Some(Err(err)) => {
+                let delay = queue.retry(&item.key, item.priority);
+                span.record("vecodex.requeue_delay_ms", delay.as_millis() as i64);
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", err.to_string().as_str());
+                error!(error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

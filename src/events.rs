@@ -53,10 +53,11 @@ pub struct Recorder {
     recent: Mutex<HashMap<Key, Recent>>,
 }
 
-/// Cuts `note` to the API's limit on a character boundary.
-pub fn truncate_note(mut note: String) -> String {
-    if note.len() > MAX_NOTE {
-        let mut cut = MAX_NOTE;
+/// Cuts `note` to the API's limit, less `reserve` bytes, on a character boundary.
+pub fn truncate_note(mut note: String, reserve: usize) -> String {
+    let max = MAX_NOTE.saturating_sub(reserve);
+    if note.len() > max {
+        let mut cut = max;
         while !note.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -75,6 +76,8 @@ impl Recorder {
     }
 
     /// Publishes an Event about `regarding`, or counts a repeat of a recent identical one.
+    /// `trace_id` is appended to the note (repeats show the latest) but is not part of what
+    /// makes two Events identical.
     pub async fn publish(
         &self,
         writer: &Writer,
@@ -82,8 +85,13 @@ impl Recorder {
         type_: EventType,
         reason: &str,
         note: String,
+        trace_id: Option<&str>,
     ) -> Result<(), kube::Error> {
-        let note = truncate_note(note);
+        let suffix = trace_id
+            .map(|t| format!(" (trace {t})"))
+            .unwrap_or_default();
+        let note = truncate_note(note, suffix.len());
+        let shown = format!("{note}{suffix}");
         let ns = regarding
             .namespace
             .clone()
@@ -109,7 +117,7 @@ impl Recorder {
                 count,
                 last_observed_time: MicroTime(now),
             };
-            return writer.patch_event_series(&ns, &name, &series).await;
+            return writer.patch_event_series(&ns, &name, &series, &shown).await;
         }
         let name = format!(
             "{}.{:x}",
@@ -124,7 +132,7 @@ impl Recorder {
             },
             action: Some("Reconcile".to_owned()),
             reason: Some(reason.to_owned()),
-            note: Some(note),
+            note: Some(shown),
             type_: Some(type_.as_str().to_owned()),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
@@ -155,9 +163,10 @@ mod tests {
     #[test]
     fn notes_are_cut_to_the_api_limit_on_a_char_boundary() {
         let note = "é".repeat(600); // 1200 bytes
-        let cut = truncate_note(note);
+        let cut = truncate_note(note, 0);
         assert!(cut.len() <= 1000);
         assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate_note("short".into()), "short");
+        assert_eq!(truncate_note("short".into(), 0), "short");
+        assert!(truncate_note("x".repeat(2000), 48).len() <= 952);
     }
 }

@@ -23,6 +23,9 @@ pub struct Health {
     ready: AtomicBool,
 }
 
+/// `/healthz` fails when the shard manager's loop has not ticked for this long.
+const STALE_LOOP_SECS: u64 = 60;
+
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
@@ -51,7 +54,14 @@ fn route(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz" | "/livez" => respond(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/healthz" | "/livez" => match metrics.shard.since_last_tick() {
+            Some(age) if age > STALE_LOOP_SECS => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("shard manager loop stalled for {age} s\n"),
+            ),
+            _ => respond(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        },
         "/readyz" if health.is_ready() => respond(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -7,6 +7,7 @@ pub mod crd;
 pub mod diff;
 pub mod events;
 pub mod http;
+pub mod kube_metrics;
 pub mod metrics;
 pub mod quantity;
 pub mod queue;

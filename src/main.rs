@@ -7,10 +7,11 @@ use tracing::{error, info};
 
 use vecodex_operator::controller::{self, Config};
 use vecodex_operator::http::{self, Health};
+use vecodex_operator::kube_metrics::RequestMetricsLayer;
 use vecodex_operator::metrics::Metrics;
 use vecodex_operator::queue::QueueConfig;
 use vecodex_operator::shard::{ShardConfig, default_identity};
-use vecodex_operator::telemetry::{self, LogFormat};
+use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
 use vecodex_operator::validate::Limits;
 
 /// Kubernetes operator for Vecodex vector-search clusters.
@@ -93,6 +94,23 @@ struct RunArgs {
     instance: Option<String>,
     #[command(flatten)]
     sharding: ShardArgs,
+    /// OTLP/gRPC endpoint for traces, e.g. http://jaeger-collector:4317 (none: no export).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// `service.name` of the traces.
+    #[arg(long, default_value = "vecodex-operator", env = "OTEL_SERVICE_NAME")]
+    otel_service_name: String,
+    /// always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio.
+    #[arg(
+        long,
+        default_value = "parentbased_always_on",
+        env = "OTEL_TRACES_SAMPLER"
+    )]
+    otel_sampler: String,
+    /// Sampling ratio for the ratio samplers (0.0 to 1.0).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    otel_sampler_arg: Option<f64>,
     /// How long a shard Lease lasts without renewal.
     #[arg(long, default_value = "15s", value_parser = parse_duration, env = "VECODEX_LEASE_DURATION")]
     lease_duration: Duration,
@@ -150,35 +168,65 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Run(args) => {
-            telemetry::init(args.log_format, &args.log_level);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    error!(error = %e, "cannot start the async runtime");
+                    eprintln!("cannot start the async runtime: {e}");
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(*args)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    error!(error = format!("{e:#}"), "operator failed");
-                    std::process::ExitCode::FAILURE
+            let mut args = args;
+            // One identity for Leases and traces (`service.instance.id`).
+            args.identity = Some(args.identity.clone().unwrap_or_else(default_identity));
+            runtime.block_on(async move {
+                let metrics = Metrics::default();
+                let traces = TraceConfig {
+                    endpoint: args.otlp_endpoint.clone(),
+                    service_name: args.otel_service_name.clone(),
+                    sampler: args.otel_sampler.clone(),
+                    sampler_arg: args.otel_sampler_arg,
+                    instance_id: args.identity.clone().unwrap_or_default(),
+                };
+                let telemetry = match telemetry::init(
+                    args.log_format,
+                    &args.log_level,
+                    &traces,
+                    metrics.spans_dropped.clone(),
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("cannot set up tracing: {e:#}");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                };
+                let result = run(*args, metrics).await;
+                // Flush what traces we can; never longer than a few seconds.
+                telemetry.shutdown(Duration::from_secs(5)).await;
+                match result {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => {
+                        error!(error = format!("{e:#}"), "operator failed");
+                        std::process::ExitCode::FAILURE
+                    }
                 }
-            }
+            })
         }
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
     if !(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration) {
         anyhow::bail!(
             "need --retry-period < --renew-deadline < --lease-duration (fencing relies on it)"
         );
     }
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)?
+        .with_layer(&RequestMetricsLayer::new(metrics.clone()))
+        .build();
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_handler(shutdown.clone()));
     let config = Config {
@@ -209,7 +257,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     info!(version = env!("CARGO_PKG_VERSION"), namespace = ?config.namespace, "starting vecodex-operator");
-    let metrics = Metrics::default();
     let health = Arc::new(Health::default());
     let server = http::serve(
         args.metrics_addr,

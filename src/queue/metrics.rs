@@ -92,6 +92,18 @@ impl QueueMetrics {
         );
     }
 
+    /// Creates every series of queue `name` at zero, so they show before the first event.
+    pub(super) fn init(&self, name: &str) {
+        let l = labels(name);
+        drop(self.depth.get_or_create(&l));
+        drop(self.adds.get_or_create(&l));
+        drop(self.retries.get_or_create(&l));
+        drop(self.queue_duration.get_or_create(&l));
+        drop(self.work_duration.get_or_create(&l));
+        drop(self.unfinished_work.get_or_create(&l));
+        drop(self.longest_running.get_or_create(&l));
+    }
+
     pub(super) fn added(&self, name: &str, depth: usize) {
         let l = labels(name);
         self.adds.get_or_create(&l).inc();

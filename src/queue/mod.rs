@@ -58,11 +58,44 @@ pub enum Priority {
     Normal = 1,
 }
 
+/// Why a key was queued (the trace's `vecodex.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    Create,
+    SpecChange,
+    /// A status, label or annotation change of the set.
+    Update,
+    ChildDrift,
+    InitialList,
+    Resync,
+    Retry,
+    ShardTakeover,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Create => "create",
+            Trigger::SpecChange => "spec change",
+            Trigger::Update => "update",
+            Trigger::ChildDrift => "child drift",
+            Trigger::InitialList => "initial list",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+            Trigger::ShardTakeover => "shard takeover",
+        }
+    }
+}
+
 /// A key handed to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     pub key: String,
     pub priority: Priority,
+    /// Why it was queued (the first reason, or the one that raised its priority).
+    pub trigger: Trigger,
+    /// 1 for a first try, n+1 after n consecutive failures.
+    pub attempt: u32,
     /// How long it waited in the queue.
     pub waited: Duration,
 }
@@ -118,6 +151,7 @@ impl Lane {
 
 struct Queued {
     priority: Priority,
+    trigger: Trigger,
     since: Instant,
 }
 
@@ -127,9 +161,9 @@ struct State {
     /// Keys being processed, with their start.
     processing: HashMap<String, Instant>,
     /// Keys added while processed, with the highest priority they were added at.
-    dirty: HashMap<String, Priority>,
+    dirty: HashMap<String, (Priority, Trigger)>,
     /// Keys in backoff: when they come back, and at which priority.
-    waiting: HashMap<String, (Instant, Priority)>,
+    waiting: HashMap<String, (Instant, Priority, Trigger)>,
     timeline: BTreeSet<(Instant, String)>,
     failures: HashMap<String, u32>,
     bucket: TokenBucket,
@@ -155,6 +189,7 @@ impl WorkQueue {
     }
 
     pub fn with_metrics(config: QueueConfig, metrics: QueueMetrics) -> Arc<Self> {
+        metrics.init(&config.name);
         let queue = Arc::new(WorkQueue {
             state: Mutex::new(State {
                 lanes: [Lane::default(), Lane::default()],
@@ -190,17 +225,17 @@ impl WorkQueue {
     /// Queues `key` unless it is already queued (then raises its priority if needed), marks
     /// it dirty if it is being processed, and leaves it alone while it waits out a backoff.
     /// Waits while the queue is at capacity.
-    pub async fn add(&self, key: &str, priority: Priority) {
-        self.add_inner(key, priority, false).await;
+    pub async fn add(&self, key: &str, priority: Priority, trigger: Trigger) {
+        self.add_inner(key, priority, trigger, false).await;
     }
 
     /// Like [`add`](Self::add), but also ends a backoff: for changes someone waits for
     /// (a spec change).
-    pub async fn add_now(&self, key: &str, priority: Priority) {
-        self.add_inner(key, priority, true).await;
+    pub async fn add_now(&self, key: &str, priority: Priority, trigger: Trigger) {
+        self.add_inner(key, priority, trigger, true).await;
     }
 
-    async fn add_inner(&self, key: &str, priority: Priority, cut_backoff: bool) {
+    async fn add_inner(&self, key: &str, priority: Priority, trigger: Trigger, cut_backoff: bool) {
         loop {
             let space = self.space.notified();
             {
@@ -208,7 +243,7 @@ impl WorkQueue {
                 if s.shut_down {
                     return;
                 }
-                if cut_backoff && let Some((at, _)) = s.waiting.remove(key) {
+                if cut_backoff && let Some((at, _, _)) = s.waiting.remove(key) {
                     s.timeline.remove(&(at, key.to_owned()));
                 }
                 let full = s.queued.len() >= self.config.capacity;
@@ -216,7 +251,7 @@ impl WorkQueue {
                     && !s.processing.contains_key(key)
                     && !s.waiting.contains_key(key);
                 if !(full && is_new) {
-                    self.insert(&mut s, key, priority);
+                    self.insert(&mut s, key, priority, trigger);
                     return;
                 }
             }
@@ -226,19 +261,22 @@ impl WorkQueue {
     }
 
     /// Puts a key where it belongs; the caller holds the lock.
-    fn insert(&self, s: &mut State, key: &str, priority: Priority) {
+    fn insert(&self, s: &mut State, key: &str, priority: Priority, trigger: Trigger) {
         if s.waiting.contains_key(key) {
             return;
         }
         if s.processing.contains_key(key) {
-            let p = s.dirty.entry(key.to_owned()).or_insert(priority);
-            *p = (*p).max(priority);
+            let d = s.dirty.entry(key.to_owned()).or_insert((priority, trigger));
+            if priority > d.0 {
+                *d = (priority, trigger);
+            }
             return;
         }
         if let Some(q) = s.queued.get_mut(key) {
             if priority > q.priority {
                 let old = q.priority;
                 q.priority = priority;
+                q.trigger = trigger;
                 s.lanes[old as usize].remove(key);
                 s.lanes[priority as usize].push(key);
             }
@@ -248,6 +286,7 @@ impl WorkQueue {
             key.to_owned(),
             Queued {
                 priority,
+                trigger,
                 since: Instant::now(),
             },
         );
@@ -272,8 +311,11 @@ impl WorkQueue {
                 if let Some(key) = next {
                     let now = Instant::now();
                     let queued = s.queued.remove(&key);
-                    let (priority, since) =
-                        queued.map_or((Priority::Low, now), |q| (q.priority, q.since));
+                    let (priority, trigger, since) = queued
+                        .map_or((Priority::Low, Trigger::Update, now), |q| {
+                            (q.priority, q.trigger, q.since)
+                        });
+                    let attempt = s.failures.get(&key).copied().unwrap_or(0).saturating_add(1);
                     s.processing.insert(key.clone(), now);
                     let waited = now.saturating_duration_since(since);
                     self.metrics
@@ -287,6 +329,8 @@ impl WorkQueue {
                     return Some(Item {
                         key,
                         priority,
+                        trigger,
+                        attempt,
                         waited,
                     });
                 }
@@ -304,10 +348,10 @@ impl WorkQueue {
                 Instant::now().saturating_duration_since(started),
             );
         }
-        if let Some(priority) = s.dirty.remove(key)
+        if let Some((priority, trigger)) = s.dirty.remove(key)
             && !s.shut_down
         {
-            self.insert(&mut s, key, priority);
+            self.insert(&mut s, key, priority, trigger);
         }
     }
 
@@ -334,29 +378,36 @@ impl WorkQueue {
         let now = Instant::now();
         let delay = backoff.max(s.bucket.reserve(now));
         self.metrics.retried(&self.config.name);
-        self.schedule(&mut s, key, now + delay, priority);
+        self.schedule(&mut s, key, now + delay, priority, Trigger::Retry);
         delay
     }
 
     /// Queues `key` after `delay` without counting a failure.
-    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority) {
+    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority, trigger: Trigger) {
         let mut s = self.lock();
-        self.schedule(&mut s, key, Instant::now() + delay, priority);
+        self.schedule(&mut s, key, Instant::now() + delay, priority, trigger);
     }
 
-    fn schedule(&self, s: &mut State, key: &str, at: Instant, priority: Priority) {
+    fn schedule(
+        &self,
+        s: &mut State,
+        key: &str,
+        at: Instant,
+        priority: Priority,
+        trigger: Trigger,
+    ) {
         if s.shut_down {
             return;
         }
         // One deadline per key: the earliest wins, as in client-go's delaying queue.
-        if let Some((old, p)) = s.waiting.get(key).copied() {
+        if let Some((old, p, t)) = s.waiting.get(key).copied() {
             if old <= at {
                 return;
             }
             s.timeline.remove(&(old, key.to_owned()));
-            s.waiting.insert(key.to_owned(), (at, p.max(priority)));
+            s.waiting.insert(key.to_owned(), (at, p.max(priority), t));
         } else {
-            s.waiting.insert(key.to_owned(), (at, priority));
+            s.waiting.insert(key.to_owned(), (at, priority, trigger));
         }
         let earliest = s.timeline.first().is_none_or(|(first, _)| at < *first);
         s.timeline.insert((at, key.to_owned()));
@@ -374,8 +425,8 @@ impl WorkQueue {
                 return Some(at);
             }
             s.timeline.pop_first();
-            if let Some((_, priority)) = s.waiting.remove(&key) {
-                self.insert(&mut s, &key, priority);
+            if let Some((_, priority, trigger)) = s.waiting.remove(&key) {
+                self.insert(&mut s, &key, priority, trigger);
             }
         }
         None
@@ -422,7 +473,7 @@ impl WorkQueue {
             .waiting
             .iter()
             .filter(|(k, _)| !keep(k))
-            .map(|(k, (at, _))| (*at, k.clone()))
+            .map(|(k, (at, _, _))| (*at, k.clone()))
             .collect();
         for (at, key) in waiting {
             s.waiting.remove(&key);

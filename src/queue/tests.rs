@@ -22,9 +22,9 @@ async fn try_key(q: &WorkQueue) -> Option<String> {
 #[tokio::test(start_paused = true)]
 async fn keys_are_deduplicated() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal).await;
-    q.add("a/x", Priority::Normal).await;
-    q.add("a/y", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add("a/y", Priority::Normal, Trigger::Update).await;
     assert_eq!(q.len(), 2);
     assert_eq!(key(&q).await, "a/x");
     assert_eq!(key(&q).await, "a/y");
@@ -34,10 +34,10 @@ async fn keys_are_deduplicated() {
 #[tokio::test(start_paused = true)]
 async fn a_key_is_never_processed_twice_at_once_and_dirty_keys_run_again() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
     let k = key(&q).await;
-    q.add("a/x", Priority::Normal).await;
-    q.add("a/x", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
     assert_eq!(
         try_key(&q).await,
         None,
@@ -71,7 +71,7 @@ async fn backoff_doubles_caps_and_resets_on_success() {
 #[tokio::test(start_paused = true)]
 async fn retried_keys_come_back_after_their_delay() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
     let k = key(&q).await;
     let delay = q.retry(&k, Priority::Normal);
     q.done(&k);
@@ -109,13 +109,13 @@ async fn an_event_does_not_cut_a_backoff_short_but_a_spec_change_does() {
     });
     q.retry("a/x", Priority::Normal);
     tokio::time::sleep(Duration::from_millis(10)).await;
-    q.add("a/x", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
     assert_eq!(
         try_key(&q).await,
         None,
         "a status echo waits for the backoff"
     );
-    q.add_now("a/x", Priority::Normal).await;
+    q.add_now("a/x", Priority::Normal, Trigger::Update).await;
     assert_eq!(
         try_key(&q).await.as_deref(),
         Some("a/x"),
@@ -129,17 +129,17 @@ async fn producers_wait_at_capacity() {
         capacity: 2,
         ..config()
     });
-    q.add("a/1", Priority::Normal).await;
-    q.add("a/2", Priority::Normal).await;
+    q.add("a/1", Priority::Normal, Trigger::Update).await;
+    q.add("a/2", Priority::Normal, Trigger::Update).await;
     let third = tokio::spawn({
         let q = q.clone();
-        async move { q.add("a/3", Priority::Normal).await }
+        async move { q.add("a/3", Priority::Normal, Trigger::Update).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!third.is_finished(), "the third add waits");
     assert_eq!(q.len(), 2);
     // Re-adding a queued key never waits.
-    q.add("a/1", Priority::Normal).await;
+    q.add("a/1", Priority::Normal, Trigger::Update).await;
     assert_eq!(key(&q).await, "a/1");
     third.await.unwrap();
     assert_eq!(q.len(), 2);
@@ -148,10 +148,10 @@ async fn producers_wait_at_capacity() {
 #[tokio::test(start_paused = true)]
 async fn normal_priority_goes_first_and_upgrades_move_keys_up() {
     let q = WorkQueue::new(config());
-    q.add("a/resync-1", Priority::Low).await;
-    q.add("a/resync-2", Priority::Low).await;
-    q.add("b/edit", Priority::Normal).await;
-    q.add("a/resync-2", Priority::Normal).await;
+    q.add("a/resync-1", Priority::Low, Trigger::Resync).await;
+    q.add("a/resync-2", Priority::Low, Trigger::Resync).await;
+    q.add("b/edit", Priority::Normal, Trigger::Update).await;
+    q.add("a/resync-2", Priority::Normal, Trigger::Update).await;
     assert_eq!(key(&q).await, "b/edit");
     assert_eq!(key(&q).await, "a/resync-2");
     assert_eq!(key(&q).await, "a/resync-1");
@@ -161,9 +161,10 @@ async fn normal_priority_goes_first_and_upgrades_move_keys_up() {
 async fn namespaces_are_served_in_turn() {
     let q = WorkQueue::new(config());
     for i in 0..5000 {
-        q.add(&format!("flood/set-{i}"), Priority::Normal).await;
+        q.add(&format!("flood/set-{i}"), Priority::Normal, Trigger::Update)
+            .await;
     }
-    q.add("quiet/only", Priority::Normal).await;
+    q.add("quiet/only", Priority::Normal, Trigger::Update).await;
     let first: Vec<String> = [key(&q).await, key(&q).await].into();
     assert!(
         first.contains(&"quiet/only".to_owned()),
@@ -174,8 +175,8 @@ async fn namespaces_are_served_in_turn() {
 #[tokio::test(start_paused = true)]
 async fn retain_drops_queued_and_waiting_keys() {
     let q = WorkQueue::new(config());
-    q.add("lost/a", Priority::Normal).await;
-    q.add("kept/b", Priority::Normal).await;
+    q.add("lost/a", Priority::Normal, Trigger::Update).await;
+    q.add("kept/b", Priority::Normal, Trigger::Update).await;
     q.retry("lost/c", Priority::Normal);
     q.retain(|k| !k.starts_with("lost/"));
     assert_eq!(q.len(), 1);
@@ -200,8 +201,8 @@ async fn metrics_follow_client_go_names() {
     let q = WorkQueue::new(config());
     let mut registry = prometheus_client::registry::Registry::default();
     q.metrics().register(&mut registry);
-    q.add("a/x", Priority::Normal).await;
-    q.add("a/y", Priority::Normal).await;
+    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add("a/y", Priority::Normal, Trigger::Update).await;
     let k = key(&q).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     q.update_unfinished_work();
@@ -220,4 +221,22 @@ async fn metrics_follow_client_go_names() {
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_carry_their_trigger_and_attempt() {
+    let q = WorkQueue::new(config());
+    q.add("a/x", Priority::Low, Trigger::Resync).await;
+    q.add("a/x", Priority::Normal, Trigger::SpecChange).await;
+    let item = q.get().await.unwrap();
+    assert_eq!(
+        (item.trigger, item.attempt),
+        (Trigger::SpecChange, 1),
+        "the reason that raised the priority"
+    );
+    q.retry(&item.key, item.priority);
+    q.done(&item.key);
+    tokio::time::sleep(Duration::from_millis(6)).await;
+    let again = q.get().await.unwrap();
+    assert_eq!((again.trigger, again.attempt), (Trigger::Retry, 2));
 }

@@ -192,6 +192,7 @@ impl ShardManager {
     }
 
     async fn tick(&mut self) {
+        self.metrics.ticked();
         let refreshed = tokio::time::timeout(self.config.retry_period, self.leases.refresh()).await;
         if !matches!(refreshed, Ok(Ok(()))) {
             warn!("cannot read the Leases; holding what we have until the renew deadline");

@@ -14,6 +14,8 @@ pub struct ShardMetrics {
     losses: Counter,
     handovers: Counter,
     time_to_acquire: Histogram,
+    /// Unix seconds of the manager's last tick (0 before the first), for `/healthz`.
+    last_tick: Gauge,
 }
 
 impl Default for ShardMetrics {
@@ -25,6 +27,7 @@ impl Default for ShardMetrics {
             handovers: Counter::default(),
             // 10 ms .. ~160 s
             time_to_acquire: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            last_tick: Gauge::default(),
         }
     }
 }
@@ -52,10 +55,25 @@ impl ShardMetrics {
             self.handovers.clone(),
         );
         registry.register(
+            "vecodex_operator_shard_manager_last_tick_seconds",
+            "Unix time of the shard manager's last tick",
+            self.last_tick.clone(),
+        );
+        registry.register(
             "vecodex_operator_shard_time_to_acquire_seconds",
             "From becoming the preferred owner of a shard to holding its lease",
             self.time_to_acquire.clone(),
         );
+    }
+
+    pub fn ticked(&self) {
+        self.last_tick.set(unix_now() as i64);
+    }
+
+    /// Seconds since the manager's last tick; `None` before it started.
+    pub fn since_last_tick(&self) -> Option<u64> {
+        let last = self.last_tick.get();
+        (last > 0).then(|| unix_now().saturating_sub(last as u64))
     }
 
     pub fn held(&self, n: usize) {
@@ -74,4 +92,10 @@ impl ShardMetrics {
     pub fn handed_over(&self) {
         self.handovers.inc();
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -149,9 +149,26 @@ pub fn operator() {
 /// Spawns `vecodex-operator run` from a thread that never exits: PR_SET_PDEATHSIG fires when
 /// the spawning *thread* ends, and test threads end with their test.
 pub fn spawn_operator(kubeconfig: &Path, log: &Path, extra_args: &[&str]) -> Child {
+    spawn_operator_with_env(kubeconfig, log, extra_args, &[])
+}
+
+/// [`spawn_operator`] with extra environment variables.
+pub fn spawn_operator_with_env(
+    kubeconfig: &Path,
+    log: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let kubeconfig = kubeconfig.to_path_buf();
     let log = log.to_path_buf();
-    let args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    if !args.iter().any(|a| a == "--metrics-addr") {
+        args.extend(["--metrics-addr".to_owned(), "127.0.0.1:0".to_owned()]);
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let log_file = std::fs::File::create(&log).expect("operator log file");
@@ -162,12 +179,12 @@ pub fn spawn_operator(kubeconfig: &Path, log: &Path, extra_args: &[&str]) -> Chi
             &MAX_REPLICAS.to_string(),
             "--log-level",
             "info,vecodex_operator=debug",
-            "--metrics-addr",
-            "127.0.0.1:0",
         ])
         .args(&args)
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("RUST_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(env)
         .stdout(log_file.try_clone().expect("log fd"))
         .stderr(log_file);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child

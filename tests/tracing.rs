@@ -1,0 +1,502 @@
+//! Observability on a real control plane with a real OpenTelemetry collector (rotel-agent):
+//! one trace per reconcile with the right attributes and parents, errors marked, export
+//! surviving a collector restart, trace ids in logs and Warning Events, `/metrics` parsed,
+//! `/healthz` and `/readyz`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{client, namespace, seed_example, wait_for};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::core::ApiResource;
+use serde_json::json;
+use vecodex_operator::crd::VecodexSet;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn rotel_binary() -> PathBuf {
+    let cached = std::env::var("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/vecodex-operator/tools/bin/rotel-agent"))
+        .unwrap_or_default();
+    if cached.exists() {
+        return cached;
+    }
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| PathBuf::from(d).join("rotel-agent"))
+        .find(|p| p.exists())
+        .expect("rotel-agent not found: run deploy/local/tools.sh (fetches it from the PyPI wheel rotel==0.0.1a15)")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A rotel collector printing every span it receives into `out`.
+struct Collector {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Collector {
+    fn start(grpc: u16, out: PathBuf) -> Collector {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .unwrap();
+        let dir = out.parent().unwrap().to_path_buf();
+        let child = Command::new(rotel_binary())
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{grpc}"),
+            ])
+            .args([
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "traces",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .arg("--pid-file")
+            .arg(dir.join(format!("rotel-{grpc}.pid")))
+            .arg("--log-file")
+            .arg(dir.join(format!("rotel-{grpc}.log")))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start rotel-agent");
+        // Wait until it listens.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Collector { child, out }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        parse_spans(&std::fs::read_to_string(&self.out).unwrap_or_default())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Span {
+    trace_id: String,
+    parent_id: String,
+    id: String,
+    name: String,
+    kind: String,
+    status: String,
+    attributes: BTreeMap<String, String>,
+}
+
+/// Parses rotel's `--debug-log-verbosity detailed` output.
+fn parse_spans(text: &str) -> Vec<Span> {
+    let mut spans = Vec::new();
+    let mut current: Option<Span> = None;
+    let mut in_attributes = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("Span #") {
+            spans.extend(current.take());
+            current = Some(Span::default());
+            in_attributes = false;
+            continue;
+        }
+        let Some(span) = current.as_mut() else {
+            continue;
+        };
+        if trimmed.starts_with("ResourceSpans #") || trimmed.starts_with("ScopeSpans #") {
+            spans.extend(current.take());
+            continue;
+        }
+        let field = |prefix: &str| {
+            trimmed
+                .strip_prefix(prefix)
+                .map(|v| v.trim_start_matches([' ', ':']).trim().to_owned())
+        };
+        if let Some(v) = field("Trace ID") {
+            span.trace_id = v;
+        } else if let Some(v) = field("Parent ID") {
+            span.parent_id = v;
+        } else if let Some(v) = field("ID") {
+            span.id = v;
+        } else if let Some(v) = field("Name") {
+            span.name = v;
+        } else if let Some(v) = field("Kind") {
+            span.kind = v;
+        } else if let Some(v) = field("Status code") {
+            span.status = v;
+        } else if trimmed == "Attributes:" {
+            in_attributes = true;
+        } else if trimmed == "Events:" || trimmed.starts_with("SpanEvent") {
+            in_attributes = false;
+        } else if in_attributes && let Some(kv) = trimmed.strip_prefix("-> ") {
+            if let Some((k, v)) = kv.split_once(": ") {
+                // Str(x) / Int(3)
+                let value = v
+                    .split_once('(')
+                    .map_or(v, |(_, rest)| rest.strip_suffix(')').unwrap_or(rest));
+                span.attributes.insert(k.to_owned(), value.to_owned());
+            }
+        }
+    }
+    spans.extend(current);
+    spans
+}
+
+fn sets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
+}
+
+async fn create(client: &kube::Client, ns: &str, value: serde_json::Value) {
+    let obj: DynamicObject = serde_json::from_value(value).unwrap();
+    sets(client, ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+fn reconcile_of<'a>(spans: &'a [Span], set: &str, outcome_prefix: &str) -> Option<&'a Span> {
+    spans.iter().find(|s| {
+        s.name == "reconcile"
+            && s.attributes.get("vecodex.set.name").map(String::as_str) == Some(set)
+            && s.attributes
+                .get("vecodex.outcome")
+                .is_some_and(|o| o.starts_with(outcome_prefix))
+    })
+}
+
+/// Parses Prometheus/OpenMetrics text: family name → type, and sample name → values.
+fn parse_metrics(
+    text: &str,
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<(String, f64)>>,
+) {
+    let mut types = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        // name{labels} value [# exemplar]
+        let sample = line.split(" # ").next().unwrap_or(line);
+        let (series, value) = sample.rsplit_once(' ').expect("sample has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n.to_owned(), l.trim_end_matches('}').to_owned()),
+            None => (series.to_owned(), String::new()),
+        };
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad sample value in {line:?}"));
+        samples.entry(name).or_default().push((labels, value));
+    }
+    (types, samples)
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    // (0, "") while the listener is not up yet.
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let mut response = String::new();
+    if write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+        || stream.read_to_string(&mut response).is_err()
+    {
+        return (0, String::new());
+    }
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
+    let cluster = common::cluster();
+    let client = client().await;
+    let ns = namespace(&client, "traced").await;
+    let grpc = free_port();
+    let mut collector = Collector::start(grpc, cluster.dir.join("rotel-1.out"));
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let log = cluster.dir.join("traced-operator.log");
+    // Our own operator (this binary starts no other), exporting to the collector.
+    let endpoint = format!("http://127.0.0.1:{grpc}");
+    let _operator = common::spawn_operator_with_env(
+        &cluster.kubeconfig,
+        &log,
+        &[
+            "--metrics-addr",
+            &metrics_addr,
+            "--instance",
+            "op-under-test",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ],
+    );
+    wait_for("/readyz", WAIT, || async {
+        (http_get(&metrics_addr, "/readyz").0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(http_get(&metrics_addr, "/healthz").0, 200);
+    wait_for("the operator to hold every shard", WAIT, || async {
+        let (_, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
+        (samples.get("vecodex_operator_shards_held")?.first()?.1 == 16.0).then_some(())
+    })
+    .await;
+
+    // A valid set: one trace, a root `reconcile` span and one client span per API call.
+    create(&client, &ns, seed_example(&ns, "traced")).await;
+    let (root, spans) = wait_for("the reconcile span of the new set", WAIT, || async {
+        let spans = collector.spans();
+        let root = reconcile_of(&spans, "traced", "applied")?.clone();
+        Some((root, spans))
+    })
+    .await;
+    let a = &root.attributes;
+    assert_eq!(a["k8s.namespace.name"], ns);
+    assert_eq!(a["vecodex.trigger"], "create");
+    assert_eq!(a["vecodex.attempt"], "1");
+    for key in [
+        "vecodex.set.uid",
+        "vecodex.set.generation",
+        "vecodex.shard",
+        "vecodex.queue_wait_ms",
+        "trace_id",
+    ] {
+        assert!(a.contains_key(key), "reconcile span has {key}: {a:?}");
+    }
+    assert_eq!(
+        a["trace_id"], root.trace_id,
+        "the recorded trace id is the span's"
+    );
+    assert!(
+        root.parent_id.is_empty(),
+        "reconcile is a root span: {:?}",
+        root.parent_id
+    );
+    let children: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id && s.parent_id == root.id)
+        .collect();
+    let applies: BTreeSet<(String, String)> = children
+        .iter()
+        .filter(|s| s.name.starts_with("PATCH "))
+        .map(|s| {
+            (
+                s.attributes["k8s.resource"].clone(),
+                s.attributes["k8s.object.name"].clone(),
+            )
+        })
+        .collect();
+    for kind in ["Deployment", "Service"] {
+        for c in ["coordinator", "writer", "searcher"] {
+            assert!(
+                applies.contains(&(kind.to_owned(), format!("traced-{c}"))),
+                "apply of {kind} traced-{c} in {applies:?}"
+            );
+        }
+    }
+    assert!(applies.contains(&("Ingress".to_owned(), "traced".to_owned())));
+    assert!(applies.contains(&("VecodexSet/status".to_owned(), "traced".to_owned())));
+    assert!(
+        children.iter().all(|s| s.kind == "SPAN_KIND_CLIENT"
+            && s.attributes.contains_key("http.response.status_code"))
+    );
+    assert!(
+        children.iter().any(|s| s.name == "POST Event"),
+        "the Normal event is traced"
+    );
+
+    // The reconcile's log lines carry its trace id.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.lines().any(|l| l.contains("reconciled") && l.contains(&format!("trace_id={}", root.trace_id))), "log lines carry trace_id");
+
+    // An invalid set: an error outcome, and a Warning Event naming the trace.
+    let mut invalid = seed_example(&ns, "broken");
+    invalid["spec"]["writer"]["image"] = json!("Not A Valid Image");
+    create(&client, &ns, invalid).await;
+    let broken = wait_for("the invalid set's reconcile span", WAIT, || async {
+        reconcile_of(&collector.spans(), "broken", "invalid").cloned()
+    })
+    .await;
+    assert_eq!(broken.status, "STATUS_CODE_ERROR");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let note = wait_for("a Warning event with the trace id", WAIT, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find_map(|e| {
+                (e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref()?.name.as_deref() == Some("broken"))
+                .then(|| e.note.unwrap_or_default())
+            })
+    })
+    .await;
+    assert!(
+        note.contains(&format!("(trace {})", broken.trace_id)),
+        "{note}"
+    );
+
+    // The collector dies: reconciles go on, spans are counted as dropped.
+    collector.stop();
+    create(&client, &ns, seed_example(&ns, "unobserved")).await;
+    wait_for("a set to converge without a collector", WAIT, || async {
+        let v = serde_json::to_value(sets(&client, &ns).get("unobserved").await.ok()?).ok()?;
+        (v["status"]["observedGeneration"] == v["metadata"]["generation"]).then_some(())
+    })
+    .await;
+    wait_for("dropped spans counted", WAIT, || async {
+        let (_, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
+        (samples
+            .get("vecodex_operator_spans_dropped_total")?
+            .first()?
+            .1
+            > 0.0)
+            .then_some(())
+    })
+    .await;
+
+    // It comes back on the same port: export resumes.
+    let restarted = Collector::start(grpc, cluster.dir.join("rotel-2.out"));
+    create(&client, &ns, seed_example(&ns, "after-restart")).await;
+    wait_for(
+        "spans after the collector restart",
+        Duration::from_secs(60),
+        || async { reconcile_of(&restarted.spans(), "after-restart", "applied").map(|_| ()) },
+    )
+    .await;
+
+    // /metrics, parsed: every family the issue names.
+    let (types, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
+    for (family, kind) in [
+        ("vecodex_operator_reconciles", "counter"),
+        ("vecodex_operator_reconcile_duration_seconds", "histogram"),
+        ("vecodex_operator_kube_requests", "counter"),
+        (
+            "vecodex_operator_kube_request_duration_seconds",
+            "histogram",
+        ),
+        ("vecodex_operator_spans_dropped", "counter"),
+        ("vecodex_operator_build", "info"),
+        ("vecodex_operator_shards_held", "gauge"),
+        ("workqueue_depth", "gauge"),
+        ("workqueue_adds", "counter"),
+        ("workqueue_retries", "counter"),
+        ("workqueue_queue_duration_seconds", "histogram"),
+        ("workqueue_work_duration_seconds", "histogram"),
+        ("workqueue_unfinished_work_seconds", "gauge"),
+        ("workqueue_longest_running_processor_seconds", "gauge"),
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "family {family}"
+        );
+    }
+    let results: BTreeSet<String> = samples["vecodex_operator_reconciles_total"]
+        .iter()
+        .map(|(l, _)| l.clone())
+        .collect();
+    assert!(
+        results.contains("result=\"applied\"") && results.contains("result=\"invalid\""),
+        "{results:?}"
+    );
+    let requests = &samples["vecodex_operator_kube_requests_total"];
+    assert!(
+        requests.iter().any(|(l, v)| l.contains("verb=\"PATCH\"")
+            && l.contains("resource=\"deployments\"")
+            && l.contains("code=\"201\"")
+            && *v >= 3.0),
+        "apply requests counted: {requests:?}"
+    );
+    assert!(
+        requests.iter().any(|(l, _)| l.contains("verb=\"WATCH\"")),
+        "watches counted"
+    );
+    let text = http_get(&metrics_addr, "/metrics").1;
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("vecodex_operator_reconcile_duration_seconds_bucket")
+                && l.contains("# {trace_id=\"")
+        ),
+        "reconcile duration carries trace-id exemplars"
+    );
+    assert_eq!(
+        samples["vecodex_operator_build_info"][0].0,
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn rotel_output_parses() {
+    let text = "ResourceSpans #0\nScopeSpans #0\nSpan #0\n    Trace ID       : abc\n    Parent ID      : \n    ID             : def\n    Name           : reconcile\n    Kind           : SPAN_KIND_INTERNAL\n    Status code    : STATUS_CODE_ERROR\nAttributes:\n     -> vecodex.outcome: Str(invalid)\n     -> vecodex.attempt: Int(1)\nEvents:\nSpanEvent #0\n     -> Name: x\n";
+    let spans = parse_spans(text);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        (
+            spans[0].trace_id.as_str(),
+            spans[0].id.as_str(),
+            spans[0].parent_id.as_str()
+        ),
+        ("abc", "def", "")
+    );
+    assert_eq!(spans[0].attributes["vecodex.outcome"], "invalid");
+    assert_eq!(spans[0].attributes["vecodex.attempt"], "1");
+    assert!(!spans[0].attributes.contains_key("Name"));
+}
