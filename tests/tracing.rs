@@ -161,14 +161,16 @@ fn parse_spans(text: &str) -> Vec<Span> {
             in_attributes = true;
         } else if trimmed == "Events:" || trimmed.starts_with("SpanEvent") {
             in_attributes = false;
-        } else if in_attributes && let Some(kv) = trimmed.strip_prefix("-> ") {
-            if let Some((k, v)) = kv.split_once(": ") {
-                // Str(x) / Int(3)
-                let value = v
-                    .split_once('(')
-                    .map_or(v, |(_, rest)| rest.strip_suffix(')').unwrap_or(rest));
-                span.attributes.insert(k.to_owned(), value.to_owned());
-            }
+        } else if in_attributes
+            && let Some((k, v)) = trimmed
+                .strip_prefix("-> ")
+                .and_then(|kv| kv.split_once(": "))
+        {
+            // Str(x) / Int(3)
+            let value = v
+                .split_once('(')
+                .map_or(v, |(_, rest)| rest.strip_suffix(')').unwrap_or(rest));
+            span.attributes.insert(k.to_owned(), value.to_owned());
         }
     }
     spans.extend(current);
@@ -197,15 +199,13 @@ fn reconcile_of<'a>(spans: &'a [Span], set: &str, outcome_prefix: &str) -> Optio
     })
 }
 
-/// Parses Prometheus/OpenMetrics text: family name → type, and sample name → values.
-fn parse_metrics(
-    text: &str,
-) -> (
-    BTreeMap<String, String>,
-    BTreeMap<String, Vec<(String, f64)>>,
-) {
+/// Sample name → (labels, value) of every sample.
+type Samples = BTreeMap<String, Vec<(String, f64)>>;
+
+/// Parses Prometheus/OpenMetrics text: family name → type, and the samples.
+fn parse_metrics(text: &str) -> (BTreeMap<String, String>, Samples) {
     let mut types = BTreeMap::new();
-    let mut samples: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    let mut samples: Samples = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split_whitespace();
