@@ -272,7 +272,7 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
     let log = cluster.dir.join("traced-operator.log");
     // Our own operator (this binary starts no other), exporting to the collector.
     let endpoint = format!("http://127.0.0.1:{grpc}");
-    let _operator = common::spawn_operator_with_env(
+    let mut operator = common::spawn_operator_with_env(
         &cluster.kubeconfig,
         &log,
         &[
@@ -477,6 +477,9 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
         ),
         "reconcile duration carries trace-id exemplars"
     );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    let _ = operator.wait();
     assert_eq!(
         samples["vecodex_operator_build_info"][0].0,
         format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))
