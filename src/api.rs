@@ -38,7 +38,7 @@ pub fn is_rejection(err: &kube::Error) -> bool {
 /// and HTTP status; an error marks the span failed with its message.
 async fn traced<T>(
     method: &'static str,
-    ok_code: u16,
+    ok_code: impl Fn(&T) -> u16,
     resource: &str,
     ns: &str,
     name: &str,
@@ -59,7 +59,9 @@ async fn traced<T>(
     let result = call.instrument(span.clone()).await;
     match &result {
         Ok(_) => {
-            span.record("http.response.status_code", i64::from(ok_code));
+            if let Ok(v) = &result {
+                span.record("http.response.status_code", i64::from(ok_code(v)));
+            }
             debug!(parent: &span, method, resource, namespace = ns, name, "request succeeded");
         }
         Err(e) => {
@@ -92,7 +94,9 @@ impl Writer {
             + Debug,
     {
         let api = Api::<K>::namespaced(self.client.clone(), ns);
-        traced("GET", 200, &K::kind(&()), ns, name, api.get_opt(name)).await
+        // get_opt turns a 404 into None.
+        let code = |found: &Option<K>| if found.is_some() { 200 } else { 404 };
+        traced("GET", code, &K::kind(&()), ns, name, api.get_opt(name)).await
     }
 
     /// Server-side apply with our field manager; `force` takes back fields another manager
@@ -113,7 +117,7 @@ impl Writer {
         let code = if creates { 201 } else { 200 };
         traced(
             "PATCH",
-            code,
+            |_| code,
             &K::kind(&()),
             &ns,
             &name,
@@ -149,7 +153,7 @@ impl Writer {
                 other => other.map(|_| ()),
             }
         };
-        traced("DELETE", 200, &K::kind(&()), ns, name, call).await
+        traced("DELETE", |_| 200, &K::kind(&()), ns, name, call).await
     }
 
     /// Server-side applies the status subresource: fields this manager set before and omits
@@ -178,7 +182,7 @@ impl Writer {
         let resource = format!("{}/status", K::kind(&()));
         traced(
             "PATCH",
-            200,
+            |_| 200,
             &resource,
             ns,
             name,
@@ -191,7 +195,7 @@ impl Writer {
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let name = event.metadata.name.clone().unwrap_or_default();
         let call = async { api.create(&PostParams::default(), event).await.map(|_| ()) };
-        traced("POST", 201, "Event", ns, &name, call).await
+        traced("POST", |_| 201, "Event", ns, &name, call).await
     }
 
     /// Counts a repeat on an Event and points its note at the latest occurrence.
@@ -209,6 +213,6 @@ impl Writer {
                 .await
                 .map(|_| ())
         };
-        traced("PATCH", 200, "Event", ns, name, call).await
+        traced("PATCH", |_| 200, "Event", ns, name, call).await
     }
 }

@@ -503,3 +503,37 @@ fn rotel_output_parses() {
     assert_eq!(spans[0].attributes["vecodex.attempt"], "1");
     assert!(!spans[0].attributes.contains_key("Name"));
 }
+
+#[tokio::test]
+async fn the_jaeger_manifest_installs() {
+    let cluster = common::cluster();
+    let file = common::repo_root().join("deploy/jaeger/jaeger.yaml");
+    let out = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            cluster.kubeconfig.to_str().unwrap(),
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .expect("kubectl is installed (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = client().await;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client, "observability");
+    let collector = services.get("jaeger-collector").await.unwrap();
+    let ports: Vec<i32> = collector
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert!(ports.contains(&4317), "OTLP/gRPC port: {ports:?}");
+}
