@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -20,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::Writer;
+use crate::cache::Cache;
 use crate::children::managed_selector;
 use crate::crd::{GROUP, KIND, VecodexSet};
 use crate::events::Recorder;
@@ -32,8 +30,8 @@ use crate::validate::Limits;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Watch only this namespace; all namespaces when `None`.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces; all namespaces when empty.
+    pub namespaces: Vec<String>,
     pub concurrency: usize,
     pub limits: Limits,
     pub queue: QueueConfig,
@@ -51,7 +49,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            namespace: None,
+            namespaces: Vec::new(),
             concurrency: 8,
             limits: Limits::default(),
             queue: QueueConfig::default(),
@@ -138,6 +136,53 @@ pub fn key_of<K: Resource>(obj: &K) -> Option<String> {
         obj.meta().namespace.as_deref()?,
         obj.meta().name.as_deref()?
     ))
+}
+
+/// Starts reflected watches that feed the queue: one per watched namespace and kind.
+struct Feed<'a> {
+    client: &'a Client,
+    watched: &'a [Option<String>],
+    queue: &'a Arc<WorkQueue>,
+    gate: &'a Arc<ShardGate>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Feed<'_> {
+    fn watch<K, C, F>(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        config: watcher::Config,
+        classify: C,
+    ) -> Cache<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        C: Fn() -> F,
+        F: FnMut(Event<K>) -> Option<Enqueue> + Send + 'static,
+    {
+        let stores = self
+            .watched
+            .iter()
+            .map(|ns| {
+                let (store, stream) =
+                    reflected(api::<K>(self.client, ns.as_deref()), config.clone());
+                tasks.spawn(pump(
+                    stream,
+                    self.queue.clone(),
+                    self.gate.clone(),
+                    classify(),
+                    self.shutdown.clone(),
+                ));
+                (ns.clone(), store)
+            })
+            .collect();
+        Cache::new(stores)
+    }
 }
 
 /// What a watch event asks of the queue: which key, at which priority, and whether it may
@@ -278,62 +323,29 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ns = config.namespace.as_deref();
-    let children = watcher::Config::default().labels(&managed_selector());
-    let (sets, sets_stream) = reflected(api::<VecodexSet>(&client, ns), watcher::Config::default());
-    let (deployments, deployments_stream) =
-        reflected(api::<Deployment>(&client, ns), children.clone());
-    let (services, services_stream) = reflected(api::<Service>(&client, ns), children.clone());
-    let (config_maps, config_maps_stream) =
-        reflected(api::<ConfigMap>(&client, ns), children.clone());
-    let (ingresses, ingresses_stream) = reflected(api::<Ingress>(&client, ns), children);
-
+    let mut tasks = tokio::task::JoinSet::new();
     let queue = WorkQueue::with_metrics(config.queue.clone(), metrics.queue.clone());
     let (gate, shard_events) =
         ShardGate::new(config.sharding.shards, config.sharding.renew_deadline);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(pump(
-        sets_stream,
-        queue.clone(),
-        gate.clone(),
-        classify_sets(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(pump(
-        deployments_stream,
-        queue.clone(),
-        gate.clone(),
-        classify_children,
-        shutdown.clone(),
-    ));
-    tasks.spawn(pump(
-        services_stream,
-        queue.clone(),
-        gate.clone(),
-        classify_children,
-        shutdown.clone(),
-    ));
-    tasks.spawn(pump(
-        config_maps_stream,
-        queue.clone(),
-        gate.clone(),
-        classify_children,
-        shutdown.clone(),
-    ));
-    tasks.spawn(pump(
-        ingresses_stream,
-        queue.clone(),
-        gate.clone(),
-        classify_children,
-        shutdown.clone(),
-    ));
-
+    let watched: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let children = watcher::Config::default().labels(&managed_selector());
+    let feed = Feed {
+        client: &client,
+        watched: &watched,
+        queue: &queue,
+        gate: &gate,
+        shutdown: &shutdown,
+    };
     let stores = Stores {
-        sets,
-        deployments,
-        services,
-        config_maps,
-        ingresses,
+        sets: feed.watch(&mut tasks, watcher::Config::default(), classify_sets),
+        deployments: feed.watch(&mut tasks, children.clone(), || classify_children),
+        services: feed.watch(&mut tasks, children.clone(), || classify_children),
+        config_maps: feed.watch(&mut tasks, children.clone(), || classify_children),
+        ingresses: feed.watch(&mut tasks, children, || classify_children),
     };
     // Reconciling before every cache is filled would re-create children that merely have
     // not been listed yet.

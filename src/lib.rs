@@ -1,6 +1,7 @@
 //! vecodex-operator: runs Vecodex vector-search clusters described by `VecodexSet` objects.
 
 pub mod api;
+pub mod cache;
 pub mod children;
 pub mod controller;
 pub mod crd;

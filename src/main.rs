@@ -53,9 +53,9 @@ struct ShardArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "VECODEX_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces).
+    #[arg(long, env = "VECODEX_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 8, env = "VECODEX_CONCURRENCY")]
     concurrency: usize,
@@ -230,7 +230,11 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_handler(shutdown.clone()));
     let config = Config {
-        namespace: args.namespace,
+        namespaces: args
+            .namespace
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
         concurrency: args.concurrency,
         limits: Limits {
             max_replicas: args.max_replicas,
@@ -256,7 +260,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
         instance: args.instance,
         ..Config::default()
     };
-    info!(version = env!("CARGO_PKG_VERSION"), namespace = ?config.namespace, "starting vecodex-operator");
+    info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?config.namespaces, "starting vecodex-operator");
     let health = Arc::new(Health::default());
     let server = http::serve(
         args.metrics_addr,

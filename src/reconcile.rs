@@ -12,13 +12,14 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::api::{Writer, is_rejection};
+use crate::cache::Cache;
 use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
@@ -29,11 +30,11 @@ use crate::validate::{Limits, validate};
 /// The caches the reconcile reads instead of the API server.
 #[derive(Clone)]
 pub struct Stores {
-    pub sets: Store<VecodexSet>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub config_maps: Store<ConfigMap>,
-    pub ingresses: Store<Ingress>,
+    pub sets: Cache<VecodexSet>,
+    pub deployments: Cache<Deployment>,
+    pub services: Cache<Service>,
+    pub config_maps: Cache<ConfigMap>,
+    pub ingresses: Cache<Ingress>,
 }
 
 pub struct Context {
@@ -261,7 +262,7 @@ async fn apply_children(
 /// Applies `desired` unless the cached live object already has every field we set.
 async fn ensure<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Cache<K>,
     desired: &K,
     changes: &mut Vec<Change>,
 ) -> Result<(), Error>
@@ -334,7 +335,7 @@ where
 /// Deletes a child that is no longer desired, if it exists and this set controls it.
 async fn prune<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Cache<K>,
     set: &VecodexSet,
     ns: &str,
     name: &str,
