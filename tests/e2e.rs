@@ -697,22 +697,7 @@ async fn the_schema_rejects_what_it_can_express() {
 #[tokio::test]
 async fn seed_file_applies_unchanged_with_kubectl() {
     let (client, _) = setup("kubectl").await;
-    let file = common::repo_root().join("deploy/samples/vecodexset-example.yaml");
-    let out = std::process::Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            common::cluster().kubeconfig.to_str().unwrap(),
-            "apply",
-            "-f",
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .expect("kubectl is installed (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::kubectl_apply("deploy/samples/vecodexset-example.yaml");
     wait_children(&client, "default", "search-cluster", 3, 1, 0).await;
 }
 

@@ -506,23 +506,8 @@ fn rotel_output_parses() {
 
 #[tokio::test]
 async fn the_jaeger_manifest_installs() {
-    let cluster = common::cluster();
-    let file = common::repo_root().join("deploy/jaeger/jaeger.yaml");
-    let out = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            cluster.kubeconfig.to_str().unwrap(),
-            "apply",
-            "-f",
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .expect("kubectl is installed (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cluster();
+    common::kubectl_apply("deploy/jaeger/jaeger.yaml");
     let client = client().await;
     let services: Api<k8s_openapi::api::core::v1::Service> =
         Api::namespaced(client, "observability");

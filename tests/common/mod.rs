@@ -396,3 +396,21 @@ pub async fn shard_holders(client: &Client, group: &str, shards: u32) -> Vec<Opt
     }
     out
 }
+
+/// `kubectl apply -f <repo file>` against this binary's cluster; panics with kubectl's error.
+pub fn kubectl_apply(repo_file: &str) {
+    let file = repo_root().join(repo_file);
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cluster().kubeconfig)
+        .arg("apply")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("kubectl is installed (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl apply -f {repo_file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
