@@ -28,6 +28,12 @@ set +e
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+if [ "$status" -eq 0 ]; then
+  echo "== load-test smoke run (100 sets, 2 replicas), so the tool never rots"
+  cargo run --locked --quiet --bin vecodex-loadtest -- \
+    --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 --out target/loadtest-smoke \
+    || status=$?
+fi
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo "tests: ${passed} passed, ${failed} failed"

@@ -8,6 +8,9 @@ readonly K8S_MAJOR="1"
 readonly K8S_MINOR="20"
 readonly DEB_PACKAGES=(etcd-server openssl curl golang-go dpkg-dev golang-github-modern-go-reflect2-dev)
 readonly RUNTIME_COMMANDS=(etcd openssl curl)
+# Room for the three Services of each of tens of thousands of VecodexSets (a /12 is the
+# largest range kube-apiserver accepts).
+readonly SERVICE_CIDR="${VECODEX_K8S_SERVICE_CIDR:-10.96.0.0/12}"
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 readonly SELF
@@ -443,7 +446,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, IP:10.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1, IP:10.0.0.1, IP:10.96.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
 authorityKeyIdentifier = keyid
 [v3_client]
 basicConstraints = critical, CA:FALSE
@@ -686,7 +689,7 @@ EOF
         --service-account-signing-key-file="$pki/sa.key" \
         --service-account-issuer="$issuer" \
         --api-audiences="$issuer" \
-        --service-cluster-ip-range=10.0.0.0/24 \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true
     log "kube-apiserver started (pid $(<"$dir/pids/kube-apiserver.pid")); waiting for /readyz"
     wait_for kube-apiserver "kube-apiserver /readyz" check_apiserver
@@ -710,7 +713,7 @@ EOF
         --root-ca-file="$pki/ca.crt" \
         --cluster-signing-cert-file="$pki/ca.crt" \
         --cluster-signing-key-file="$pki/ca.key" \
-        --service-cluster-ip-range=10.0.0.0/24 \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
         --cluster-name=vecodex-local
     log "kube-controller-manager started (pid $(<"$dir/pids/kube-controller-manager.pid")); waiting for /healthz"
     wait_for kube-controller-manager "kube-controller-manager /healthz" check_kcm
