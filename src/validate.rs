@@ -269,10 +269,11 @@ pub fn is_label_value(s: &str) -> bool {
     s.is_empty() || is_label_part(s)
 }
 
-fn is_dns1123_label(s: &str) -> bool {
+/// A part of a DNS-1123 subdomain between dots. (Kubernetes' `IsDNS1123Subdomain` limits only
+/// the whole name, to 253 characters, not each part.)
+fn is_dns1123_part(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
         && b.iter()
@@ -280,7 +281,7 @@ fn is_dns1123_label(s: &str) -> bool {
 }
 
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    s.len() <= 253 && s.split('.').all(is_dns1123_part)
 }
 
 /// A DNS-1035 label of any length (derived names are shortened with a hash when needed).

@@ -303,3 +303,55 @@ fn a_set_without_uid_is_an_error_not_a_panic() {
     set.metadata.uid = None;
     assert!(build(&set).is_err());
 }
+
+mod names {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::super::{child_name, instance_label, possible_children};
+    use crate::crd::Component;
+    use crate::validate::is_dns1123_subdomain;
+
+    /// Every name a set's children get, by kind.
+    fn names_of(set: &str) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = Component::ALL
+            .iter()
+            .flat_map(|c| {
+                [
+                    ("Deployment", child_name(set, c.as_str())),
+                    ("Service", child_name(set, c.as_str())),
+                ]
+            })
+            .collect();
+        out.extend(
+            possible_children(set)
+                .config_maps
+                .into_iter()
+                .map(|n| ("ConfigMap", n)),
+        );
+        out.push(("Ingress", possible_children(set).ingress));
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn derived_names_are_valid_and_never_collide_across_sets(
+            sets in prop::collection::hash_set("[a-z]([a-z0-9-]{0,80}[a-z0-9])?", 2..40)
+        ) {
+            let mut owner: HashMap<(&'static str, String), String> = HashMap::new();
+            for set in &sets {
+                prop_assert!(instance_label(set).len() <= 63);
+                for (kind, name) in names_of(set) {
+                    if kind == "Service" || kind == "Deployment" || kind == "ConfigMap" {
+                        prop_assert!(name.len() <= 63, "{kind} {name} is too long");
+                    }
+                    prop_assert!(is_dns1123_subdomain(&name), "{kind} {name} is not a valid name");
+                    if let Some(other) = owner.insert((kind, name.clone()), set.clone()) {
+                        prop_assert!(other == *set, "{kind} {name} of {set} collides with {other}'s");
+                    }
+                }
+            }
+        }
+    }
+}
