@@ -154,3 +154,83 @@ fn set_names_must_make_valid_service_names() {
     let errors = validate(&set, &Limits::default());
     assert_eq!(errors[0].field, "metadata.name");
 }
+
+mod arbitrary {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::children;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+
+    fn component(
+        image: String,
+        replicas: i32,
+        port: i32,
+        metrics: i32,
+        cpu: (String, String),
+        config: Option<serde_json::Value>,
+    ) -> crate::crd::ComponentSpec {
+        let mut set = seed();
+        let mut c = set.spec.writer.clone();
+        c.image = image;
+        c.replicas = replicas;
+        c.port = port;
+        c.metrics_port = metrics;
+        c.config = config;
+        if let Some(r) = c.resources.as_mut() {
+            r.requests
+                .get_or_insert_default()
+                .insert("cpu".into(), K8sQuantity(cpu.0));
+            r.limits
+                .get_or_insert_default()
+                .insert("cpu".into(), K8sQuantity(cpu.1));
+        }
+        set.spec.writer = c.clone();
+        c
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the API server might hand us, validation and the builders never panic, and a
+        /// spec that passes validation always builds.
+        #[test]
+        fn no_spec_panics_validation_or_the_builders(
+            name in "[a-z0-9.-]{1,80}",
+            image in ".{0,40}",
+            replicas in any::<i32>(),
+            port in any::<i32>(),
+            metrics in any::<i32>(),
+            cpu in (".{0,8}", ".{0,8}"),
+            config in prop::option::of(json_value()),
+            host in ".{0,40}",
+        ) {
+            let mut set = seed();
+            set.metadata.name = Some(name);
+            set.metadata.uid = Some("u".into());
+            set.spec.searcher = component(image, replicas, port, metrics, cpu, config);
+            if let Some(ingress) = set.spec.ingress.as_mut() {
+                ingress.host = host;
+            }
+            let errors = validate(&set, &Limits::default());
+            let built = children::build(&set);
+            if errors.is_empty() {
+                prop_assert!(built.is_ok());
+            }
+        }
+    }
+}
