@@ -215,6 +215,28 @@ fn component_errors(errors: &mut Errors, path: &str, spec: &ComponentSpec, limit
         &format!("{path}.podAnnotations"),
         spec.pod_annotations.as_ref(),
     );
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        let operator = t.operator.as_deref().unwrap_or("Equal");
+        if !matches!(operator, "Equal" | "Exists") {
+            errors.push(
+                format!("{path}.tolerations[{i}].operator"),
+                format!("{operator:?} must be Equal or Exists"),
+            );
+        } else if operator == "Exists" && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            errors.push(
+                format!("{path}.tolerations[{i}].value"),
+                "must be empty when operator is Exists",
+            );
+        }
+        if let Some(effect) = t.effect.as_deref()
+            && !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+        {
+            errors.push(
+                format!("{path}.tolerations[{i}].effect"),
+                format!("{effect:?} must be NoSchedule, PreferNoSchedule or NoExecute"),
+            );
+        }
+    }
     let mut seen = HashSet::from(["POD_IP"]);
     for (i, env) in spec.env.iter().flatten().enumerate() {
         if !is_env_name(&env.name) {

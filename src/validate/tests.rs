@@ -70,6 +70,15 @@ fn each_invalid_field_is_named() {
         }),
         ["spec.writer.env[0].name"]
     );
+    assert_eq!(
+        errors_of(|s| {
+            s.searcher.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+                operator: Some("Sometimes".into()),
+                ..Default::default()
+            }])
+        }),
+        ["spec.searcher.tolerations[0].operator"]
+    );
     let bad_quantity = errors_of(|s| {
         s.writer
             .resources

@@ -1,0 +1,176 @@
+//! The bad-input corpus (`tests/bad-input/`): every malformed object gets the error its header
+//! names. `# expect: schema <text>`: the API server rejects it with that text.
+//! `# expect: invalid <field>`: it is accepted, the operator sets `Ready=False/InvalidSpec`
+//! naming the field, emits a Warning Event and creates no child; with the seed spec put back
+//! it converges.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, operator, repo_root, seed_example, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::core::ApiResource;
+use serde_json::{Value, json};
+use vecodex_operator::crd::VecodexSet;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+enum Expect {
+    Schema(String),
+    Invalid(String),
+}
+
+fn corpus() -> Vec<(String, Expect, Value)> {
+    let dir = repo_root().join("tests/bad-input");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let header = text.lines().next().unwrap_or("");
+            let expect = if let Some(t) = header.strip_prefix("# expect: schema ") {
+                Expect::Schema(t.trim().to_owned())
+            } else if let Some(f) = header.strip_prefix("# expect: invalid ") {
+                Expect::Invalid(f.trim().to_owned())
+            } else {
+                panic!(
+                    "{name}: the first line must be `# expect: schema …` or `# expect: invalid …`"
+                );
+            };
+            let value: Value =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, expect, value)
+        })
+        .collect()
+}
+
+#[test]
+fn the_corpus_is_large_and_well_formed() {
+    let corpus = corpus();
+    assert!(
+        corpus.len() >= 40,
+        "at least 40 malformed objects, found {}",
+        corpus.len()
+    );
+    let schema = corpus
+        .iter()
+        .filter(|c| matches!(c.1, Expect::Schema(_)))
+        .count();
+    assert!(
+        schema >= 10 && corpus.len() - schema >= 20,
+        "{schema} schema cases, {} semantic",
+        corpus.len() - schema
+    );
+}
+
+async fn check(client: Client, index: usize, file: String, expect: Expect, mut object: Value) {
+    let ns = format!("bad-{index}-{}", std::process::id() % 10_000);
+    let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    object["metadata"]["namespace"] = json!(ns);
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let sets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<VecodexSet>(&()));
+    let dynamic: DynamicObject = serde_json::from_value(object).unwrap();
+    let created = sets.create(&PostParams::default(), &dynamic).await;
+    match expect {
+        Expect::Schema(text) => {
+            let err = created.expect_err(&format!("{file}: the API server must reject it"));
+            assert!(
+                err.to_string().contains(&text),
+                "{file}: rejection {err} should mention {text:?}"
+            );
+        }
+        Expect::Invalid(field) => {
+            created.unwrap_or_else(|e| panic!("{file}: the API server must accept it: {e}"));
+            let message = wait_for(&format!("{file}: InvalidSpec"), WAIT, || async {
+                let v = serde_json::to_value(sets.get(&name).await.ok()?).ok()?;
+                let ready = v["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .clone();
+                (ready["reason"] == "InvalidSpec")
+                    .then(|| ready["message"].as_str().unwrap_or("").to_owned())
+            })
+            .await;
+            assert!(
+                message.contains(&field),
+                "{file}: {message:?} should name {field}"
+            );
+            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+            wait_for(&format!("{file}: Warning Event"), WAIT, || async {
+                events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.type_.as_deref() == Some("Warning")
+                            && e.note.as_deref().unwrap_or("").contains(&field)
+                    })
+                    .then_some(())
+            })
+            .await;
+            let lp = ListParams::default().labels("app.kubernetes.io/managed-by=vecodex-operator");
+            let children = Api::<Deployment>::namespaced(client.clone(), &ns)
+                .list(&lp)
+                .await
+                .unwrap()
+                .items;
+            assert!(children.is_empty(), "{file}: no child for an invalid set");
+            if field.starts_with("spec") {
+                // Fixed: the seed's spec put back, the set converges.
+                let seed = seed_example(&ns, &name);
+                wait_for(&format!("{file}: spec replaced"), WAIT, || async {
+                    let mut current = sets.get(&name).await.ok()?;
+                    current.data["spec"] = seed["spec"].clone();
+                    sets.replace(&name, &PostParams::default(), &current)
+                        .await
+                        .ok()
+                })
+                .await;
+                wait_for(&format!("{file}: recovery"), WAIT, || async {
+                    let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+                        .list(&lp)
+                        .await
+                        .ok()?
+                        .items
+                        .len();
+                    (d == 3).then_some(())
+                })
+                .await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_malformed_object_gets_its_error() {
+    operator();
+    let client = client().await;
+    let checks = corpus()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (file, expect, object))| check(client.clone(), i, file, expect, object));
+    futures::future::join_all(checks).await;
+}
