@@ -461,7 +461,7 @@ async fn edited_and_deleted_children_are_repaired() {
     // Someone edits a field the operator manages, as `kubectl edit` would.
     deployments
         .patch("dr-writer", &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() },
-            &Patch::Strategic(json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "writer", "image": "evil:1"}]}}}})))
+            &Patch::Strategic(json!({"metadata": {"labels": {"team": "search"}}, "spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "writer", "image": "evil:1"}]}}}})))
         .await
         .unwrap();
     wait_for("the writer Deployment to be put back", WAIT, || async {
@@ -469,6 +469,27 @@ async fn edited_and_deleted_children_are_repaired() {
         (container(&d).image.as_deref() == Some("vecodex-writer-image:latest")
             && d.spec.as_ref()?.replicas == Some(1))
         .then_some(())
+    })
+    .await;
+    // ... and says so in an Event, while the label it does not manage stays.
+    let d = deployment(&client, &ns, "dr-writer").await.unwrap();
+    assert_eq!(
+        d.labels().get("team").map(String::as_str),
+        Some("search"),
+        "a field the operator does not manage stays"
+    );
+    wait_for("an Event about the repair", WAIT, || async {
+        events(&client, &ns, "dr")
+            .await
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Applied")
+                    && e.note
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("updated Deployment dr-writer")
+            })
+            .then_some(())
     })
     .await;
 

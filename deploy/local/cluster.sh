@@ -39,6 +39,10 @@ Commands:
                                   --owner-pid PID: a detached watchdog runs 'down DIR' once PID exits.
   down DIR                        Stop what 'up' started in DIR and remove its etcd data. Idempotent.
   env DIR                         Print 'export KUBECONFIG=DIR/kubeconfig'.
+  stop DIR COMPONENT              Stop one component (etcd, kube-apiserver, kube-controller-manager)
+                                  of the cluster in DIR, keeping its data: for fault tests.
+  start DIR COMPONENT             Start a stopped component again with its recorded command line
+                                  (same ports, same data).
   -h, --help                      This text.
 
 Environment:
@@ -748,6 +752,37 @@ cmd_down() {
     log "cluster in $dir is down"
 }
 
+component_ok() {
+    case "$1" in etcd | kube-apiserver | kube-controller-manager) return 0 ;; *) return 1 ;; esac
+}
+
+cmd_stop() {
+    [[ $# -eq 2 ]] || die "usage: stop DIR COMPONENT"
+    local dir="$1" name="$2" pid i
+    component_ok "$name" || die "unknown component '$name' (etcd, kube-apiserver, kube-controller-manager)"
+    pid_matches "$dir" "$name" || { log "$name is not running"; return 0; }
+    pid="$(<"$dir/pids/$name.pid")"
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        pid_matches "$dir" "$name" || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd_start() {
+    [[ $# -eq 2 ]] || die "usage: start DIR COMPONENT"
+    local dir="$1" name="$2"
+    component_ok "$name" || die "unknown component '$name' (etcd, kube-apiserver, kube-controller-manager)"
+    [[ -f "$dir/pids/$name.cmdline" ]] || die "$dir has no recorded command line for $name"
+    pid_matches "$dir" "$name" && { log "$name is already running"; return 0; }
+    local -a args=()
+    mapfile -d '' args <"$dir/pids/$name.cmdline"
+    start_detached "$dir" "$name" "$dir/$name.log" "${args[@]}"
+    log "started $name again (pid $(<"$dir/pids/$name.pid"))"
+}
+
 cmd_env() {
     [[ $# -eq 1 ]] || die "usage: env DIR"
     local dir
@@ -778,6 +813,8 @@ main() {
         up) cmd_up "$@" ;;
         down) cmd_down "$@" ;;
         env) cmd_env "$@" ;;
+        stop) cmd_stop "$@" ;;
+        start) cmd_start "$@" ;;
         __watchdog) cmd_watchdog "$@" ;;
         -h | --help | help) usage >&3 ;;
         "") usage; exit 2 ;;
