@@ -42,6 +42,12 @@ struct Args {
     /// Reconcile concurrency per replica, and the plain client's concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Spec updates per second in the churn scenario.
+    #[arg(long, default_value_t = 50.0)]
+    churn_rate: f64,
+    /// How long the churn scenario runs.
+    #[arg(long, default_value_t = 30)]
+    churn_seconds: u64,
     /// How long the idle scenario measures.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
@@ -117,7 +123,9 @@ fn seed_spec() -> VecodexSetSpec {
 
 async fn create_namespaces(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    // The varying part first: FNV-1a (the shard hash) spreads names that differ only in their
+    // last characters poorly, and `tenant-0`..`tenant-9` would all land on one shard.
+    let names: Vec<String> = (0..n).map(|i| format!("{i}-{prefix}")).collect();
     futures::stream::iter(names.clone())
         .map(|name| {
             let api = api.clone();
@@ -282,6 +290,20 @@ fn start_replica(kubeconfig: &Path, args: &Args, i: usize, log: &Path) -> anyhow
         .spawn()?)
 }
 
+async fn wait_converged(client: &Client, sets: usize, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let (done, total) = converged(client).await?;
+        if done == sets && total == sets {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("not converged after {timeout:?}: {done}/{total}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Counts converged sets: observedGeneration equals generation and every child exists.
 async fn converged(client: &Client) -> anyhow::Result<(usize, usize)> {
     let sets: Api<VecodexSet> = Api::all(client.clone());
@@ -355,6 +377,109 @@ async fn create_sets(client: &Client, args: &Args) -> anyhow::Result<()> {
         .try_collect::<Vec<()>>()
         .await
         .map(|_| ())
+}
+
+/// Scenario 4: `rate` spec updates per second for `seconds` across the sets; the latency from
+/// each update to the searcher Deployment carrying it.
+async fn churn(client: &Client, args: &Args) -> anyhow::Result<Value> {
+    use std::sync::{Arc, Mutex};
+    // (namespace/deployment) -> (wanted replicas, when the update was accepted)
+    let pending: Arc<Mutex<BTreeMap<String, (i32, Instant)>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let watch = {
+        let pending = pending.clone();
+        let latencies = latencies.clone();
+        let api: Api<Deployment> = Api::all(client.clone());
+        let config =
+            kube::runtime::watcher::Config::default().labels(&children::managed_selector());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(kube::runtime::watcher(api, config));
+            while let Some(event) = stream.next().await {
+                if let Ok(kube::runtime::watcher::Event::Apply(d)) = event {
+                    let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
+                    let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some((want, at)) = p.get(&key).copied()
+                        && replicas == Some(want)
+                    {
+                        latencies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(at.elapsed().as_secs_f64());
+                        p.remove(&key);
+                    }
+                }
+            }
+        })
+    };
+    let total = (args.churn_rate * args.churn_seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / args.churn_rate.max(0.1));
+    let mut tick = tokio::time::interval(interval);
+    let mut sent = 0;
+    // Each update must change the value (the seed's searchers have 3 replicas), or there is
+    // nothing for the Deployment to show.
+    let mut current: BTreeMap<usize, i32> = BTreeMap::new();
+    for n in 0..total {
+        tick.tick().await;
+        let i = (n * 7919) % args.sets;
+        let ns = format!("{}-tenant", i % args.namespaces);
+        let name = format!("set-{i}");
+        let previous = current.get(&i).copied().unwrap_or(3);
+        let want = previous % 5 + 1;
+        current.insert(i, want);
+        let api: Api<VecodexSet> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"spec": {"searcher": {"replicas": want}}});
+        // Recorded before the request: the operator can be faster than our own response.
+        let key = format!("{ns}/{name}-searcher");
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (want, Instant::now()));
+        if api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        } else {
+            pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+    }
+    // Let the last updates land.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.abort();
+    let mut l = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let lost_keys: Vec<String> = pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let lost = lost_keys.len();
+    Ok(json!({
+        "rate_per_second": args.churn_rate,
+        "seconds": args.churn_seconds,
+        "updates": sent,
+        "observed": l.len(),
+        "not_applied_within_60s": lost,
+        "not_applied": lost_keys,
+        "p50_seconds": pct(0.50),
+        "p95_seconds": pct(0.95),
+        "p99_seconds": pct(0.99),
+    }))
 }
 
 fn svg(curve: &[(f64, usize)], total: usize) -> String {
@@ -447,6 +572,16 @@ async fn main() -> anyhow::Result<()> {
     let sets_per_second = args.sets as f64 / cold_secs;
     let ratio = sets_per_second / limit["sets_per_second"].as_f64().unwrap_or(f64::INFINITY);
 
+    // 4. Churn (before idle, so idle measures a quiet system afterwards).
+    let churn = churn(&client, &args).await?;
+    eprintln!("churn: {churn}");
+    wait_converged(
+        &client,
+        args.sets,
+        Duration::from_secs(args.timeout_seconds),
+    )
+    .await?;
+
     // 3. Idle.
     let idle_before = write_requests(&client).await?;
     let events_before = operator_events(&client).await?;
@@ -482,8 +617,9 @@ async fn main() -> anyhow::Result<()> {
             "replicas": stats,
         },
         "converge_to_limit_ratio": ratio,
+        "churn": churn,
         "idle": {"seconds": args.idle_seconds, "write_requests": idle_writes, "write_requests_per_minute": idle_per_minute},
-        "not_yet_run": ["churn", "tenant under flood", "failover", "scale-out", "tracing cost"],
+        "not_yet_run": ["tenant under flood", "failover", "scale-out", "tracing cost"],
     });
     std::fs::write(
         args.out.join("results.json"),
@@ -512,10 +648,22 @@ async fn main() -> anyhow::Result<()> {
             s["cpu_seconds"].as_f64().unwrap_or(0.0)
         );
     }
+    println!(
+        "churn        | {} updates at {}/s: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
+        churn["updates"],
+        args.churn_rate,
+        churn["p50_seconds"].as_f64().unwrap_or(f64::NAN),
+        churn["p95_seconds"].as_f64().unwrap_or(f64::NAN),
+        churn["p99_seconds"].as_f64().unwrap_or(f64::NAN),
+        churn["not_applied_within_60s"]
+    );
     println!("idle         | {idle_per_minute:.1} write requests/min");
     println!("results      | {}", args.out.join("results.json").display());
     if idle_writes > 0.0 {
         bail!("idle: {idle_writes} write requests while nothing changed");
+    }
+    if churn["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
+        bail!("churn: updates were lost: {churn}");
     }
     Ok(())
 }

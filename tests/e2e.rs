@@ -892,3 +892,61 @@ async fn a_name_collision_is_retried_with_growing_delays_while_others_converge()
         delays.last().unwrap()
     );
 }
+
+/// "reconcile failed" lines of the shared operator for keys starting with `prefix`.
+fn failures_for(prefix: &str) -> usize {
+    common::operator_log()
+        .lines()
+        .filter(|l| l.contains("reconcile failed") && l.contains(&format!("key={prefix}")))
+        .count()
+}
+
+#[tokio::test]
+async fn deletions_mid_flight_leave_no_error_loop_and_no_leftovers() {
+    let (client, ns) = setup("deletions").await;
+    // A set deleted right after its creation, while its first reconcile runs.
+    create(&client, &ns, seed_example(&ns, "fleeting")).await;
+    sets(&client, &ns)
+        .delete("fleeting", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The 1.20 garbage collector may need its 30 s discovery resync.
+    wait_for(
+        "no leftovers of the deleted set",
+        Duration::from_secs(90),
+        || async {
+            let c = children(&client, &ns, "fleeting").await;
+            (c.0.is_empty() && c.1.is_empty() && c.2.is_empty() && c.3.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        failures_for(&format!("{ns}/fleeting")) <= 2,
+        "no error loop for a deleted set"
+    );
+
+    // A namespace deleted with sets in it.
+    let doomed = common::namespace(&client, "doomed").await;
+    for name in ["a", "b"] {
+        create(&client, &doomed, seed_example(&doomed, name)).await;
+    }
+    wait_children(&client, &doomed, "a", 3, 1, 0).await;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the namespace gone", Duration::from_secs(120), || async {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .get_opt(&doomed)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        failures_for(&format!("{doomed}/")) <= 4,
+        "no error loop for sets of a deleted namespace"
+    );
+}

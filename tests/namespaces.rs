@@ -60,4 +60,28 @@ async fn only_the_listed_namespaces_are_reconciled() {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
     assert!(operator.wait().unwrap().success());
+
+    // A child deleted while the operator is down is back once it runs again.
+    deployments("team-a")
+        .delete("s-writer", &Default::default())
+        .await
+        .unwrap();
+    let log = cluster.dir.join("namespaces-operator-2.log");
+    let mut operator =
+        common::spawn_operator(&cluster.kubeconfig, &log, &["--namespace", "team-a,team-b"]);
+    wait_for(
+        "the deleted child recreated after a restart",
+        Duration::from_secs(60),
+        || async {
+            deployments("team-a")
+                .get_opt("s-writer")
+                .await
+                .ok()?
+                .map(|_| ())
+        },
+    )
+    .await;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    assert!(operator.wait().unwrap().success());
 }

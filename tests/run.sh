@@ -31,7 +31,8 @@ set -e
 if [ "$status" -eq 0 ]; then
   echo "== load-test smoke run (100 sets, 2 replicas), so the tool never rots"
   cargo run --locked --quiet --bin vecodex-loadtest -- \
-    --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 --out target/loadtest-smoke \
+    --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
+    --churn-rate 5 --churn-seconds 10 --out target/loadtest-smoke \
     || status=$?
 fi
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
