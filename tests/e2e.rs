@@ -641,11 +641,15 @@ async fn invalid_specs_get_a_condition_and_an_event_and_change_no_child() {
 async fn create_or_replace_spec(client: &Client, ns: &str, name: &str) {
     let seed = seed_example(ns, name);
     let api = sets(client, ns);
-    let mut current = api.get(name).await.unwrap();
-    current.data["spec"] = seed["spec"].clone();
-    api.replace(name, &PostParams::default(), &current)
-        .await
-        .unwrap();
+    // The operator writes status meanwhile: retry on conflicts, as any client must.
+    wait_for("the spec to be replaced", WAIT, || async {
+        let mut current = api.get(name).await.ok()?;
+        current.data["spec"] = seed["spec"].clone();
+        api.replace(name, &PostParams::default(), &current)
+            .await
+            .ok()
+    })
+    .await;
 }
 
 #[tokio::test]
