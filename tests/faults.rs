@@ -92,37 +92,29 @@ async fn api_up(client: &Client) -> Option<()> {
         .map(|_| ())
 }
 
+/// `deploy/local/cluster.sh <action> <this binary's cluster> <component>`.
+fn cluster_sh(action: &str, component: &str) {
+    let out = std::process::Command::new("bash")
+        .arg(common::repo_root().join("deploy/local/cluster.sh"))
+        .arg(action)
+        .arg(&common::cluster().dir)
+        .arg(component)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{action} {component}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn fault(client: &Client, replicas: &mut [Replica], desired: &Desired, component: &str) {
-    let cluster = common::cluster();
-    let script = common::repo_root().join("deploy/local/cluster.sh");
     let stop = CancellationToken::new();
     let churner = churn(client.clone(), desired.clone(), stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg("stop")
-        .arg(&cluster.dir)
-        .arg(component)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stop {component}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster_sh("stop", component);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(&cluster.dir)
-        .arg(component)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "start {component}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster_sh("start", component);
     let back = Instant::now();
     wait_for(
         "the API server to answer again",
