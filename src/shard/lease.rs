@@ -116,6 +116,15 @@ impl LeaseClient {
         self.observed.iter()
     }
 
+    /// The earliest moment a Lease held by someone else expires, as observed here.
+    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.observed
+            .values()
+            .filter(|o| o.holder().is_some_and(|h| h != self.identity) && !o.is_free(now))
+            .map(|o| o.observed_at + o.duration())
+            .min()
+    }
+
     fn note(&mut self, lease: Lease, now: Instant) {
         let Some(name) = lease.metadata.name.clone() else {
             return;

@@ -145,9 +145,16 @@ impl ShardManager {
         loop {
             let started = Instant::now();
             self.tick().await;
+            // Tick again at the next retry period, or as soon as another replica's Lease
+            // expires if that is earlier: a dead replica's shards are taken without waiting
+            // for the tick after.
+            let mut next = started + self.config.retry_period;
+            if let Some(expiry) = self.leases.next_expiry(Instant::now()) {
+                next = next.min(expiry + Duration::from_millis(10));
+            }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(started + self.config.retry_period) => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
         }
         fencer.abort();
