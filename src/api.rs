@@ -81,10 +81,6 @@ impl Writer {
         Writer { client }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Reads an object (not a write; here so that every API call of a reconcile is traced).
     pub async fn get_opt<K>(&self, ns: &str, name: &str) -> Result<Option<K>, kube::Error>
     where

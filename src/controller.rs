@@ -99,21 +99,11 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
+    let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(trim::<K>)
         .reflect(writer);
     (store, stream)
-}
-
-fn watcher<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watcher::watcher(api, config)
 }
 
 /// The key of the set controlling a child, if a VecodexSet does.

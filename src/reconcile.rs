@@ -281,13 +281,14 @@ where
     let seen = live
         .as_ref()
         .and_then(|l| l.meta().resource_version.clone());
-    let recent_key = format!("{kind}/{ns}/{name}");
-    let digest = digest(&desired_value);
     if let Some(live) = &live
         && serde_json::to_value(live.as_ref()).is_ok_and(|l| is_subset(&desired_value, &l))
     {
         return Ok(());
     }
+    // Only now, on the way to a write, is the digest worth computing.
+    let recent_key = format!("{kind}/{ns}/{name}");
+    let digest = digest(&desired_value);
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(());
     }

@@ -187,10 +187,5 @@ pub fn checksum(content: &str) -> String {
         .collect()
 }
 
-/// The kind and API version of a resource type, for messages and metrics.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).into_owned()
-}
-
 #[cfg(test)]
 mod tests;

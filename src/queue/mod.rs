@@ -382,12 +382,6 @@ impl WorkQueue {
         delay
     }
 
-    /// Queues `key` after `delay` without counting a failure.
-    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority, trigger: Trigger) {
-        let mut s = self.lock();
-        self.schedule(&mut s, key, Instant::now() + delay, priority, trigger);
-    }
-
     fn schedule(
         &self,
         s: &mut State,
