@@ -1,34 +1,40 @@
-//! vecodex-loadtest: drives the operator on the real local control plane and reports.
+//! vecodex-loadtest: drives the operator on real local control planes and reports.
 //!
-//! Scenarios implemented so far (see loadtest/README.md): `limit` (a plain client writing the
-//! same children at the same concurrency: the API server's write limit), `cold-start` (N sets
-//! exist, R operator replicas start; time to converge, throughput, API writes, peak RSS and CPU
-//! per replica) and `idle` (write requests per minute once converged). Writes `results.json`
-//! and `convergence.svg` into `--out`, and prints a summary table.
+//! Scenarios (loadtest/README.md): limit (a plain client writing the same children), cold
+//! start, tenant under flood (during the cold start), churn, failover (kill -9 of a replica
+//! during churn), idle, and, each on a fresh control plane, scale-out (1 replica against R)
+//! and tracing cost (OTLP export to rotel at the sampling ratio against tracing off). Writes
+//! `results.json`, `convergence.svg` and `latency.svg` into `--out` and prints a summary.
 
-use std::collections::BTreeMap;
+mod cluster;
+mod kubelet;
+mod report;
+mod track;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use track::{Tracker, percentile};
 use vecodex_operator::children;
 use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Load test of vecodex-operator on the local control plane")]
+#[command(about = "Load test of vecodex-operator on local control planes")]
 struct Args {
-    /// VecodexSets to create.
+    /// VecodexSets of the main cold start (and of the plain client's run).
     #[arg(long, default_value_t = 1000)]
     sets: usize,
     /// Namespaces they are spread over.
@@ -42,7 +48,7 @@ struct Args {
     /// Reconcile concurrency per replica, and the plain client's concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Spec updates per second in the churn scenario.
+    /// Spec updates per second in the churn and failover scenarios.
     #[arg(long, default_value_t = 50.0)]
     churn_rate: f64,
     /// How long the churn scenario runs.
@@ -51,148 +57,64 @@ struct Args {
     /// How long the idle scenario measures.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
-    /// Give up on convergence after this long.
+    /// The replicas' shard Lease duration (renew deadline 2/3 of it, retry period 1/7).
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Sets of the scale-out and tracing-cost cold starts (default: --sets).
+    #[arg(long)]
+    scale_sets: Option<usize>,
+    /// Trace sampling ratio of the tracing-cost scenario.
+    #[arg(long, default_value_t = 1.0)]
+    sampling_ratio: f64,
+    /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
+    #[arg(long)]
+    skip_fresh: bool,
+    /// Give up on a convergence after this long.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
-    /// Use this cluster instead of starting one with deploy/local/cluster.sh.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Where results.json and convergence.svg go.
+    /// Where results.json and the charts go.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-/// Starts a control plane that goes down when this process exits.
-fn start_cluster() -> anyhow::Result<PathBuf> {
-    let out = Command::new("bash")
-        .arg(repo_root().join("deploy/local/cluster.sh"))
-        .args(["up", "--owner-pid", &std::process::id().to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("run deploy/local/cluster.sh")?;
-    if !out.status.success() {
-        bail!("deploy/local/cluster.sh up failed");
+impl Args {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
     }
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    Ok(PathBuf::from(dir).join("kubeconfig"))
-}
 
-async fn install_crd(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "vecodexsets.apps.vecodex.link",
-        &PatchParams::apply("vecodex-loadtest").force(),
-        &Patch::Apply(vecodex_operator::crd::crd()),
-    )
-    .await?;
-    for _ in 0..100 {
-        let crd = crds.get("vecodexsets.apps.vecodex.link").await?;
-        let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
-            c.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("CRD not established")
-}
-
-fn seed_spec() -> VecodexSetSpec {
-    let yaml = std::fs::read_to_string(repo_root().join("deploy/samples/vecodexset-example.yaml"))
-        .unwrap_or_default();
-    let set: VecodexSet = serde_saphyr::from_str(&yaml).expect("seed example parses");
-    set.spec
-}
-
-async fn create_namespaces(client: &Client, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    // The varying part first: FNV-1a (the shard hash) spreads names that differ only in their
-    // last characters poorly, and `tenant-0`..`tenant-9` would all land on one shard.
-    let names: Vec<String> = (0..n).map(|i| format!("{i}-{prefix}")).collect();
-    futures::stream::iter(names.clone())
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-                match api.create(&PostParams::default(), &ns).await {
-                    Ok(_) | Err(kube::Error::Api(_)) => Ok::<_, anyhow::Error>(()),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(names)
-}
-
-/// Sums write requests on the resources the operator writes (from the API server's metrics).
-async fn write_requests(client: &Client) -> anyhow::Result<f64> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    let mut total = 0.0;
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-        };
-        let write = matches!(label("verb"), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY");
-        // Events are left out: the controller-manager writes them too (the operator's own are
-        // counted by `operator_events`).
-        let ours = matches!(
-            label("resource"),
-            "deployments" | "services" | "configmaps" | "ingresses" | "vecodexsets"
-        ) && !(label("resource") == "deployments" && label("subresource") == "status");
-        if write && ours {
-            total += line
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
+    fn replica_options<'a>(
+        &self,
+        kubeconfig: &'a Path,
+        otlp: Option<&'a Otlp>,
+    ) -> ReplicaOptions<'a> {
+        ReplicaOptions {
+            kubeconfig,
+            shards: self.shards,
+            concurrency: self.concurrency,
+            lease_seconds: self.lease_seconds,
+            otlp,
         }
     }
-    Ok(total)
 }
 
-/// Events the operator has written (and their series updates).
-async fn operator_events(client: &Client) -> anyhow::Result<i64> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    Ok(events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|e| e.reporting_controller.as_deref() == Some("vecodex-operator"))
-        .map(|e| e.series.as_ref().map_or(1, |s| i64::from(s.count)))
-        .sum())
+fn is_tenant(ns: &str) -> bool {
+    ns.ends_with("-tenant")
 }
 
-/// Scenario 2: a plain client applies the same children for `sets` sets at `concurrency`.
-async fn limit(client: &Client, args: &Args) -> anyhow::Result<Value> {
-    let namespaces = create_namespaces(client, "limit", args.namespaces).await?;
-    let spec = seed_spec();
+/// Scenario 2: a plain client applies the same children for `sets` sets at `concurrency`,
+/// one set's children after another, plus a stand-in for the status write.
+async fn limit(
+    cluster: &LocalCluster,
+    client: &Client,
+    args: &Args,
+    spec: &VecodexSetSpec,
+) -> anyhow::Result<Value> {
+    let namespaces: Vec<String> = (0..args.namespaces.min(args.sets).max(1))
+        .map(|i| cluster::namespace_name("limit", i))
+        .collect();
+    cluster::create_namespaces(client, &namespaces).await?;
+    let cpu_before = cluster.cpu_seconds();
+    let requests_before = cluster::requests(client).await?;
     let started = Instant::now();
     let params = PatchParams::apply("vecodex-loadtest-plain").force();
     futures::stream::iter(0..args.sets)
@@ -203,8 +125,8 @@ async fn limit(client: &Client, args: &Args) -> anyhow::Result<Value> {
             let params = params.clone();
             async move {
                 let mut set = VecodexSet::new(&format!("plain-{i}"), spec);
-                set.meta_mut().namespace = Some(ns.clone());
-                set.meta_mut().uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
+                set.metadata.namespace = Some(ns.clone());
+                set.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
                 let mut desired = children::build(&set)?;
                 // Not owned by anything (the garbage collector would delete them) and not
                 // labelled as the operator's (its watches must not cache them).
@@ -219,21 +141,28 @@ async fn limit(client: &Client, args: &Args) -> anyhow::Result<Value> {
                     meta.labels = Some([("loadtest".to_owned(), "plain".to_owned())].into());
                 }
                 for svc in &desired.services {
-                    Api::<Service>::namespaced(client.clone(), &ns).patch(&svc.name_any(), &params, &Patch::Apply(svc)).await?;
+                    Api::<Service>::namespaced(client.clone(), &ns)
+                        .patch(&svc.name_any(), &params, &Patch::Apply(svc))
+                        .await?;
                 }
                 for d in &desired.deployments {
-                    Api::<Deployment>::namespaced(client.clone(), &ns).patch(&d.name_any(), &params, &Patch::Apply(d)).await?;
+                    Api::<Deployment>::namespaced(client.clone(), &ns)
+                        .patch(&d.name_any(), &params, &Patch::Apply(d))
+                        .await?;
                 }
                 if let Some(ing) = &desired.ingress {
-                    Api::<Ingress>::namespaced(client.clone(), &ns).patch(&ing.name_any(), &params, &Patch::Apply(ing)).await?;
+                    Api::<Ingress>::namespaced(client.clone(), &ns)
+                        .patch(&ing.name_any(), &params, &Patch::Apply(ing))
+                        .await?;
                 }
-                // The operator also writes one status per set; a ConfigMap stands in for it.
                 let status: ConfigMap = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": format!("plain-{i}-status"), "labels": {"loadtest": "plain"}},
                     "data": {"observedGeneration": "1"}
                 }))?;
-                Api::<ConfigMap>::namespaced(client.clone(), &ns).patch(&status.name_any(), &params, &Patch::Apply(&status)).await?;
+                Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .patch(&status.name_any(), &params, &Patch::Apply(&status))
+                    .await?;
                 Ok::<_, anyhow::Error>(())
             }
         })
@@ -241,429 +170,819 @@ async fn limit(client: &Client, args: &Args) -> anyhow::Result<Value> {
         .try_collect::<Vec<()>>()
         .await?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+    let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
     Ok(json!({
         "sets": args.sets,
         "seconds": secs,
         "sets_per_second": args.sets as f64 / secs,
         "writes_per_set": 8,
+        "requests": cluster::requests_delta(&requests_before, &cluster::requests(client).await?),
+        "control_plane_cpu_seconds": cpu,
+        "cpu_seconds_per_set": per_set,
     }))
 }
 
-/// Per-process memory and CPU, read from /proc.
-fn proc_stats(pid: u32) -> Option<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((hwm_kib * 1024, ticks / 100.0))
+/// Spec updates: each changes a set's searcher replicas to a value it did not have, so its
+/// Deployment shows when the update is applied.
+#[derive(Default)]
+struct Churner {
+    current: HashMap<String, i32>,
+    n: usize,
 }
 
-fn start_replica(kubeconfig: &Path, args: &Args, i: usize, log: &Path) -> anyhow::Result<Child> {
-    let bin = std::env::current_exe()?.with_file_name("vecodex-operator");
-    let file = std::fs::File::create(log)?;
-    Ok(Command::new(bin)
-        .args([
-            "run",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--identity",
-            &format!("loadtest-{i}"),
-        ])
-        .args([
-            "--shards",
-            &args.shards.to_string(),
-            "--concurrency",
-            &args.concurrency.to_string(),
-        ])
-        .args(["--log-level", "warn"])
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .spawn()?)
-}
-
-async fn wait_converged(client: &Client, sets: usize, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let (done, total) = converged(client).await?;
-        if done == sets && total == sets {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            bail!("not converged after {timeout:?}: {done}/{total}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Counts converged sets: observedGeneration equals generation and every child exists.
-async fn converged(client: &Client) -> anyhow::Result<(usize, usize)> {
-    let sets: Api<VecodexSet> = Api::all(client.clone());
-    let lp = ListParams::default();
-    let all = sets.list(&lp).await?.items;
-    let managed = ListParams::default().labels(&children::managed_selector());
-    let deployments = Api::<Deployment>::all(client.clone())
-        .list_metadata(&managed)
-        .await?
-        .items;
-    let services = Api::<Service>::all(client.clone())
-        .list_metadata(&managed)
-        .await?
-        .items;
-    let ingresses = Api::<Ingress>::all(client.clone())
-        .list_metadata(&managed)
-        .await?
-        .items;
-    let mut children_of: BTreeMap<String, usize> = BTreeMap::new();
-    for meta in deployments
-        .iter()
-        .map(|d| &d.metadata)
-        .chain(services.iter().map(|s| &s.metadata))
-        .chain(ingresses.iter().map(|i| &i.metadata))
-    {
-        if let Some(owner) = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-        {
-            *children_of.entry(owner.uid.clone()).or_default() += 1;
-        }
-    }
-    let done = all
-        .iter()
-        .filter(|s| {
-            let observed =
-                s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation;
-            let kids = s
-                .metadata
-                .uid
-                .as_ref()
-                .and_then(|u| children_of.get(u))
-                .copied()
-                .unwrap_or(0);
-            observed && kids == 7
-        })
-        .count();
-    Ok((done, all.len()))
-}
-
-async fn create_sets(client: &Client, args: &Args) -> anyhow::Result<()> {
-    let namespaces = create_namespaces(client, "tenant", args.namespaces).await?;
-    let spec = seed_spec();
-    futures::stream::iter(0..args.sets)
-        .map(|i| {
-            let client = client.clone();
-            let ns = namespaces[i % namespaces.len()].clone();
-            let spec = spec.clone();
-            async move {
-                let mut set = VecodexSet::new(&format!("set-{i}"), spec);
-                set.meta_mut().namespace = Some(ns.clone());
-                Api::<VecodexSet>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &set)
-                    .await?;
-                Ok::<_, anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(|_| ())
-}
-
-/// Scenario 4: `rate` spec updates per second for `seconds` across the sets; the latency from
-/// each update to the searcher Deployment carrying it.
-async fn churn(client: &Client, args: &Args) -> anyhow::Result<Value> {
-    use std::sync::{Arc, Mutex};
-    // (namespace/deployment) -> (wanted replicas, when the update was accepted)
-    let pending: Arc<Mutex<BTreeMap<String, (i32, Instant)>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let watch = {
-        let pending = pending.clone();
-        let latencies = latencies.clone();
-        let api: Api<Deployment> = Api::all(client.clone());
-        let config =
-            kube::runtime::watcher::Config::default().labels(&children::managed_selector());
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(kube::runtime::watcher(api, config));
-            while let Some(event) = stream.next().await {
-                if let Ok(kube::runtime::watcher::Event::Apply(d)) = event {
-                    let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
-                    let replicas = d.spec.as_ref().and_then(|s| s.replicas);
-                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some((want, at)) = p.get(&key).copied()
-                        && replicas == Some(want)
-                    {
-                        latencies
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(at.elapsed().as_secs_f64());
-                        p.remove(&key);
-                    }
-                }
-            }
-        })
-    };
-    let total = (args.churn_rate * args.churn_seconds as f64) as usize;
-    let interval = Duration::from_secs_f64(1.0 / args.churn_rate.max(0.1));
-    let mut tick = tokio::time::interval(interval);
-    let mut sent = 0;
-    // Each update must change the value (the seed's searchers have 3 replicas), or there is
-    // nothing for the Deployment to show.
-    let mut current: BTreeMap<usize, i32> = BTreeMap::new();
-    for n in 0..total {
-        tick.tick().await;
-        let i = (n * 7919) % args.sets;
-        let ns = format!("{}-tenant", i % args.namespaces);
-        let name = format!("set-{i}");
-        let previous = current.get(&i).copied().unwrap_or(3);
+impl Churner {
+    /// Sends one update to `ns/name` (without waiting for the answer) and expects it.
+    fn update(
+        &mut self,
+        client: &Client,
+        tracker: &Tracker,
+        ns: &str,
+        name: &str,
+        scenario: &'static str,
+    ) -> tokio::task::JoinHandle<bool> {
+        let key = format!("{ns}/{name}");
+        // The seed example's searchers have 3 replicas.
+        let previous = self.current.get(&key).copied().unwrap_or(3);
         let want = previous % 5 + 1;
-        current.insert(i, want);
-        let api: Api<VecodexSet> = Api::namespaced(client.clone(), &ns);
-        let patch = json!({"spec": {"searcher": {"replicas": want}}});
-        // Recorded before the request: the operator can be faster than our own response.
-        let key = format!("{ns}/{name}-searcher");
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), (want, Instant::now()));
-        if api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .is_ok()
-        {
-            sent += 1;
-        } else {
-            pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-        }
+        self.current.insert(key, want);
+        let deployment = format!("{ns}/{name}-searcher");
+        tracker.expect(&deployment, want, scenario);
+        let api: Api<VecodexSet> = Api::namespaced(client.clone(), ns);
+        let tracker = tracker.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let patch = json!({"spec": {"searcher": {"replicas": want}}});
+            let sent = api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok();
+            if !sent {
+                tracker.forget(&deployment);
+            }
+            sent
+        })
     }
-    // Let the last updates land.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && Instant::now() < deadline
-    {
+
+    /// `rate` updates per second across the sets for `seconds`; returns how many got through.
+    async fn run(
+        &mut self,
+        client: &Client,
+        tracker: &Tracker,
+        args: &Args,
+        scenario: &'static str,
+        seconds: f64,
+    ) -> usize {
+        let total = (args.churn_rate * seconds) as usize;
+        let mut tick =
+            tokio::time::interval(Duration::from_secs_f64(1.0 / args.churn_rate.max(0.1)));
+        let mut sent = Vec::with_capacity(total);
+        for _ in 0..total {
+            tick.tick().await;
+            self.n += 1;
+            let i = (self.n * 7919) % args.sets;
+            let (ns, name) = cluster::place(i, args.namespaces);
+            sent.push(self.update(client, tracker, &ns, &name, scenario));
+        }
+        let mut ok = 0;
+        for s in sent {
+            ok += usize::from(s.await.unwrap_or(false));
+        }
+        ok
+    }
+}
+
+/// Waits up to `limit` for a scenario's updates to land; returns those that did not.
+async fn settle(tracker: &Tracker, scenario: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    while !tracker.pending(scenario).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    watch.abort();
-    let mut l = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        l.get(((l.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let lost_keys: Vec<String> = pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
-    let lost = lost_keys.len();
-    Ok(json!({
-        "rate_per_second": args.churn_rate,
-        "seconds": args.churn_seconds,
-        "updates": sent,
-        "observed": l.len(),
-        "not_applied_within_60s": lost,
-        "not_applied": lost_keys,
-        "p50_seconds": pct(0.50),
-        "p95_seconds": pct(0.95),
-        "p99_seconds": pct(0.99),
-    }))
+    tracker.pending(scenario)
 }
 
-fn svg(curve: &[(f64, usize)], total: usize) -> String {
-    let (w, h, pad) = (640.0, 320.0, 40.0);
-    let max_t = curve.last().map_or(1.0, |c| c.0.max(1.0));
-    let points: Vec<String> = curve
-        .iter()
-        .map(|(t, n)| {
-            let x = pad + t / max_t * (w - 2.0 * pad);
-            let y = h - pad - (*n as f64 / total.max(1) as f64) * (h - 2.0 * pad);
-            format!("{x:.1},{y:.1}")
+fn latency_summary(tracker: &Tracker, scenario: &str, sent: usize, lost: &[String]) -> Value {
+    let l = tracker.latencies(scenario);
+    json!({
+        "updates": sent,
+        "observed": l.len(),
+        "not_applied_within_60s": lost.len(),
+        "not_applied": lost,
+        "p50_seconds": percentile(&l, 0.50),
+        "p95_seconds": percentile(&l, 0.95),
+        "p99_seconds": percentile(&l, 0.99),
+        "max_seconds": l.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// Scenario 5: one set in its own namespace changes every second from the moment the
+/// operator first converged it until `stop`.
+fn flood(
+    client: Client,
+    tracker: Tracker,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        while !tracker.is_converged("flood", "flooded") {
+            if stop.is_cancelled() {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut churner = Churner::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut sent = Vec::new();
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            sent.push(churner.update(&client, &tracker, "flood", "flooded", "flood"));
+        }
+        let mut ok = 0;
+        for s in sent {
+            ok += usize::from(s.await.unwrap_or(false));
+        }
+        ok
+    })
+}
+
+/// Starts `n` replicas; logs go next to the cluster's.
+fn start_replicas(
+    n: usize,
+    opts: &ReplicaOptions,
+    logs: &Path,
+    label: &str,
+) -> anyhow::Result<Vec<Replica>> {
+    (0..n)
+        .map(|i| {
+            Replica::start(
+                opts,
+                &format!("{label}-{i}"),
+                &logs.join(format!("loadtest-{label}-{i}.log")),
+            )
         })
-        .collect();
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{pad}" y="20">Cold start: converged sets over time ({total} sets)</text>
-<line x1="{pad}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>
-<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{y0}" stroke="black"/>
-<text x="{x1}" y="{yl}" text-anchor="end">{max_t:.1} s</text>
-<text x="4" y="{pad}">{total}</text>
-<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{pts}"/>
-</svg>
-"##,
-        y0 = h - pad,
-        x1 = w - pad,
-        yl = h - pad + 16.0,
-        pts = points.join(" ")
-    )
+        .collect()
+}
+
+async fn reconciles(replicas: &[Replica]) -> f64 {
+    let mut total = 0.0;
+    for r in replicas {
+        total += r.reconciles().await;
+    }
+    total
+}
+
+fn stop_replicas(replicas: &mut [Replica]) {
+    for r in replicas.iter_mut() {
+        r.kill("-TERM");
+    }
+}
+
+/// The write requests among a reading of [`cluster::requests`] (see `write_requests`).
+fn write_total(requests: &std::collections::BTreeMap<String, f64>) -> f64 {
+    requests
+        .iter()
+        .filter(|(k, _)| {
+            let (verb, resource) = k.split_once(' ').unwrap_or(("", ""));
+            matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+                && matches!(
+                    resource,
+                    "deployments"
+                        | "services"
+                        | "configmaps"
+                        | "ingresses"
+                        | "vecodexsets"
+                        | "vecodexsets/status"
+                )
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// CPU seconds per component between two readings, and their total.
+fn cpu_delta(
+    before: &serde_json::Map<String, Value>,
+    after: &serde_json::Map<String, Value>,
+) -> Value {
+    let mut delta = serde_json::Map::new();
+    let mut total = 0.0;
+    for (k, v) in after {
+        let d = v.as_f64().unwrap_or(0.0) - before.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        total += d;
+        delta.insert(k.clone(), json!(d));
+    }
+    delta.insert("total".into(), json!(total));
+    Value::Object(delta)
+}
+
+/// A cold start: `replicas` start over `sets` existing sets; figures until all converged.
+/// Besides wall-clock time it reports the CPU seconds per set that the control plane and the
+/// operator spent, which other work on a shared machine does not distort.
+#[allow(clippy::too_many_arguments)]
+async fn cold_start(
+    cluster: &LocalCluster,
+    cpu_before: &serde_json::Map<String, Value>,
+    client: &Client,
+    tracker: &Tracker,
+    replicas: &[Replica],
+    sets: usize,
+    started: Instant,
+    requests_before: &std::collections::BTreeMap<String, f64>,
+    timeout: Duration,
+) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+    let curve = tracker.wait_converged(sets, is_tenant, timeout).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let writes = cluster::write_requests(client).await? - write_total(requests_before);
+    let requests = cluster::requests_delta(requests_before, &cluster::requests(client).await?);
+    let reconciles = reconciles(replicas).await;
+    let cpu = cpu_delta(cpu_before, &cluster.cpu_seconds());
+    let per_replica: Vec<Value> = replicas.iter().map(Replica::stats).collect();
+    let operator_cpu: f64 = per_replica
+        .iter()
+        .filter_map(|r| r["cpu_seconds"].as_f64())
+        .sum();
+    let per_set = (cpu["total"].as_f64().unwrap_or(0.0) + operator_cpu) / sets.max(1) as f64;
+    Ok((
+        json!({
+            "sets": sets,
+            "replicas": replicas.len(),
+            "seconds": secs,
+            "sets_per_second": sets as f64 / secs,
+            "reconciles": reconciles,
+            "reconciles_per_second": reconciles / secs,
+            "write_requests": writes,
+            "write_requests_per_set": writes / sets.max(1) as f64,
+            "requests": requests,
+            "control_plane_cpu_seconds": cpu,
+            "operator_cpu_seconds": operator_cpu,
+            "cpu_seconds_per_set": per_set,
+            "per_replica": per_replica,
+        }),
+        curve,
+    ))
+}
+
+/// Scenario 6: kill -9 of one replica during churn; churn goes on through the outage (one
+/// lease duration); time from the kill until every set is converged and every update applied.
+async fn failover(
+    client: &Client,
+    tracker: &Tracker,
+    churner: &mut Churner,
+    replicas: &mut [Replica],
+    args: &Args,
+) -> anyhow::Result<Value> {
+    let before = 5.0_f64.min(args.churn_seconds as f64);
+    let mut sent = churner.run(client, tracker, args, "failover", before).await;
+    let victim = replicas[0].identity.clone();
+    replicas[0].kill("-KILL");
+    let killed = Instant::now();
+    sent += churner
+        .run(client, tracker, args, "failover", args.lease_seconds as f64)
+        .await;
+    tracker
+        .wait_converged(args.sets, is_tenant, args.timeout())
+        .await?;
+    let recovered = killed.elapsed().as_secs_f64();
+    let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
+    let mut result = latency_summary(tracker, "failover", sent, &lost);
+    result["killed"] = json!(victim);
+    result["lease_seconds"] = json!(args.lease_seconds);
+    result["converged_after_kill_seconds"] = json!(recovered);
+    Ok(result)
+}
+
+/// Scale-out and tracing cost: a cold start on a fresh control plane.
+async fn fresh_cold_start(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    label: &str,
+    replicas: usize,
+    otlp: Option<&Otlp>,
+) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+    let sets = args.scale_sets.unwrap_or(args.sets);
+    let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
+    eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
+    let cluster = LocalCluster::up()?;
+    let result = async {
+        let client = cluster::client_for(&cluster.kubeconfig()).await?;
+        cluster::install_crd(&client).await?;
+        let kubelet = kubelet::start(client.clone());
+        let tracker = Tracker::start(&client);
+        cluster::create_sets(&client, sets, namespaces, spec).await?;
+        let requests_before = cluster::requests(&client).await?;
+        let kubeconfig = cluster.kubeconfig();
+        let opts = args.replica_options(&kubeconfig, otlp);
+        let cpu_before = cluster.cpu_seconds();
+        let mut running = start_replicas(replicas, &opts, &cluster.dir, label)?;
+        let started = Instant::now();
+        let result = cold_start(
+            &cluster,
+            &cpu_before,
+            &client,
+            &tracker,
+            &running,
+            sets,
+            started,
+            &requests_before,
+            args.timeout(),
+        )
+        .await;
+        stop_replicas(&mut running);
+        tracker.stop();
+        kubelet.abort();
+        result
+    }
+    .await;
+    cluster.down();
+    result
+}
+
+/// rotel-agent (the OTLP collector of the tracing scenarios), from deploy/local/tools.sh.
+fn rotel_agent() -> anyhow::Result<PathBuf> {
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/vecodex-operator/tools/bin/rotel-agent"));
+    if let Some(path) = cached.filter(|p| p.exists()) {
+        return Ok(path);
+    }
+    let out = Command::new("bash")
+        .arg(cluster::repo_root().join("deploy/local/tools.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run deploy/local/tools.sh")?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let path = PathBuf::from(dir).join("rotel-agent");
+    if !out.status.success() || !path.exists() {
+        bail!(
+            "rotel-agent not found: deploy/local/tools.sh fetches it from the PyPI wheel rotel==0.0.1a15"
+        );
+    }
+    Ok(path)
+}
+
+/// A collector that receives and discards spans, logging one line per batch.
+fn start_collector(out: &Path) -> anyhow::Result<(Child, Otlp)> {
+    let grpc = cluster::free_port()?;
+    let log = std::fs::File::create(out.join("rotel.log"))?;
+    let child = Command::new(rotel_agent()?)
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{grpc}"),
+        ])
+        .args([
+            "--otlp-http-endpoint",
+            &format!("127.0.0.1:{}", cluster::free_port()?),
+        ])
+        .args(["--exporter", "blackhole", "--debug-log", "traces"])
+        .args(["--debug-log-verbosity", "basic"])
+        .arg("--pid-file")
+        .arg(out.join("rotel.pid"))
+        .arg("--log-file")
+        .arg(out.join("rotel-agent.log"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start rotel-agent")?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let otlp = Otlp {
+        endpoint: format!("http://127.0.0.1:{grpc}"),
+        sampling_ratio: 0.0,
+    };
+    Ok((child, otlp))
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": cpu,
+        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+    })
+}
+
+fn bar(name: &str, wanted: &str, value: f64, met: bool) -> Value {
+    json!({"bar": name, "wanted": wanted, "value": value, "met": met})
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let kubeconfig = match &args.kubeconfig {
-        Some(k) => k.clone(),
-        None => start_cluster()?,
-    };
-    let client = client_for(&kubeconfig).await?;
-    install_crd(&client).await?;
+    let spec = cluster::seed_spec()?;
     std::fs::create_dir_all(&args.out)?;
     eprintln!(
         "loadtest: {} sets over {} namespaces, {} replicas, {} shards, concurrency {}",
         args.sets, args.namespaces, args.replicas, args.shards, args.concurrency
     );
 
-    // 2. The API server's write limit for the same objects at the same concurrency.
-    let limit = limit(&client, &args).await?;
-    eprintln!("limit: {limit}");
+    let main = LocalCluster::up()?;
+    let outcome = main_cluster(&args, &spec, &main).await;
+    main.down();
+    let MainRun {
+        mut results,
+        curve,
+        latencies,
+    } = outcome?;
 
-    // 1. Cold start.
-    create_sets(&client, &args).await?;
-    let writes_before = write_requests(&client).await?;
-    let logs = kubeconfig.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut replicas: Vec<Child> = (0..args.replicas)
-        .map(|i| {
-            start_replica(
-                &kubeconfig,
-                &args,
-                i,
-                &logs.join(format!("loadtest-replica-{i}.log")),
-            )
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
-    let mut curve = Vec::new();
-    loop {
-        let (done, total) = converged(&client).await?;
-        curve.push((started.elapsed().as_secs_f64(), done));
-        if done == args.sets && total == args.sets {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(args.timeout_seconds) {
-            bail!(
-                "not converged after {} s: {done}/{total}",
-                args.timeout_seconds
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let cold_secs = started.elapsed().as_secs_f64();
-    let cold_writes = write_requests(&client).await? - writes_before;
-    let stats: Vec<Value> = replicas
-        .iter()
-        .map(|r| {
-            let (rss, cpu) = proc_stats(r.id()).unwrap_or((0, 0.0));
-            json!({"pid": r.id(), "peak_rss_mib": rss as f64 / 1048576.0, "cpu_seconds": cpu})
-        })
-        .collect();
-    let sets_per_second = args.sets as f64 / cold_secs;
-    let ratio = sets_per_second / limit["sets_per_second"].as_f64().unwrap_or(f64::INFINITY);
-
-    // 4. Churn (before idle, so idle measures a quiet system afterwards).
-    let churn = churn(&client, &args).await?;
-    eprintln!("churn: {churn}");
-    wait_converged(
-        &client,
+    let mut curves = vec![(
+        format!("{} replicas (main)", args.replicas),
         args.sets,
-        Duration::from_secs(args.timeout_seconds),
+        curve,
+    )];
+    if !args.skip_fresh {
+        let n = args.scale_sets.unwrap_or(args.sets);
+        let (one, one_curve) = fresh_cold_start(&args, &spec, "one-replica", 1, None).await?;
+        let (base, base_curve) =
+            fresh_cold_start(&args, &spec, "tracing-off", args.replicas, None).await?;
+        let (mut collector, mut otlp) = start_collector(&args.out)?;
+        otlp.sampling_ratio = args.sampling_ratio;
+        let traced = fresh_cold_start(&args, &spec, "tracing-on", args.replicas, Some(&otlp)).await;
+        let _ = collector.kill();
+        let _ = collector.wait();
+        let (on, on_curve) = traced?;
+        let collector_lines = std::fs::read_to_string(args.out.join("rotel.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let sps = |v: &Value| v["sets_per_second"].as_f64().unwrap_or(0.0);
+        results["scale_out"] = json!({
+            "one_replica": one,
+            "replicas": base.clone(),
+            "throughput_ratio": sps(&base) / sps(&one).max(1e-9),
+        });
+        results["tracing"] = json!({
+            "sampling_ratio": args.sampling_ratio,
+            "off": base,
+            "on": on,
+            "collector_log_lines": collector_lines,
+            "cost": 1.0 - sps(&on) / sps(&base).max(1e-9),
+        });
+        curves.push(("1 replica".into(), n, one_curve));
+        curves.push((
+            format!("{} replicas, tracing off", args.replicas),
+            n,
+            base_curve,
+        ));
+        curves.push((
+            format!(
+                "{} replicas, tracing {}",
+                args.replicas, args.sampling_ratio
+            ),
+            n,
+            on_curve,
+        ));
+    }
+    results["bars"] = bars(&results, &args);
+
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    std::fs::write(
+        args.out.join("convergence.svg"),
+        report::convergence(&curves),
+    )?;
+    std::fs::write(args.out.join("latency.svg"), report::latency(&latencies))?;
+    summary(&results, &args);
+
+    if results["idle"]["write_requests"].as_f64().unwrap_or(1.0) > 0.0 {
+        bail!(
+            "idle: write requests while nothing changed: {}",
+            results["idle"]
+        );
+    }
+    for s in ["churn", "flood", "failover"] {
+        if results[s]["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
+            bail!("{s}: updates were lost: {}", results[s]);
+        }
+    }
+    if results["replica_exits"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        bail!("replicas exited: {}", results["replica_exits"]);
+    }
+    Ok(())
+}
+
+/// What the main control plane's scenarios give: figures, the cold start's curve and the
+/// update latencies per scenario.
+struct MainRun {
+    results: Value,
+    curve: Vec<(f64, usize)>,
+    latencies: Vec<(String, Vec<f64>)>,
+}
+
+/// Limit, cold start with the flood, churn, failover and idle, on one control plane.
+async fn main_cluster(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    cluster: &LocalCluster,
+) -> anyhow::Result<MainRun> {
+    let kubeconfig = cluster.kubeconfig();
+    let client = cluster::client_for(&kubeconfig).await?;
+    cluster::install_crd(&client).await?;
+    let kubelet = kubelet::start(client.clone());
+    let tracker = Tracker::start(&client);
+
+    // 2. The API server's write limit for the same objects at the same concurrency.
+    let limit = limit(cluster, &client, args, spec).await?;
+    eprintln!("loadtest: limit: {limit}");
+
+    // 1. Cold start, and 5. a tenant flooding its set meanwhile.
+    cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
+    cluster::create_namespaces(&client, &["flood".to_owned()]).await?;
+    cluster::create_set(&client, "flood", "flooded", spec.clone()).await?;
+    let requests_before = cluster::requests(&client).await?;
+    let opts = args.replica_options(&kubeconfig, None);
+    let cpu_before = cluster.cpu_seconds();
+    let mut replicas = start_replicas(args.replicas, &opts, &cluster.dir, "main")?;
+    let started = Instant::now();
+    let stop_flood = CancellationToken::new();
+    let flooder = flood(client.clone(), tracker.clone(), stop_flood.clone());
+    let cold = cold_start(
+        cluster,
+        &cpu_before,
+        &client,
+        &tracker,
+        &replicas,
+        args.sets,
+        started,
+        &requests_before,
+        args.timeout(),
     )
-    .await?;
+    .await;
+    stop_flood.cancel();
+    let flood_sent = flooder.await.unwrap_or(0);
+    let (mut cold, curve) = cold?;
+    let flood_lost = settle(&tracker, "flood", Duration::from_secs(60)).await;
+    let flood = latency_summary(&tracker, "flood", flood_sent, &flood_lost);
+    eprintln!("loadtest: cold start: {cold}");
+    let ratio = cold["sets_per_second"].as_f64().unwrap_or(0.0)
+        / limit["sets_per_second"].as_f64().unwrap_or(f64::INFINITY);
+    cold["converge_to_limit_ratio"] = json!(ratio);
+    // What the ratio would be if CPU were the only limit: the plain client's control-plane CPU
+    // per set against the operator run's (control plane and operator together).
+    cold["cpu_cost_ratio"] = json!(
+        limit["cpu_seconds_per_set"].as_f64().unwrap_or(0.0)
+            / cold["cpu_seconds_per_set"]
+                .as_f64()
+                .unwrap_or(f64::INFINITY)
+    );
+
+    // 4. Churn.
+    let mut churner = Churner::default();
+    let cpu_before = cluster.cpu_seconds();
+    let sent = churner
+        .run(&client, &tracker, args, "churn", args.churn_seconds as f64)
+        .await;
+    let lost = settle(&tracker, "churn", Duration::from_secs(60)).await;
+    let mut churn = latency_summary(&tracker, "churn", sent, &lost);
+    churn["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+    eprintln!("loadtest: churn: {churn}");
+
+    // 6. Failover; the killed replica comes back before the idle measurement.
+    let failover = failover(&client, &tracker, &mut churner, &mut replicas, args).await?;
+    eprintln!("loadtest: failover: {failover}");
+    replicas[0] = Replica::start(
+        &opts,
+        "main-0-restarted",
+        &cluster.dir.join("loadtest-main-0-restarted.log"),
+    )?;
+    // Shards move back to it (drained hand-over): let that settle before measuring idle.
+    tokio::time::sleep(Duration::from_secs(args.lease_seconds * 2)).await;
+    tracker
+        .wait_converged(args.sets, is_tenant, args.timeout())
+        .await?;
 
     // 3. Idle.
-    let idle_before = write_requests(&client).await?;
-    let events_before = operator_events(&client).await?;
+    let idle_before = cluster::write_requests(&client).await?;
+    let events_before = cluster::operator_events(&client).await?;
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle_writes = write_requests(&client).await? - idle_before
-        + (operator_events(&client).await? - events_before) as f64;
+    let idle_writes = cluster::write_requests(&client).await? - idle_before
+        + (cluster::operator_events(&client).await? - events_before) as f64;
     let idle_per_minute = idle_writes * 60.0 / args.idle_seconds.max(1) as f64;
 
-    for r in &mut replicas {
-        let _ = Command::new("kill")
-            .args(["-TERM", &r.id().to_string()])
-            .status();
-        let _ = r.wait();
-    }
+    let exits: Vec<String> = replicas
+        .iter_mut()
+        .filter_map(|r| {
+            r.child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| format!("{}: {s}", r.identity))
+        })
+        .collect();
+    let whole_run: Vec<Value> = replicas.iter().map(Replica::stats).collect();
+    stop_replicas(&mut replicas);
+    tracker.stop();
+    kubelet.abort();
 
+    churn["rate_per_second"] = json!(args.churn_rate);
+    churn["seconds"] = json!(args.churn_seconds);
+    let latencies = ["churn", "flood", "failover"]
+        .iter()
+        .map(|s| ((*s).to_owned(), tracker.latencies(s)))
+        .collect();
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(cluster::repo_root())
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let results = json!({
         "date": jiff::Timestamp::now().to_string(),
-        "machine": format!("{} cores", std::thread::available_parallelism().map_or(0, |n| n.get())),
+        "machine": machine(),
         "commit": commit,
-        "parameters": {"sets": args.sets, "namespaces": args.namespaces, "replicas": args.replicas, "shards": args.shards, "concurrency": args.concurrency},
-        "limit": limit,
-        "cold_start": {
-            "seconds": cold_secs,
-            "sets_per_second": sets_per_second,
-            "write_requests": cold_writes,
-            "write_requests_per_set": cold_writes / args.sets as f64,
-            "replicas": stats,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "parameters": {
+            "sets": args.sets, "namespaces": args.namespaces, "replicas": args.replicas,
+            "shards": args.shards, "concurrency": args.concurrency,
+            "churn_rate": args.churn_rate, "churn_seconds": args.churn_seconds,
+            "idle_seconds": args.idle_seconds, "lease_seconds": args.lease_seconds,
+            "scale_sets": args.scale_sets.unwrap_or(args.sets),
+            "sampling_ratio": args.sampling_ratio,
         },
+        "limit": limit,
+        "cold_start": cold,
         "converge_to_limit_ratio": ratio,
+        "flood": flood,
         "churn": churn,
+        "failover": failover,
         "idle": {"seconds": args.idle_seconds, "write_requests": idle_writes, "write_requests_per_minute": idle_per_minute},
-        "not_yet_run": ["tenant under flood", "failover", "scale-out", "tracing cost"],
+        "whole_run_per_replica": whole_run,
+        "replica_exits": exits,
     });
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)? + "\n",
-    )?;
-    std::fs::write(args.out.join("convergence.svg"), svg(&curve, args.sets))?;
+    Ok(MainRun {
+        results,
+        curve,
+        latencies,
+    })
+}
 
-    println!("scenario     | figure");
-    println!("-------------|------------------------------------------------");
+/// Each bar of the load-test issue with this run's figure.
+fn bars(r: &Value, args: &Args) -> Value {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let peak_rss = r["whole_run_per_replica"]
+        .as_array()
+        .map(|a| a.iter().map(|s| f(&s["peak_rss_mib"])).fold(0.0, f64::max))
+        .unwrap_or(f64::NAN);
+    let ratio = f(&r["converge_to_limit_ratio"]);
+    let idle = f(&r["idle"]["write_requests_per_minute"]);
+    let churn = f(&r["churn"]["p99_seconds"]);
+    let flood = f(&r["flood"]["p99_seconds"]);
+    let failover = f(&r["failover"]["converged_after_kill_seconds"]);
+    let failover_bar = args.lease_seconds as f64 + 5.0;
+    let mut bars = vec![
+        bar(
+            "cold start / plain-client limit",
+            ">= 0.8",
+            ratio,
+            ratio >= 0.8,
+        ),
+        bar("idle write requests per minute", "0", idle, idle == 0.0),
+        bar(
+            "peak RSS per replica (MiB)",
+            "<= 200",
+            peak_rss,
+            peak_rss <= 200.0,
+        ),
+        bar(
+            &format!("churn p99 at {}/s (s)", args.churn_rate),
+            "<= 1",
+            churn,
+            churn <= 1.0,
+        ),
+        bar("tenant under flood p99 (s)", "<= 2", flood, flood <= 2.0),
+        bar(
+            "failover: converged after kill (s)",
+            &format!("<= lease + 5 = {failover_bar}"),
+            failover,
+            failover <= failover_bar,
+        ),
+    ];
+    if let Some(cost) = r["tracing"]["cost"].as_f64() {
+        bars.push(bar(
+            &format!("tracing cost at sampling {}", args.sampling_ratio),
+            "<= 0.10",
+            cost,
+            cost <= 0.10,
+        ));
+    }
+    json!(bars)
+}
+
+fn summary(r: &Value, args: &Args) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!("scenario      | figure");
+    println!("--------------|------------------------------------------------------------");
     println!(
-        "limit        | {:.1} sets/s (plain client, {} writes/set)",
-        limit["sets_per_second"].as_f64().unwrap_or(0.0),
-        8
+        "limit         | {:.1} sets/s (plain client, 8 writes/set)",
+        f(&r["limit"]["sets_per_second"])
+    );
+    let c = &r["cold_start"];
+    println!(
+        "cold start    | {:.1} sets/s over {:.1} s, {:.1} reconciles/s, {:.1} writes/set",
+        f(&c["sets_per_second"]),
+        f(&c["seconds"]),
+        f(&c["reconciles_per_second"]),
+        f(&c["write_requests_per_set"])
     );
     println!(
-        "cold start   | {:.1} sets/s, {:.1} s, {:.1} writes/set",
-        sets_per_second,
-        cold_secs,
-        cold_writes / args.sets as f64
+        "ratio         | {:.2} of the plain client's limit",
+        f(&r["converge_to_limit_ratio"])
     );
-    println!("ratio        | {:.2} of the plain client's limit", ratio);
-    for (i, s) in stats.iter().enumerate() {
+    println!(
+        "CPU per set   | plain client: control plane {:.3} s; operator run: {:.3} s (control plane and operator), ratio {:.2}",
+        f(&r["limit"]["cpu_seconds_per_set"]),
+        f(&c["cpu_seconds_per_set"]),
+        f(&c["cpu_cost_ratio"])
+    );
+    for s in r["whole_run_per_replica"].as_array().into_iter().flatten() {
         println!(
-            "replica {i}    | peak RSS {:.1} MiB, {:.1} CPU s",
-            s["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            s["cpu_seconds"].as_f64().unwrap_or(0.0)
+            "replica       | {}: peak RSS {:.1} MiB, {:.1} CPU s",
+            s["identity"].as_str().unwrap_or(""),
+            f(&s["peak_rss_mib"]),
+            f(&s["cpu_seconds"])
+        );
+    }
+    for (name, s) in [
+        ("flood", "flood"),
+        ("churn", "churn"),
+        ("failover", "failover"),
+    ] {
+        let v = &r[s];
+        println!(
+            "{name:<13} | {} updates: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
+            v["updates"],
+            f(&v["p50_seconds"]),
+            f(&v["p95_seconds"]),
+            f(&v["p99_seconds"]),
+            v["not_applied_within_60s"]
         );
     }
     println!(
-        "churn        | {} updates at {}/s: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
-        churn["updates"],
-        args.churn_rate,
-        churn["p50_seconds"].as_f64().unwrap_or(f64::NAN),
-        churn["p95_seconds"].as_f64().unwrap_or(f64::NAN),
-        churn["p99_seconds"].as_f64().unwrap_or(f64::NAN),
-        churn["not_applied_within_60s"]
+        "failover      | converged {:.1} s after kill -9 (lease {} s)",
+        f(&r["failover"]["converged_after_kill_seconds"]),
+        args.lease_seconds
     );
-    println!("idle         | {idle_per_minute:.1} write requests/min");
-    println!("results      | {}", args.out.join("results.json").display());
-    if idle_writes > 0.0 {
-        bail!("idle: {idle_writes} write requests while nothing changed");
+    println!(
+        "idle          | {:.1} write requests/min",
+        f(&r["idle"]["write_requests_per_minute"])
+    );
+    if r["scale_out"].is_object() {
+        println!(
+            "scale-out     | 1 replica {:.1} sets/s, {} replicas {:.1} sets/s (x{:.2})",
+            f(&r["scale_out"]["one_replica"]["sets_per_second"]),
+            args.replicas,
+            f(&r["scale_out"]["replicas"]["sets_per_second"]),
+            f(&r["scale_out"]["throughput_ratio"])
+        );
+        println!(
+            "tracing       | off {:.1} sets/s, on ({}) {:.1} sets/s: cost {:.1} %",
+            f(&r["tracing"]["off"]["sets_per_second"]),
+            args.sampling_ratio,
+            f(&r["tracing"]["on"]["sets_per_second"]),
+            f(&r["tracing"]["cost"]) * 100.0
+        );
     }
-    if churn["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
-        bail!("churn: updates were lost: {churn}");
+    for b in r["bars"].as_array().into_iter().flatten() {
+        println!(
+            "bar           | {}: {:.3} (wanted {}) {}",
+            b["bar"].as_str().unwrap_or(""),
+            f(&b["value"]),
+            b["wanted"].as_str().unwrap_or(""),
+            if b["met"].as_bool() == Some(true) {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
     }
-    Ok(())
+    println!(
+        "results       | {}",
+        args.out.join("results.json").display()
+    );
 }

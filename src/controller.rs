@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -262,19 +264,70 @@ fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
     }
 }
 
-/// Child events: drift (a change or a deletion) is a real change; the initial list is not.
-fn classify_children<K: Resource>(event: Event<K>) -> Option<Enqueue> {
-    let (child, priority, trigger) = match &event {
-        Event::Apply(c) | Event::Delete(c) => (c, Priority::Normal, Trigger::ChildDrift),
-        Event::InitApply(c) => (c, Priority::Low, Trigger::InitialList),
-        Event::Init | Event::InitDone => return None,
-    };
-    Some(Enqueue {
-        key: owner_key(child)?,
-        priority,
-        trigger,
-        cut_backoff: false,
-    })
+/// Child events: drift (a change of what the operator manages, or a deletion) is a real
+/// change. A change of status only (a Deployment's replicas becoming ready), a child seen for
+/// the first time (most often the echo of our own create) and the initial list just need the
+/// set's status refreshed: they wait at low priority, behind real changes, and a set whose
+/// three Deployments become ready one after another is then refreshed once, not three times.
+fn classify_children<K: Resource + Serialize>() -> impl FnMut(Event<K>) -> Option<Enqueue> + Send {
+    // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
+    let mut managed: HashMap<u64, u64> = HashMap::new();
+    move |event| {
+        let (child, priority, trigger) = match &event {
+            Event::Apply(c) => {
+                let before = managed.insert(uid_key(c), managed_digest(c));
+                if before.is_some_and(|b| b != managed_digest(c)) {
+                    (c, Priority::Normal, Trigger::ChildDrift)
+                } else {
+                    (c, Priority::Low, Trigger::ChildStatus)
+                }
+            }
+            Event::Delete(c) => {
+                managed.remove(&uid_key(c));
+                (c, Priority::Normal, Trigger::ChildDrift)
+            }
+            Event::InitApply(c) => {
+                managed.insert(uid_key(c), managed_digest(c));
+                (c, Priority::Low, Trigger::InitialList)
+            }
+            Event::Init | Event::InitDone => return None,
+        };
+        Some(Enqueue {
+            key: owner_key(child)?,
+            priority,
+            trigger,
+            cut_backoff: false,
+        })
+    }
+}
+
+fn uid_key<K: Resource>(obj: &K) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.meta().uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A digest of what someone could change on a child that the operator cares about: its body
+/// (spec, or a ConfigMap's data), labels, annotations, owners and deletion; not its status,
+/// resourceVersion or managedFields.
+fn managed_digest<K: Resource + Serialize>(obj: &K) -> u64 {
+    let value = serde_json::to_value(obj).unwrap_or_default();
+    let meta = obj.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if let Some(fields) = value.as_object() {
+        for (k, v) in fields {
+            if k != "metadata" && k != "status" {
+                (k, v.to_string()).hash(&mut hasher);
+            }
+        }
+    }
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    for owner in meta.owner_references.iter().flatten() {
+        (&owner.uid, owner.controller).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Re-queues every set every `period` ±10 %, at low priority.
@@ -332,10 +385,10 @@ pub async fn run(
     };
     let stores = Stores {
         sets: feed.watch(&mut tasks, watcher::Config::default(), classify_sets),
-        deployments: feed.watch(&mut tasks, children.clone(), || classify_children),
-        services: feed.watch(&mut tasks, children.clone(), || classify_children),
-        config_maps: feed.watch(&mut tasks, children.clone(), || classify_children),
-        ingresses: feed.watch(&mut tasks, children, || classify_children),
+        deployments: feed.watch(&mut tasks, children.clone(), classify_children),
+        services: feed.watch(&mut tasks, children.clone(), classify_children),
+        config_maps: feed.watch(&mut tasks, children.clone(), classify_children),
+        ingresses: feed.watch(&mut tasks, children, classify_children),
     };
     // Reconciling before every cache is filled would re-create children that merely have
     // not been listed yet.
@@ -535,10 +588,12 @@ async fn work(
         Some(Ok(Report::Applied {
             writes: 0,
             status_patched: false,
+            ..
         })) => ("no-op".to_owned(), "noop"),
         Some(Ok(Report::Applied {
             writes,
             status_patched,
+            ..
         })) => (
             format!("applied {} objects", writes + usize::from(*status_patched)),
             "applied",
@@ -553,10 +608,18 @@ async fn work(
             None => warn!("shard lost: reconcile cancelled"),
             Some(Ok(report)) => {
                 queue.forget(&item.key);
+                if let Report::Applied {
+                    status_after: Some(after),
+                    ..
+                } = report
+                {
+                    queue.add_after(&item.key, after, Priority::Low, Trigger::ChildStatus);
+                }
                 match report {
                     Report::Applied {
                         writes: 0,
                         status_patched: false,
+                        ..
                     } => debug!("no change"),
                     Report::Invalid => {
                         span.record("otel.status_code", "ERROR");
@@ -583,7 +646,7 @@ mod tests {
 
     use super::{classify_children, classify_sets};
     use crate::crd::VecodexSet;
-    use crate::queue::Priority;
+    use crate::queue::{Priority, Trigger};
 
     fn set(generation: i64) -> VecodexSet {
         let mut set: VecodexSet = serde_json::from_value(serde_json::json!({
@@ -640,18 +703,28 @@ mod tests {
                 block_owner_deletion: None,
             },
         ]);
-        let drift = classify_children(Event::Delete(cm.clone())).unwrap();
+        let mut classify = classify_children();
+        let listed = classify(Event::InitApply(cm.clone())).unwrap();
         assert_eq!(
-            (drift.key.as_str(), drift.priority),
-            ("t/s", Priority::Normal)
+            (listed.key.as_str(), listed.priority),
+            ("t/s", Priority::Low)
         );
+        cm.metadata.resource_version = Some("2".into());
         assert_eq!(
-            classify_children(Event::InitApply(cm.clone()))
-                .unwrap()
-                .priority,
-            Priority::Low
+            classify(Event::Apply(cm.clone())).unwrap().priority,
+            Priority::Low,
+            "nothing the operator manages changed"
         );
+        cm.data = Some([("k".to_owned(), "v".to_owned())].into());
+        let drift = classify(Event::Apply(cm.clone())).unwrap();
+        assert_eq!(
+            (drift.priority, drift.trigger),
+            (Priority::Normal, Trigger::ChildDrift),
+            "a managed field changed"
+        );
+        let deleted = classify(Event::Delete(cm.clone())).unwrap();
+        assert_eq!(deleted.priority, Priority::Normal);
         cm.metadata.owner_references = None;
-        assert!(classify_children(Event::Apply(cm)).is_none(), "not ours");
+        assert!(classify(Event::Apply(cm)).is_none(), "not ours");
     }
 }

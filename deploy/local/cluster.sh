@@ -48,6 +48,8 @@ Commands:
 Environment:
   VECODEX_K8S_CACHE               cache dir (binaries, sources, Go build cache)
   VECODEX_K8S_UP_TIMEOUT          seconds 'up' waits for readiness (default 90)
+  VECODEX_KCM_CONTROLLERS         kube-controller-manager --controllers (default '*'); the load
+                                  test turns the deployment controller off and simulates it
 EOF
 }
 
@@ -711,7 +713,7 @@ EOF
         --cert-dir="$dir/kcm-certs" \
         --flex-volume-plugin-dir="$dir/flexvolume" \
         --leader-elect=false \
-        --controllers='*' \
+        --controllers="${VECODEX_KCM_CONTROLLERS:-*}" \
         --use-service-account-credentials=true \
         --service-account-private-key-file="$pki/sa.key" \
         --root-ca-file="$pki/ca.crt" \

@@ -66,6 +66,8 @@ pub enum Trigger {
     /// A status, label or annotation change of the set.
     Update,
     ChildDrift,
+    /// A child's status changed, or a child was seen for the first time.
+    ChildStatus,
     InitialList,
     Resync,
     Retry,
@@ -79,6 +81,7 @@ impl Trigger {
             Trigger::SpecChange => "spec change",
             Trigger::Update => "update",
             Trigger::ChildDrift => "child drift",
+            Trigger::ChildStatus => "child status",
             Trigger::InitialList => "initial list",
             Trigger::Resync => "resync",
             Trigger::Retry => "retry",
@@ -353,6 +356,14 @@ impl WorkQueue {
         {
             self.insert(&mut s, key, priority, trigger);
         }
+    }
+
+    /// Queues `key` after `delay` (an earlier deadline of the key wins). Until then, adds
+    /// of the key are absorbed, except those that end a backoff.
+    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority, trigger: Trigger) {
+        let mut s = self.lock();
+        let at = Instant::now() + delay;
+        self.schedule(&mut s, key, at, priority, trigger);
     }
 
     /// The key succeeded: its backoff starts over.

@@ -1,0 +1,381 @@
+//! The load test's side of a control plane: starting and stopping one, the operator replicas,
+//! and what is read from the API server and from /proc to report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A control plane started for the load test; `down` stops it, and a watchdog stops it if
+/// this process dies first.
+pub struct LocalCluster {
+    pub dir: PathBuf,
+}
+
+impl LocalCluster {
+    /// Starts one without kube-controller-manager's deployment and replicaset controllers:
+    /// the kubelet simulator writes Deployment status instead, so no ReplicaSets or Pods are
+    /// created (there is no scheduler or kubelet to run them anyway).
+    pub fn up() -> anyhow::Result<LocalCluster> {
+        let out = Command::new("bash")
+            .arg(repo_root().join("deploy/local/cluster.sh"))
+            .args(["up", "--owner-pid", &std::process::id().to_string()])
+            .env("VECODEX_KCM_CONTROLLERS", "*,-deployment,-replicaset")
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run deploy/local/cluster.sh")?;
+        if !out.status.success() {
+            bail!("deploy/local/cluster.sh up failed");
+        }
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        Ok(LocalCluster {
+            dir: PathBuf::from(dir),
+        })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// CPU seconds each control-plane process has used so far: a figure the other work on a
+    /// shared machine does not distort the way it distorts wall-clock time.
+    pub fn cpu_seconds(&self) -> serde_json::Map<String, serde_json::Value> {
+        ["kube-apiserver", "etcd", "kube-controller-manager"]
+            .iter()
+            .map(|c| {
+                let cpu = std::fs::read_to_string(self.dir.join(format!("pids/{c}.pid")))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+                    .and_then(proc_stats)
+                    .map_or(0.0, |s| s.1);
+                ((*c).to_owned(), json!(cpu))
+            })
+            .collect()
+    }
+
+    pub fn down(&self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("deploy/local/cluster.sh"))
+            .arg("down")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "vecodexsets.apps.vecodex.link",
+        &PatchParams::apply("vecodex-loadtest").force(),
+        &Patch::Apply(vecodex_operator::crd::crd()),
+    )
+    .await?;
+    for _ in 0..100 {
+        let crd = crds.get("vecodexsets.apps.vecodex.link").await?;
+        let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if established {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("CRD not established")
+}
+
+pub fn seed_spec() -> anyhow::Result<VecodexSetSpec> {
+    let path = repo_root().join("deploy/samples/vecodexset-example.yaml");
+    let yaml = std::fs::read_to_string(&path).with_context(|| format!("read {path:?}"))?;
+    let set: VecodexSet = serde_saphyr::from_str(&yaml).context("parse the seed example")?;
+    Ok(set.spec)
+}
+
+/// Namespace `i` of a group: the varying part first, because FNV-1a (the shard hash) spreads
+/// names that differ only in their last characters poorly: `tenant-0`..`tenant-9` would all
+/// land on one shard.
+pub fn namespace_name(prefix: &str, i: usize) -> String {
+    format!("{i}-{prefix}")
+}
+
+pub async fn create_namespaces(client: &Client, names: &[String]) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    futures::stream::iter(names.to_vec())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+                match api.create(&PostParams::default(), &ns).await {
+                    Ok(_) => Ok::<_, anyhow::Error>(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Where set `i` of `sets` spread over `namespaces` lives.
+pub fn place(i: usize, namespaces: usize) -> (String, String) {
+    (
+        namespace_name("tenant", i % namespaces.max(1)),
+        format!("set-{i}"),
+    )
+}
+
+pub async fn create_sets(
+    client: &Client,
+    sets: usize,
+    namespaces: usize,
+    spec: &VecodexSetSpec,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..namespaces.min(sets).max(1))
+        .map(|i| namespace_name("tenant", i))
+        .collect();
+    create_namespaces(client, &names).await?;
+    futures::stream::iter(0..sets)
+        .map(|i| {
+            let client = client.clone();
+            let (ns, name) = place(i, namespaces);
+            let spec = spec.clone();
+            async move {
+                create_set(&client, &ns, &name, spec).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+}
+
+pub async fn create_set(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: VecodexSetSpec,
+) -> anyhow::Result<()> {
+    let mut set = VecodexSet::new(name, spec);
+    set.meta_mut().namespace = Some(ns.to_owned());
+    Api::<VecodexSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &set)
+        .await?;
+    Ok(())
+}
+
+/// Every request the API server has counted, by "VERB resource[/subresource]".
+pub async fn requests(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let mut by_kind = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (resource, sub) = (label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{} {resource}", label("verb"))
+        } else {
+            format!("{} {resource}/{sub}", label("verb"))
+        };
+        let n = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        *by_kind.entry(key).or_insert(0.0) += n;
+    }
+    Ok(by_kind)
+}
+
+/// The requests made between two readings of [`requests`], most frequent first.
+pub fn requests_delta(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut delta: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    delta.sort_by(|a, b| b.1.total_cmp(&a.1));
+    delta.into_iter().map(|(k, d)| (k, json!(d))).collect()
+}
+
+/// Write requests on the resources the operator writes. Deployment status is left out (the
+/// kubelet simulator writes it), and so are Events (the controller-manager writes them too;
+/// the operator's own are counted by `operator_events`).
+pub async fn write_requests(client: &Client) -> anyhow::Result<f64> {
+    Ok(crate::write_total(&requests(client).await?))
+}
+
+/// Events the operator has written (and their series updates).
+pub async fn operator_events(client: &Client) -> anyhow::Result<i64> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("vecodex-operator"))
+        .map(|e| e.series.as_ref().map_or(1, |s| i64::from(s.count)))
+        .sum())
+}
+
+/// Peak RSS (bytes) and CPU seconds of a process, from /proc.
+pub fn proc_stats(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((hwm_kib * 1024, ticks / 100.0))
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Where traces go, for the tracing-cost scenario.
+#[derive(Clone)]
+pub struct Otlp {
+    pub endpoint: String,
+    pub sampling_ratio: f64,
+}
+
+/// One operator process.
+pub struct Replica {
+    pub child: Child,
+    pub identity: String,
+    pub metrics_port: u16,
+}
+
+pub struct ReplicaOptions<'a> {
+    pub kubeconfig: &'a Path,
+    pub shards: u32,
+    pub concurrency: usize,
+    pub lease_seconds: u64,
+    pub otlp: Option<&'a Otlp>,
+}
+
+impl Replica {
+    pub fn start(opts: &ReplicaOptions, identity: &str, log: &Path) -> anyhow::Result<Replica> {
+        let bin = std::env::current_exe()?.with_file_name("vecodex-operator");
+        let file = std::fs::File::create(log)?;
+        let metrics_port = free_port()?;
+        let lease = opts.lease_seconds.max(3);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--identity", identity])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--shards", &opts.shards.to_string()])
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--lease-duration", &format!("{lease}s")])
+            .args(["--renew-deadline", &format!("{}s", lease * 2 / 3)])
+            .args(["--retry-period", &format!("{}s", (lease / 7).max(1))])
+            .args(["--log-level", "warn"])
+            .env("KUBECONFIG", opts.kubeconfig)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        if let Some(otlp) = opts.otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
+                .env("OTEL_TRACES_SAMPLER", "traceidratio")
+                .env("OTEL_TRACES_SAMPLER_ARG", otlp.sampling_ratio.to_string());
+        }
+        let child = cmd.spawn().with_context(|| format!("start {bin:?}"))?;
+        Ok(Replica {
+            child,
+            identity: identity.to_owned(),
+            metrics_port,
+        })
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let (rss, cpu) = proc_stats(self.child.id()).unwrap_or((0, 0.0));
+        json!({
+            "identity": self.identity,
+            "peak_rss_mib": rss as f64 / 1048576.0,
+            "cpu_seconds": cpu,
+        })
+    }
+
+    /// Reconciles this replica has run, from its /metrics.
+    pub async fn reconciles(&self) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let Ok(text) = http_get(&url).await else {
+            return 0.0;
+        };
+        text.lines()
+            .filter(|l| l.starts_with("vecodex_operator_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn kill(&mut self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET on a loopback address (the operator's metrics).
+async fn http_get(url: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("http only")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(
+            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
+    Ok(body)
+}

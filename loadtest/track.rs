@@ -1,0 +1,282 @@
+//! Follows convergence through watches (never by listing: at 10,000 sets a list every half
+//! second would load the API server it measures). A set is converged when its status has
+//! observed its generation and its 7 children exist, controlled by it; an expected change
+//! (a churned spec) is applied when the component's Deployment carries it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::task::JoinHandle;
+use vecodex_operator::children;
+use vecodex_operator::crd::VecodexSet;
+
+/// Children per set of the seed example: 3 Deployments, 3 Services, 1 Ingress.
+pub const CHILDREN: usize = 7;
+
+#[derive(Default)]
+struct State {
+    /// ns/name -> (uid, generation, observedGeneration)
+    sets: HashMap<String, (String, i64, Option<i64>)>,
+    /// child uid -> owner uid
+    owner_of: HashMap<String, String>,
+    /// owner uid -> children
+    children: HashMap<String, usize>,
+    /// ns/deployment -> (wanted replicas, since, scenario)
+    pending: HashMap<String, (i32, Instant, &'static str)>,
+    /// scenario -> latencies (s)
+    latencies: BTreeMap<&'static str, Vec<f64>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Tracker {
+    state: Arc<Mutex<State>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Tracker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn start(client: &Client) -> Tracker {
+        let tracker = Tracker::default();
+        let managed = watcher::Config::default().labels(&children::managed_selector());
+        let mut tasks = Vec::new();
+        {
+            let t = tracker.clone();
+            let api: Api<VecodexSet> = Api::all(client.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut s = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+                while let Some(e) = s.next().await {
+                    match e {
+                        Ok(Event::Apply(set) | Event::InitApply(set)) => t.set_seen(&set),
+                        Ok(Event::Delete(set)) => {
+                            t.lock().sets.remove(&key(set.meta()));
+                        }
+                        _ => {}
+                    }
+                }
+            }));
+        }
+        {
+            let t = tracker.clone();
+            let api: Api<Deployment> = Api::all(client.clone());
+            let config = managed.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = std::pin::pin!(watcher::watcher(api, config));
+                while let Some(e) = s.next().await {
+                    match e {
+                        Ok(Event::Apply(d) | Event::InitApply(d)) => {
+                            t.child_seen(&d.metadata);
+                            t.deployment_seen(&d);
+                        }
+                        Ok(Event::Delete(d)) => t.child_gone(&d.metadata),
+                        _ => {}
+                    }
+                }
+            }));
+        }
+        tasks.push(tracker.follow_metadata::<Service>(client, managed.clone()));
+        tasks.push(tracker.follow_metadata::<Ingress>(client, managed));
+        *tracker.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        tracker
+    }
+
+    fn follow_metadata<K>(&self, client: &Client, config: watcher::Config) -> JoinHandle<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+        K: serde::de::DeserializeOwned,
+    {
+        let t = self.clone();
+        // An Api of PartialObjectMeta makes metadata-only requests.
+        let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(watcher::watcher(api, config));
+            while let Some(e) = s.next().await {
+                match e {
+                    Ok(Event::Apply(m) | Event::InitApply(m)) => t.child_seen(&m.metadata),
+                    Ok(Event::Delete(m)) => t.child_gone(&m.metadata),
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    pub fn stop(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    fn set_seen(&self, set: &VecodexSet) {
+        let observed = set.status.as_ref().and_then(|s| s.observed_generation);
+        self.lock().sets.insert(
+            key(set.meta()),
+            (
+                set.uid().unwrap_or_default(),
+                set.metadata.generation.unwrap_or(0),
+                observed,
+            ),
+        );
+    }
+
+    fn child_seen(&self, meta: &ObjectMeta) {
+        let Some(owner) = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+        else {
+            return;
+        };
+        let uid = meta.uid.clone().unwrap_or_default();
+        let mut state = self.lock();
+        if state.owner_of.insert(uid, owner.uid.clone()).is_none() {
+            *state.children.entry(owner.uid.clone()).or_default() += 1;
+        }
+    }
+
+    fn child_gone(&self, meta: &ObjectMeta) {
+        let uid = meta.uid.clone().unwrap_or_default();
+        let mut state = self.lock();
+        if let Some(owner) = state.owner_of.remove(&uid)
+            && let Some(n) = state.children.get_mut(&owner)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn deployment_seen(&self, d: &Deployment) {
+        let k = key(d.meta());
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+        let mut state = self.lock();
+        if let Some((want, since, scenario)) = state.pending.get(&k).copied()
+            && replicas == Some(want)
+        {
+            state.pending.remove(&k);
+            state
+                .latencies
+                .entry(scenario)
+                .or_default()
+                .push(since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Expects `deployment` (ns/name) to get `replicas`; recorded before the request is sent,
+    /// because the operator can be faster than our own response.
+    pub fn expect(&self, deployment: &str, replicas: i32, scenario: &'static str) {
+        self.lock()
+            .pending
+            .insert(deployment.to_owned(), (replicas, Instant::now(), scenario));
+    }
+
+    /// The request failed: nothing to wait for.
+    pub fn forget(&self, deployment: &str) {
+        self.lock().pending.remove(deployment);
+    }
+
+    pub fn pending(&self, scenario: &str) -> Vec<String> {
+        self.lock()
+            .pending
+            .iter()
+            .filter(|(_, p)| p.2 == scenario)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn latencies(&self, scenario: &str) -> Vec<f64> {
+        let mut l = self
+            .lock()
+            .latencies
+            .get(scenario)
+            .cloned()
+            .unwrap_or_default();
+        l.sort_by(f64::total_cmp);
+        l
+    }
+
+    /// (converged sets, known sets), counting only sets in namespaces `in_ns` accepts.
+    pub fn converged(&self, in_ns: impl Fn(&str) -> bool) -> (usize, usize) {
+        let state = self.lock();
+        let mut done = 0;
+        let mut total = 0;
+        for (k, (uid, generation, observed)) in &state.sets {
+            if !in_ns(k.split('/').next().unwrap_or("")) {
+                continue;
+            }
+            total += 1;
+            if *observed == Some(*generation)
+                && state.children.get(uid).copied().unwrap_or(0) == CHILDREN
+            {
+                done += 1;
+            }
+        }
+        (done, total)
+    }
+
+    pub fn is_converged(&self, ns: &str, name: &str) -> bool {
+        let state = self.lock();
+        state
+            .sets
+            .get(&format!("{ns}/{name}"))
+            .is_some_and(|(uid, g, o)| {
+                *o == Some(*g) && state.children.get(uid).copied().unwrap_or(0) == CHILDREN
+            })
+    }
+
+    /// Waits until `sets` sets (of the namespaces `in_ns` accepts) are converged and nothing
+    /// is pending; samples the curve every 250 ms.
+    pub async fn wait_converged(
+        &self,
+        sets: usize,
+        in_ns: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<(f64, usize)>> {
+        let started = Instant::now();
+        let mut curve = Vec::new();
+        loop {
+            let (done, total) = self.converged(&in_ns);
+            curve.push((started.elapsed().as_secs_f64(), done));
+            if done >= sets && total >= sets && self.lock().pending.is_empty() {
+                return Ok(curve);
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!(
+                    "not converged after {timeout:?}: {done}/{total} sets, {} updates pending",
+                    self.lock().pending.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The p-th percentile (0..1) of sorted values; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
