@@ -29,10 +29,11 @@ cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}" 
 status=${PIPESTATUS[0]}
 set -e
 if [ "$status" -eq 0 ]; then
-  echo "== load-test smoke run (100 sets, 2 replicas), so the tool never rots"
+  echo "== load-test smoke run (every scenario briefly: 100 sets, 2 replicas), so the tool never rots"
   cargo run --locked --quiet --bin vecodex-loadtest -- \
     --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
-    --churn-rate 5 --churn-seconds 10 --out target/loadtest-smoke \
+    --churn-rate 5 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
+    --out target/loadtest-smoke \
     || status=$?
 fi
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
