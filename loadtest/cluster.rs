@@ -316,7 +316,10 @@ impl Replica {
             .args(["--lease-duration", &format!("{lease}s")])
             .args(["--renew-deadline", &format!("{}s", lease * 2 / 3)])
             .args(["--retry-period", &format!("{}s", (lease / 7).max(1))])
-            .args(["--log-level", "warn"])
+            .args([
+                "--log-level",
+                &std::env::var("VECODEX_LOADTEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            ])
             .env("KUBECONFIG", opts.kubeconfig)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())

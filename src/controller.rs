@@ -7,19 +7,18 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::Writer;
-use crate::cache::Cache;
+use crate::cache::{Cache, Stored};
 use crate::children::managed_selector;
 use crate::crd::{GROUP, KIND, VecodexSet};
 use crate::events::Recorder;
@@ -89,21 +88,30 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
-/// A reflected, trimmed watch of `K`; `on_object` turns each seen object into queue adds.
-fn reflected<K>(
+/// A reflected, trimmed watch of `K`, kept in the store as `S` (see `cache::Stored`).
+fn reflected<K, S>(
     api: Api<K>,
     config: watcher::Config,
+    store_as: fn(K) -> S,
 ) -> (
-    Store<K>,
-    impl Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    Store<S>,
+    impl Stream<Item = Result<Event<S>, watcher::Error>> + Send,
 )
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    S: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(trim::<K>)
+        .map_ok(move |event| match event {
+            Event::Apply(o) => Event::Apply(store_as(o)),
+            Event::Delete(o) => Event::Delete(store_as(o)),
+            Event::InitApply(o) => Event::InitApply(store_as(o)),
+            Event::Init => Event::Init,
+            Event::InitDone => Event::InitDone,
+        })
         .reflect(writer);
     (store, stream)
 }
@@ -140,12 +148,13 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    fn watch<K, C, F>(
+    fn watch<K, S, C, F>(
         &self,
         tasks: &mut tokio::task::JoinSet<()>,
         config: watcher::Config,
+        store_as: fn(K) -> S,
         classify: C,
-    ) -> Cache<K>
+    ) -> Cache<S>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -154,15 +163,19 @@ impl Feed<'_> {
             + Send
             + Sync
             + 'static,
+        S: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
         C: Fn() -> F,
-        F: FnMut(Event<K>) -> Option<Enqueue> + Send + 'static,
+        F: FnMut(Event<S>) -> Option<Enqueue> + Send + 'static,
     {
         let stores = self
             .watched
             .iter()
             .map(|ns| {
-                let (store, stream) =
-                    reflected(api::<K>(self.client, ns.as_deref()), config.clone());
+                let (store, stream) = reflected(
+                    api::<K>(self.client, ns.as_deref()),
+                    config.clone(),
+                    store_as,
+                );
                 tasks.spawn(pump(
                     stream,
                     self.queue.clone(),
@@ -227,12 +240,12 @@ async fn pump<K, S, F>(
 
 /// Set events: a new set or a new generation is a real change (normal priority, ends a
 /// backoff); the initial list and metadata or status updates are low priority.
-fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
+fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
     let mut generations: HashMap<String, i64> = HashMap::new();
     move |event| match event {
         Event::InitApply(set) => {
             let key = key_of(&set)?;
-            generations.insert(key.clone(), set.metadata.generation.unwrap_or(0));
+            generations.insert(key.clone(), set.meta().generation.unwrap_or(0));
             Some(Enqueue {
                 key,
                 priority: Priority::Low,
@@ -242,7 +255,7 @@ fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
         }
         Event::Apply(set) => {
             let key = key_of(&set)?;
-            let generation = set.metadata.generation.unwrap_or(0);
+            let generation = set.meta().generation.unwrap_or(0);
             let previous = generations.insert(key.clone(), generation);
             let (priority, trigger) = match previous {
                 None => (Priority::Normal, Trigger::Create),
@@ -269,14 +282,15 @@ fn classify_sets() -> impl FnMut(Event<VecodexSet>) -> Option<Enqueue> + Send {
 /// the first time (most often the echo of our own create) and the initial list just need the
 /// set's status refreshed: they wait at low priority, behind real changes, and a set whose
 /// three Deployments become ready one after another is then refreshed once, not three times.
-fn classify_children<K: Resource + Serialize>() -> impl FnMut(Event<K>) -> Option<Enqueue> + Send {
+fn classify_children<K: Resource<DynamicType = ()>>()
+-> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
     // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
     let mut managed: HashMap<u64, u64> = HashMap::new();
     move |event| {
         let (child, priority, trigger) = match &event {
             Event::Apply(c) => {
-                let before = managed.insert(uid_key(c), managed_digest(c));
-                if before.is_some_and(|b| b != managed_digest(c)) {
+                let before = managed.insert(uid_key(c), c.digest);
+                if before.is_some_and(|b| b != c.digest) {
                     (c, Priority::Normal, Trigger::ChildDrift)
                 } else {
                     (c, Priority::Low, Trigger::ChildStatus)
@@ -287,7 +301,7 @@ fn classify_children<K: Resource + Serialize>() -> impl FnMut(Event<K>) -> Optio
                 (c, Priority::Normal, Trigger::ChildDrift)
             }
             Event::InitApply(c) => {
-                managed.insert(uid_key(c), managed_digest(c));
+                managed.insert(uid_key(c), c.digest);
                 (c, Priority::Low, Trigger::InitialList)
             }
             Event::Init | Event::InitDone => return None,
@@ -304,29 +318,6 @@ fn classify_children<K: Resource + Serialize>() -> impl FnMut(Event<K>) -> Optio
 fn uid_key<K: Resource>(obj: &K) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     obj.meta().uid.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// A digest of what someone could change on a child that the operator cares about: its body
-/// (spec, or a ConfigMap's data), labels, annotations, owners and deletion; not its status,
-/// resourceVersion or managedFields.
-fn managed_digest<K: Resource + Serialize>(obj: &K) -> u64 {
-    let value = serde_json::to_value(obj).unwrap_or_default();
-    let meta = obj.meta();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    if let Some(fields) = value.as_object() {
-        for (k, v) in fields {
-            if k != "metadata" && k != "status" {
-                (k, v.to_string()).hash(&mut hasher);
-            }
-        }
-    }
-    meta.labels.hash(&mut hasher);
-    meta.annotations.hash(&mut hasher);
-    meta.deletion_timestamp.is_some().hash(&mut hasher);
-    for owner in meta.owner_references.iter().flatten() {
-        (&owner.uid, owner.controller).hash(&mut hasher);
-    }
     hasher.finish()
 }
 
@@ -358,6 +349,9 @@ async fn resync(
     }
 }
 
+/// Objects per list page of the initial lists and re-lists.
+const LIST_PAGE: u32 = 100;
+
 /// Runs the operator until `shutdown` is cancelled, then drains in-flight reconciles.
 pub async fn run(
     client: Client,
@@ -375,7 +369,11 @@ pub async fn run(
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
-    let children = watcher::Config::default().labels(&managed_selector());
+    // Small list pages: a page is held whole, typed and with managedFields, while it is
+    // turned into stored objects; at 500 objects a page that is tens of MiB per watch, the
+    // largest part of a replica's peak memory when it starts on a full cluster.
+    let sets = watcher::Config::default().page_size(LIST_PAGE);
+    let children = sets.clone().labels(&managed_selector());
     let feed = Feed {
         client: &client,
         watched: &watched,
@@ -384,11 +382,16 @@ pub async fn run(
         shutdown: &shutdown,
     };
     let stores = Stores {
-        sets: feed.watch(&mut tasks, watcher::Config::default(), classify_sets),
-        deployments: feed.watch(&mut tasks, children.clone(), classify_children),
-        services: feed.watch(&mut tasks, children.clone(), classify_children),
-        config_maps: feed.watch(&mut tasks, children.clone(), classify_children),
-        ingresses: feed.watch(&mut tasks, children, classify_children),
+        sets: feed.watch(
+            &mut tasks,
+            watcher::Config::default(),
+            Stored::new,
+            classify_sets,
+        ),
+        deployments: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
+        services: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
+        config_maps: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
+        ingresses: feed.watch(&mut tasks, children, Stored::new, classify_children),
     };
     // Reconciling before every cache is filled would re-create children that merely have
     // not been listed yet.
@@ -487,8 +490,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies shard ownership changes to the queue: a gained shard queues all its sets (low
-/// priority), a lost one drops its queued keys.
+/// Applies shard ownership changes to the queue: a gained shard queues all its sets at low
+/// priority (real changes elsewhere go first), a lost one drops its queued keys. Within each
+/// namespace, sets whose spec changed since their status last said so (most often while the
+/// shard's previous holder was gone) are queued first.
 async fn follow_shards(
     mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
     stores: Stores,
@@ -498,15 +503,23 @@ async fn follow_shards(
     while let Some(event) = events.recv().await {
         match event {
             ShardEvent::Gained(shard) => {
-                let keys: Vec<String> = stores
+                let mut keys: Vec<(bool, String)> = stores
                     .sets
                     .state()
                     .iter()
-                    .filter_map(|s| key_of(s.as_ref()))
-                    .filter(|k| gate.shard_of_key(k) == shard)
+                    .filter_map(|s| {
+                        let key = key_of(s.as_ref())?;
+                        let observed = s
+                            .object()
+                            .and_then(|set| set.status)
+                            .and_then(|st| st.observed_generation);
+                        Some((observed != s.meta().generation, key))
+                    })
+                    .filter(|(_, k)| gate.shard_of_key(k) == shard)
                     .collect();
+                keys.sort_by_key(|(behind, _)| !behind);
                 info!(shard, sets = keys.len(), "shard gained; queueing its sets");
-                for key in keys {
+                for (_, key) in keys {
                     queue.add(&key, Priority::Low, Trigger::ShardTakeover).await;
                 }
             }
@@ -613,7 +626,8 @@ async fn work(
                     ..
                 } = report
                 {
-                    queue.add_after(&item.key, after, Priority::Low, Trigger::ChildStatus);
+                    // Normal priority: this finishes work someone is waiting for.
+                    queue.add_after(&item.key, after, Priority::Normal, Trigger::ChildStatus);
                 }
                 match report {
                     Report::Applied {
@@ -645,6 +659,7 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::{classify_children, classify_sets};
+    use crate::cache::Stored;
     use crate::crd::VecodexSet;
     use crate::queue::{Priority, Trigger};
 
@@ -663,25 +678,25 @@ mod tests {
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
         let mut classify = classify_sets();
-        let listed = classify(Event::InitApply(set(1))).unwrap();
+        let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
         assert_eq!(
             (listed.key.as_str(), listed.priority, listed.cut_backoff),
             ("t/s", Priority::Low, false)
         );
-        let echo = classify(Event::Apply(set(1))).unwrap();
+        let echo = classify(Event::Apply(Stored::new(set(1)))).unwrap();
         assert_eq!(
             (echo.priority, echo.cut_backoff),
             (Priority::Low, false),
             "status or metadata update"
         );
-        let edit = classify(Event::Apply(set(2))).unwrap();
+        let edit = classify(Event::Apply(Stored::new(set(2)))).unwrap();
         assert_eq!(
             (edit.priority, edit.cut_backoff),
             (Priority::Normal, true),
             "spec change"
         );
-        assert!(classify(Event::Delete(set(2))).is_none());
-        let created = classify(Event::Apply(set(1))).unwrap();
+        assert!(classify(Event::Delete(Stored::new(set(2)))).is_none());
+        let created = classify(Event::Apply(Stored::new(set(1)))).unwrap();
         assert_eq!(
             (created.priority, created.cut_backoff),
             (Priority::Normal, true),
@@ -704,27 +719,32 @@ mod tests {
             },
         ]);
         let mut classify = classify_children();
-        let listed = classify(Event::InitApply(cm.clone())).unwrap();
+        let listed = classify(Event::InitApply(Stored::new(cm.clone()))).unwrap();
         assert_eq!(
             (listed.key.as_str(), listed.priority),
             ("t/s", Priority::Low)
         );
         cm.metadata.resource_version = Some("2".into());
         assert_eq!(
-            classify(Event::Apply(cm.clone())).unwrap().priority,
+            classify(Event::Apply(Stored::new(cm.clone())))
+                .unwrap()
+                .priority,
             Priority::Low,
             "nothing the operator manages changed"
         );
         cm.data = Some([("k".to_owned(), "v".to_owned())].into());
-        let drift = classify(Event::Apply(cm.clone())).unwrap();
+        let drift = classify(Event::Apply(Stored::new(cm.clone()))).unwrap();
         assert_eq!(
             (drift.priority, drift.trigger),
             (Priority::Normal, Trigger::ChildDrift),
             "a managed field changed"
         );
-        let deleted = classify(Event::Delete(cm.clone())).unwrap();
+        let deleted = classify(Event::Delete(Stored::new(cm.clone()))).unwrap();
         assert_eq!(deleted.priority, Priority::Normal);
         cm.metadata.owner_references = None;
-        assert!(classify(Event::Apply(cm)).is_none(), "not ours");
+        assert!(
+            classify(Event::Apply(Stored::new(cm))).is_none(),
+            "not ours"
+        );
     }
 }

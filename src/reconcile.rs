@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::api::{Writer, is_rejection};
-use crate::cache::Cache;
+use crate::cache::{Cache, Stored};
 use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
@@ -30,11 +30,11 @@ use crate::validate::{Limits, validate};
 /// The caches the reconcile reads instead of the API server.
 #[derive(Clone)]
 pub struct Stores {
-    pub sets: Cache<VecodexSet>,
-    pub deployments: Cache<Deployment>,
-    pub services: Cache<Service>,
-    pub config_maps: Cache<ConfigMap>,
-    pub ingresses: Cache<Ingress>,
+    pub sets: Cache<Stored<VecodexSet>>,
+    pub deployments: Cache<Stored<Deployment>>,
+    pub services: Cache<Stored<Service>>,
+    pub config_maps: Cache<Stored<ConfigMap>>,
+    pub ingresses: Cache<Stored<Ingress>>,
 }
 
 pub struct Context {
@@ -147,7 +147,13 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     let (ns, name) = key
         .split_once('/')
         .ok_or_else(|| Error::BadKey(key.to_owned()))?;
-    let Some(set) = ctx.stores.sets.get(&ObjectRef::new(name).within(ns)) else {
+    let Some(set) = ctx
+        .stores
+        .sets
+        .get(&ObjectRef::new(name).within(ns))
+        .and_then(|s| s.object())
+        .map(Arc::new)
+    else {
         return Ok(Report::Gone);
     };
     if set.metadata.deletion_timestamp.is_some() {
@@ -321,7 +327,7 @@ fn collect<const N: usize>(
     first.map_or(Ok(()), Err)
 }
 
-async fn ensure_all<K>(ctx: &Context, store: &Cache<K>, desired: &[K]) -> Ensured<K>
+async fn ensure_all<K>(ctx: &Context, store: &Cache<Stored<K>>, desired: &[K]) -> Ensured<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -354,7 +360,7 @@ where
 /// the change it made and the object the API server answered with.
 async fn ensure<K>(
     ctx: &Context,
-    store: &Cache<K>,
+    store: &Cache<Stored<K>>,
     desired: &K,
 ) -> Result<Option<(Change, K)>, Error>
 where
@@ -373,7 +379,7 @@ where
         .as_ref()
         .and_then(|l| l.meta().resource_version.clone());
     if let Some(live) = &live
-        && serde_json::to_value(live.as_ref()).is_ok_and(|l| is_subset(&desired_value, &l))
+        && is_subset(&desired_value, &live.value())
     {
         return Ok(None);
     }
@@ -428,7 +434,7 @@ where
 /// Deletes a child that is no longer desired, if it exists and this set controls it.
 async fn prune<K>(
     ctx: &Context,
-    store: &Cache<K>,
+    store: &Cache<Stored<K>>,
     set: &VecodexSet,
     ns: &str,
     name: &str,
@@ -490,7 +496,8 @@ async fn write_status(
                     ctx.stores
                         .deployments
                         .get(&ObjectRef::new(&name).within(&ns))
-                        .as_deref(),
+                        .and_then(|d| d.object())
+                        .as_ref(),
                 ),
             };
             (*c, state)

@@ -350,7 +350,32 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
         }
     }
     assert!(applies.contains(&("Ingress".to_owned(), "traced".to_owned())));
-    assert!(applies.contains(&("VecodexSet/status".to_owned(), "traced".to_owned())));
+    // The status follows in its own trace: the reconcile that created the Deployments asks for
+    // a refresh once they settle (STATUS_SETTLE), and that one writes it.
+    let refresh = wait_for("the status refresh's trace", WAIT, || async {
+        let spans = collector.spans();
+        let refresh = spans
+            .iter()
+            .find(|s| {
+                s.name == "reconcile"
+                    && s.attributes.get("vecodex.set.name").map(String::as_str) == Some("traced")
+                    && s.attributes.get("vecodex.trigger").map(String::as_str)
+                        == Some("child status")
+                    && s.trace_id != root.trace_id
+            })?
+            .clone();
+        spans
+            .iter()
+            .any(|s| {
+                s.trace_id == refresh.trace_id
+                    && s.parent_id == refresh.id
+                    && s.attributes.get("k8s.resource").map(String::as_str)
+                        == Some("VecodexSet/status")
+            })
+            .then_some(refresh)
+    })
+    .await;
+    assert_eq!(refresh.attributes["vecodex.priority"], "Normal");
     assert!(
         children.iter().all(|s| s.kind == "SPAN_KIND_CLIENT"
             && s.attributes.contains_key("http.response.status_code"))
