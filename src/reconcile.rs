@@ -117,6 +117,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reconcile did not finish within {0:?} (--reconcile-timeout); retrying")]
+    Timeout(Duration),
 }
 
 /// What a reconcile did, for logs and tests.
