@@ -149,6 +149,12 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
         "children without an owner reference: {ownerless:?}"
     );
     for r in &replicas {
+        let text = r.log_text();
+        assert!(
+            !text.contains("Forbidden") && !text.contains("code=403"),
+            "{}: no request forbidden with the chart's RBAC",
+            r.identity
+        );
         r.signal(libc::SIGTERM);
     }
 }
