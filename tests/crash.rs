@@ -89,16 +89,28 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
     let mut partial_at_kill = 0;
     for kill in 1..=KILLS {
         // Wait until some children exist (the first kill lands once applying has begun),
-        // then a random 1–4 s more.
+        // then a random 0.5–2.5 s more.
         wait_for("applying to begin", Duration::from_secs(60), || async {
             (children_per_set(&client).await.values().sum::<usize>() > 0).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(1000 + rng.below(3000))).await;
-        let i = rng.below(3) as usize;
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(2000))).await;
+        // A replica that holds shards (so is applying), picked at random.
+        let holders = shard_holders_in(&client, RELEASE_NS, GROUP, SHARDS).await;
+        let busy: Vec<usize> = (0..replicas.len())
+            .filter(|i| {
+                holders
+                    .iter()
+                    .any(|h| h.as_deref() == Some(replicas[*i].identity.as_str()))
+            })
+            .collect();
+        let i = if busy.is_empty() {
+            rng.below(3) as usize
+        } else {
+            busy[rng.below(busy.len() as u64) as usize]
+        };
         let victim = &mut replicas[i];
-        let held: Vec<u32> = shard_holders_in(&client, RELEASE_NS, GROUP, SHARDS)
-            .await
+        let held: Vec<u32> = holders
             .iter()
             .enumerate()
             .filter(|(_, h)| h.as_deref() == Some(victim.identity.as_str()))
