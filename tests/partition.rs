@@ -142,8 +142,9 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
         (shards_held(&replicas[2])? == 0.0).then(|| cut.elapsed())
     })
     .await;
-    // When it fenced each shard, from its log (the gauge above is polled): its fencer runs
-    // every 200 ms.
+    // When it fenced each shard, from its log (the gauge above is polled). The gate refuses
+    // new work from the deadline on (every check compares with the clock); the fencer that
+    // cancels work in flight runs every 200 ms, hence the slack (and scheduling on 2 cores).
     let cut_at = jiff::Timestamp::from_millisecond(cut_ms as i64).unwrap();
     let c3_log = replicas[2].log_text();
     let fenced_at: Vec<jiff::Timestamp> = c3_log
@@ -166,7 +167,7 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
         "c3 stopped serving its shards {fenced:?} after the cut (its gauge showed 0 after {seen:?})"
     );
     assert!(
-        fenced <= renew_deadline + Duration::from_millis(250),
+        fenced <= renew_deadline + Duration::from_millis(500),
         "c3 fenced itself {fenced:?} after the cut, later than its renew deadline {renew_deadline:?}"
     );
 
@@ -240,7 +241,7 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
     let c3_log = replicas[2].log_text();
     let late: Vec<_> = common::fleet::intervals(&c3_log)
         .into_iter()
-        .filter(|(_, _, end)| *end > deadline_ms + 250)
+        .filter(|(_, _, end)| *end > deadline_ms + 500)
         .collect();
     assert!(
         late.is_empty(),
