@@ -45,6 +45,9 @@ pub struct Config {
     pub resync: Duration,
     /// Shards, Leases and this replica's identity.
     pub sharding: ShardConfig,
+    /// A reconcile still running after this long is abandoned (its API calls cancelled) and
+    /// retried with backoff, so a slow or hung API server cannot hold a worker for ever.
+    pub reconcile_timeout: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
                 renew_deadline: Duration::from_secs(10),
                 retry_period: Duration::from_secs(2),
             },
+            reconcile_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -461,6 +465,7 @@ pub async fn run(
             queue.clone(),
             gate.clone(),
             metrics.clone(),
+            config.reconcile_timeout,
         ));
     }
 
@@ -536,7 +541,13 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>, gate: Arc<ShardGate>, metrics: Metrics) {
+async fn worker(
+    ctx: Arc<Context>,
+    queue: Arc<WorkQueue>,
+    gate: Arc<ShardGate>,
+    metrics: Metrics,
+    timeout: Duration,
+) {
     while let Some(item) = queue.get().await {
         let key = item.key.clone();
         // Only while this replica holds the key's shard; a lost shard cancels the reconcile.
@@ -545,7 +556,7 @@ async fn worker(ctx: Arc<Context>, queue: Arc<WorkQueue>, gate: Arc<ShardGate>, 
             continue;
         };
         let shard = gate.shard_of_key(&key);
-        work(&ctx, &queue, &metrics, item, shard, guard).await;
+        work(&ctx, &queue, &metrics, item, shard, guard, timeout).await;
         queue.done(&key);
     }
 }
@@ -559,6 +570,7 @@ async fn work(
     item: Item,
     shard: u32,
     guard: WorkGuard,
+    timeout: Duration,
 ) {
     let (ns, name) = item.key.split_once('/').unwrap_or(("", item.key.as_str()));
     let span = info_span!(
@@ -589,7 +601,8 @@ async fn work(
     let started = std::time::Instant::now();
     let started_ms = unix_ms();
     let result = tokio::select! {
-        r = reconcile(ctx, &item.key).instrument(span.clone()) => Some(r),
+        r = tokio::time::timeout(timeout, reconcile(ctx, &item.key)).instrument(span.clone()) =>
+            Some(r.unwrap_or(Err(crate::reconcile::Error::Timeout(timeout)))),
         _ = guard.token.cancelled() => None,
     };
     let finished_ms = unix_ms();

@@ -120,6 +120,9 @@ struct RunArgs {
     /// How often Leases are read, renewed and acquired.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "VECODEX_RETRY_PERIOD")]
     retry_period: Duration,
+    /// A reconcile running longer than this is cancelled and retried with backoff.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "VECODEX_RECONCILE_TIMEOUT")]
+    reconcile_timeout: Duration,
     /// This replica's identity on Leases (default: POD_NAME or host name, plus a random suffix).
     #[arg(long, env = "VECODEX_IDENTITY")]
     identity: Option<String>,
@@ -258,6 +261,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
             retry_period: args.retry_period,
         },
         instance: args.instance,
+        reconcile_timeout: args.reconcile_timeout,
         ..Config::default()
     };
     info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?config.namespaces, "starting vecodex-operator");
@@ -290,7 +294,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?}: unit must be s, m or h")),
     };
     if secs == 0 {
-        return Err("the resync period must be positive".to_owned());
+        return Err("the duration must be positive".to_owned());
     }
     Ok(Duration::from_secs(secs))
 }

@@ -117,6 +117,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reconcile did not finish within {0:?} (--reconcile-timeout); retrying")]
+    Timeout(Duration),
 }
 
 /// What a reconcile did, for logs and tests.
@@ -510,7 +512,13 @@ async fn write_status(
     if set.status.as_ref() == Some(&status) {
         return Ok(false);
     }
-    debug!(old = ?set.status, new = ?status, "status changed");
+    // The condition types, statuses and reasons only: no object contents in logs.
+    let conditions: Vec<String> = status
+        .conditions
+        .iter()
+        .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
+        .collect();
+    debug!(generation = ?status.observed_generation, ?conditions, "status changed");
     let recent_key = format!("status/{ns}/{set_name}");
     let digest = digest(&serde_json::to_value(&status).unwrap_or_default());
     let seen = set.metadata.resource_version.clone();

@@ -1,88 +1,23 @@
 //! Faults of the control plane under churn: the API server and etcd restarted while three
-//! replicas reconcile sets that keep changing. Every update made before, during and after
-//! converges, and no replica crashes. Each scenario ends with a checker comparing every set's
-//! children and status with its spec.
+//! replicas, running with the chart's least-privilege ServiceAccount, reconcile 210 sets over
+//! 30 namespaces that keep changing. Every update made before, during and after converges,
+//! and no replica crashes. Each scenario ends with a checker comparing every set's children
+//! and status with its spec (`tests/common/fleet.rs`).
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Replica, client, seed_example, wait_for};
-use k8s_openapi::api::apps::v1::Deployment;
+use common::fleet::Fleet;
+use common::{Replica, client, sa_replica_options, wait_for};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::ApiResource;
-use serde_json::json;
+use kube::api::{Api, ListParams};
 use tokio_util::sync::CancellationToken;
-use vecodex_operator::crd::VecodexSet;
 
-const SETS: usize = 60;
-const NAMESPACES: usize = 20;
-
-fn sets(client: &Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
-}
-
-fn place(i: usize) -> (String, String) {
-    (format!("fault-{}", i % NAMESPACES), format!("s{i}"))
-}
-
-/// The searcher replicas each set should end with (the last update that got through).
-type Desired = Arc<Mutex<HashMap<usize, i64>>>;
-
-/// A few spec updates per second across the sets until `stop`; failed updates (the control
-/// plane is down) are simply not recorded.
-fn churn(
-    client: Client,
-    desired: Desired,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<usize> {
-    tokio::spawn(async move {
-        let mut applied = 0;
-        let mut n: usize = 0;
-        while !stop.is_cancelled() {
-            n += 1;
-            let i = (n * 7919) % SETS;
-            let replicas = (n % 4 + 1) as i64;
-            let (ns, name) = place(i);
-            let patch = json!({"spec": {"searcher": {"replicas": replicas}}});
-            let api = sets(&client, &ns);
-            let params = PatchParams::default();
-            let patch = Patch::Merge(patch);
-            let call = api.patch(&name, &params, &patch);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), call).await {
-                desired.lock().unwrap().insert(i, replicas);
-                applied += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        applied
-    })
-}
-
-/// Every set's status describes its spec and its searcher Deployment has the desired replicas.
-async fn all_converged(client: &Client, desired: &Desired) -> Option<()> {
-    let want = desired.lock().unwrap().clone();
-    for i in 0..SETS {
-        let (ns, name) = place(i);
-        let v = serde_json::to_value(sets(client, &ns).get(&name).await.ok()?).ok()?;
-        if v["status"]["observedGeneration"] != v["metadata"]["generation"] {
-            return None;
-        }
-        let d = Api::<Deployment>::namespaced(client.clone(), &ns)
-            .get(&format!("{name}-searcher"))
-            .await
-            .ok()?;
-        let expected = want.get(&i).copied().unwrap_or(3);
-        if d.spec?.replicas != Some(expected as i32) {
-            return None;
-        }
-    }
-    Some(())
-}
+const SETS: usize = 210;
+const NAMESPACES: usize = 30;
+const SHARDS: u32 = 8;
 
 async fn api_up(client: &Client) -> Option<()> {
     Api::<Namespace>::all(client.clone())
@@ -108,10 +43,19 @@ fn cluster_sh(action: &str, component: &str) {
     );
 }
 
-async fn fault(client: &Client, replicas: &mut [Replica], desired: &Desired, component: &str) {
+/// From the stop of a component to 30 s after the API server answered again.
+type Window = (jiff::Timestamp, jiff::Timestamp);
+
+async fn fault(
+    client: &Client,
+    replicas: &mut [Replica],
+    fleet: &Fleet,
+    component: &str,
+) -> Window {
     let stop = CancellationToken::new();
-    let churner = churn(client.clone(), desired.clone(), stop.clone());
+    let churner = fleet.churn(client.clone(), 5, stop.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = jiff::Timestamp::now();
     cluster_sh("stop", component);
     tokio::time::sleep(Duration::from_secs(10)).await;
     cluster_sh("start", component);
@@ -122,6 +66,7 @@ async fn fault(client: &Client, replicas: &mut [Replica], desired: &Desired, com
         || api_up(client),
     )
     .await;
+    let answered = jiff::Timestamp::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.cancel();
     let applied = churner.await.unwrap();
@@ -129,12 +74,13 @@ async fn fault(client: &Client, replicas: &mut [Replica], desired: &Desired, com
         applied > 10,
         "churn went on around the outage ({applied} updates)"
     );
-    wait_for(
-        &format!("every update converged after the {component} restart"),
-        Duration::from_secs(120),
-        || all_converged(client, desired),
-    )
-    .await;
+    fleet
+        .converge(
+            client,
+            &format!("every update after the {component} restart"),
+            Duration::from_secs(180),
+        )
+        .await;
     eprintln!(
         "{component} restart: converged {:?} after it came back ({applied} updates)",
         back.elapsed()
@@ -146,45 +92,53 @@ async fn fault(client: &Client, replicas: &mut [Replica], desired: &Desired, com
             r.identity
         );
     }
+    (stopped, answered + jiff::SignedDuration::from_secs(30))
 }
 
 #[tokio::test]
 async fn api_server_and_etcd_restarts_under_churn_lose_nothing() {
     common::cluster();
     let client = client().await;
-    for ns in 0..NAMESPACES {
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("fault-{ns}")}
-        }))
-        .unwrap();
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &ApiResource::erase::<Namespace>(&()));
-        api.create(&PostParams::default(), &obj).await.unwrap();
-    }
-    for i in 0..SETS {
-        let (ns, name) = place(i);
-        sets(&client, &ns)
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(seed_example(&ns, &name)).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
+    let fleet = Fleet::new("fault", SETS, NAMESPACES, SHARDS);
+    fleet.create(&client).await;
+    let opts = sa_replica_options();
+    let started = Instant::now();
     let mut replicas: Vec<Replica> = ["f1", "f2", "f3"]
         .iter()
-        .map(|id| Replica::start(id, "faults", 8))
+        .map(|id| Replica::start_with(id, "faults", SHARDS, &opts))
         .collect();
-    let desired: Desired = Arc::default();
-    wait_for("initial convergence", Duration::from_secs(120), || {
-        all_converged(&client, &desired)
-    })
-    .await;
+    fleet
+        .converge(&client, "initial convergence", Duration::from_secs(240))
+        .await;
+    eprintln!(
+        "{SETS} sets converged {:?} after the start",
+        started.elapsed()
+    );
 
-    fault(&client, &mut replicas, &desired, "kube-apiserver").await;
-    fault(&client, &mut replicas, &desired, "etcd").await;
+    let windows = [
+        fault(&client, &mut replicas, &fleet, "kube-apiserver").await,
+        fault(&client, &mut replicas, &fleet, "etcd").await,
+    ];
 
     for r in &replicas {
+        // Right after its restart the API server answers 403 until its RBAC caches have
+        // loaded the roles and bindings; any refusal outside the outages would mean the
+        // chart's RBAC is not enough.
+        let text = r.log_text();
+        let refused: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("Forbidden") || l.contains("code=403") || l.contains("403:"))
+            .filter(|l| {
+                let at: Option<jiff::Timestamp> =
+                    l.split_whitespace().next().and_then(|t| t.parse().ok());
+                !at.is_some_and(|at| windows.iter().any(|(a, b)| *a <= at && at <= *b))
+            })
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{}: requests forbidden with the chart's RBAC: {refused:?}",
+            r.identity
+        );
         r.signal(libc::SIGTERM);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, ObjectList, PostParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
@@ -149,15 +149,12 @@ impl LeaseClient {
 
     /// Lists this group's Leases (a consistent read) and updates the observations.
     pub async fn refresh(&mut self) -> Result<(), kube::Error> {
-        let selector = format!(
-            "app.kubernetes.io/name={}",
-            self.labels["app.kubernetes.io/name"]
-        );
-        let leases = self
-            .api
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        let now = Instant::now();
+        let leases = list(&self.api, &self.labels).await?;
+        self.observe_list(leases, Instant::now());
+        Ok(())
+    }
+
+    fn observe_list(&mut self, leases: ObjectList<Lease>, now: Instant) {
         let names: std::collections::HashSet<String> = leases
             .items
             .iter()
@@ -167,7 +164,6 @@ impl LeaseClient {
         for lease in leases.items {
             self.note(lease, now);
         }
-        Ok(())
     }
 
     fn new_lease(&self, name: &str, kind: &str) -> Lease {
@@ -191,24 +187,15 @@ impl LeaseClient {
         }
     }
 
-    /// Acquires, renews or takes over `name` if it is ours or free; a conditional write, so
-    /// exactly one of several contenders can succeed.
-    pub async fn try_acquire(&mut self, name: &str, kind: &str) -> Result<Attempt, kube::Error> {
-        let now = Instant::now();
+    /// What acquiring `name` takes: create it, replace the version we saw (conditional), or
+    /// nothing because someone else holds it.
+    fn plan(&self, name: &str, kind: &str, now: Instant) -> Plan {
         let Some(observed) = self.observed.get(name).cloned() else {
-            let lease = self.new_lease(name, kind);
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.note(created, now);
-                    Ok(Attempt::Held)
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
-                Err(e) => Err(e),
-            };
+            return Plan::Create(self.new_lease(name, kind));
         };
         let ours = observed.holder() == Some(self.identity.as_str());
         if !ours && !observed.is_free(now) {
-            return Ok(Attempt::NotHeld);
+            return Plan::NotHeld;
         }
         let mut lease = observed.lease.clone();
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -223,14 +210,94 @@ impl LeaseClient {
         // `replace` sends metadata.resourceVersion: the write fails with 409 if anyone
         // changed the Lease since we read it.
         debug_assert!(observed.version().is_some());
-        match self.api.replace(name, &PostParams::default(), &lease).await {
-            Ok(written) => {
+        Plan::Replace(lease)
+    }
+
+    fn finish(
+        &mut self,
+        sent: Result<Option<Lease>, kube::Error>,
+        now: Instant,
+    ) -> Result<Attempt, kube::Error> {
+        match sent {
+            Ok(Some(written)) => {
                 self.note(written, now);
                 Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::NotHeld),
+            Ok(None) => Ok(Attempt::NotHeld),
             Err(e) => Err(e),
         }
+    }
+
+    /// Acquires, renews or takes over `name` if it is ours or free; a conditional write, so
+    /// exactly one of several contenders can succeed.
+    pub async fn try_acquire(&mut self, name: &str, kind: &str) -> Result<Attempt, kube::Error> {
+        let now = Instant::now();
+        let plan = self.plan(name, kind, now);
+        let sent = send(&self.api, name, plan).await;
+        self.finish(sent, now)
+    }
+
+    /// Lists the group's Leases and sends every operation of `ops` at once, each request
+    /// bounded by `timeout`, so that a slow API server costs one round trip per tick
+    /// whatever the number of shards. Acquisitions and renewals work from the versions the
+    /// last list or our last writes returned (a stale one only makes the conditional write
+    /// fail). Returns whether the list succeeded, and per operation `None` if it timed out,
+    /// else `Held` (acquired or renewed) or `NotHeld` (someone else holds it, or released).
+    pub async fn exchange(
+        &mut self,
+        ops: &[(String, Op)],
+        timeout: Duration,
+    ) -> (bool, Vec<Option<Result<Attempt, kube::Error>>>) {
+        let now = Instant::now();
+        let api = &self.api;
+        let listed = tokio::time::timeout(timeout, list(api, &self.labels));
+        let requests = ops.iter().map(|(name, op)| {
+            let plan = match op {
+                Op::Acquire(kind) => self.plan(name, kind, now),
+                Op::Release => self.plan_release(name),
+            };
+            async move {
+                tokio::time::timeout(timeout, send(api, name, plan))
+                    .await
+                    .ok()
+            }
+        });
+        let (listed, sent) = tokio::join!(listed, futures::future::join_all(requests));
+        // The list first: our writes' answers are at least as new as what it saw of them.
+        let refreshed = match listed {
+            Ok(Ok(leases)) => {
+                self.observe_list(leases, Instant::now());
+                true
+            }
+            _ => false,
+        };
+        let results = ops
+            .iter()
+            .zip(sent)
+            .map(|((_, op), s)| {
+                let attempt = s.map(|s| self.finish(s, now))?;
+                Some(match op {
+                    Op::Acquire(_) => attempt,
+                    Op::Release => attempt.map(|_| Attempt::NotHeld),
+                })
+            })
+            .collect();
+        (refreshed, results)
+    }
+
+    fn plan_release(&self, name: &str) -> Plan {
+        let Some(observed) = self.observed.get(name).cloned() else {
+            return Plan::NotHeld;
+        };
+        if observed.holder() != Some(self.identity.as_str()) {
+            return Plan::NotHeld;
+        }
+        let mut lease = observed.lease;
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = None;
+        spec.renew_time = Some(now_micro());
+        spec.lease_duration_seconds = Some(1);
+        Plan::Replace(lease)
     }
 
     /// Gives `name` up so another replica can take it at once (holder cleared, conditional).
@@ -264,5 +331,45 @@ impl LeaseClient {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// One Lease operation of [`LeaseClient::exchange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Acquire or renew; the kind (`shard`, `member`) labels a new Lease.
+    Acquire(&'static str),
+    /// Give it up (holder cleared) if we hold it.
+    Release,
+}
+
+enum Plan {
+    Create(Lease),
+    Replace(Lease),
+    NotHeld,
+}
+
+async fn list(
+    api: &Api<Lease>,
+    labels: &BTreeMap<String, String>,
+) -> Result<ObjectList<Lease>, kube::Error> {
+    let selector = format!(
+        "app.kubernetes.io/name={}",
+        labels["app.kubernetes.io/name"]
+    );
+    api.list(&ListParams::default().labels(&selector)).await
+}
+
+/// Sends a [`Plan`]: the written Lease, or `None` when someone else holds it or won the race.
+async fn send(api: &Api<Lease>, name: &str, plan: Plan) -> Result<Option<Lease>, kube::Error> {
+    let sent = match plan {
+        Plan::NotHeld => return Ok(None),
+        Plan::Create(lease) => api.create(&PostParams::default(), &lease).await,
+        Plan::Replace(lease) => api.replace(name, &PostParams::default(), &lease).await,
+    };
+    match sent {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::gate::ShardGate;
 use super::hash::assign;
-use super::lease::{Attempt, LeaseClient};
+use super::lease::{Attempt, LeaseClient, Op};
 use super::metrics::ShardMetrics;
 
 #[derive(Debug, Clone)]
@@ -89,6 +89,16 @@ pub struct ShardManager {
     metrics: ShardMetrics,
     /// Since when this replica has been preferred for a shard it does not hold.
     wanted_since: HashMap<u32, Instant>,
+    /// Whether the Leases were listed at least once.
+    listed: bool,
+}
+
+/// What an operation of a tick is for.
+#[derive(Clone, Copy)]
+enum Role {
+    Renew,
+    Take,
+    Release,
 }
 
 impl ShardManager {
@@ -111,6 +121,7 @@ impl ShardManager {
             gate,
             metrics,
             wanted_since: HashMap::new(),
+            listed: false,
         }
     }
 
@@ -198,107 +209,160 @@ impl ShardManager {
         members
     }
 
+    /// How long one Lease request may take. At least the retry period, and up to half the
+    /// renew deadline: a renewal only counts from the moment it was sent, so a slow answer
+    /// is still safe to use, and a 2 s API server must not cost us every shard.
+    fn call_timeout(&self) -> Duration {
+        self.config.retry_period.max(self.config.renew_deadline / 2)
+    }
+
     async fn tick(&mut self) {
         self.metrics.ticked();
-        let refreshed = tokio::time::timeout(self.config.retry_period, self.leases.refresh()).await;
-        if !matches!(refreshed, Ok(Ok(()))) {
-            warn!("cannot read the Leases; holding what we have until the renew deadline");
-            return;
+        let timeout = self.call_timeout();
+        if !self.listed {
+            // Decisions need a first look at the Leases.
+            let listed = tokio::time::timeout(timeout, self.leases.refresh()).await;
+            if !matches!(listed, Ok(Ok(()))) {
+                warn!("cannot read the Leases yet");
+                return;
+            }
+            self.listed = true;
         }
+        // Decide from what the last tick saw, then send everything at once with the next
+        // read of the Leases: a slow API server costs one round trip per tick, so renewals
+        // keep up with the renew deadline whatever the number of shards.
         let me = self.config.identity.clone();
-        let member = self.config.member_lease(&me);
-        let _ = tokio::time::timeout(
-            self.config.retry_period,
-            self.leases.try_acquire(&member, "member"),
-        )
-        .await;
-        self.collect_dead_members().await;
-
-        let members = self.live_members();
-        let owners = assign(self.config.shards, &members);
+        let owners = assign(self.config.shards, &self.live_members());
+        let mut ops = vec![(self.config.member_lease(&me), Op::Acquire("member"))];
+        let mut roles = vec![None];
         for shard in 0..self.config.shards {
             let preferred = owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
-            let name = self.config.shard_lease(shard);
-            if self.gate.is_held(shard) {
-                self.keep_or_hand_over(shard, &name, preferred).await;
-            } else if preferred {
-                self.try_take(shard, &name).await;
-            } else {
-                self.wanted_since.remove(&shard);
+            if !self.gate.is_held(shard) {
+                continue;
             }
+            let name = self.config.shard_lease(shard);
+            if !preferred && !self.gate.is_draining(shard) {
+                info!(
+                    shard,
+                    "another replica is preferred for this shard; handing it over"
+                );
+                self.gate.drain(shard);
+            }
+            if self.gate.is_draining(shard) && self.gate.in_flight(shard) == 0 {
+                ops.push((name, Op::Release));
+                roles.push(Some((shard, Role::Release)));
+            } else {
+                ops.push((name, Op::Acquire("shard")));
+                roles.push(Some((shard, Role::Renew)));
+            }
+        }
+        self.plan_takes(&owners, &mut ops, &mut roles);
+        if !self.send(&ops, roles).await {
+            warn!("cannot read the Leases; holding what we have until the renew deadline");
+            self.metrics.held(self.gate.held().len());
+            return;
+        }
+        self.collect_dead_members().await;
+        // What the fresh read shows free now (a release, an expiry) is taken at once.
+        let owners = assign(self.config.shards, &self.live_members());
+        let (mut ops, mut roles) = (Vec::new(), Vec::new());
+        self.plan_takes(&owners, &mut ops, &mut roles);
+        if !ops.is_empty() {
+            self.send(&ops, roles).await;
         }
         self.metrics.held(self.gate.held().len());
     }
 
-    async fn keep_or_hand_over(&mut self, shard: u32, name: &str, preferred: bool) {
-        if !preferred && !self.gate.is_draining(shard) {
-            info!(
-                shard,
-                "another replica is preferred for this shard; handing it over"
-            );
-            self.gate.drain(shard);
+    /// Adds an acquisition of every shard preferred here, not held, and free as observed.
+    fn plan_takes(
+        &mut self,
+        owners: &[String],
+        ops: &mut Vec<(String, Op)>,
+        roles: &mut Vec<Option<(u32, Role)>>,
+    ) {
+        let me = self.config.identity.as_str();
+        let now = Instant::now();
+        for shard in 0..self.config.shards {
+            if self.gate.is_held(shard) {
+                continue;
+            }
+            if owners.get(shard as usize).map(String::as_str) != Some(me) {
+                self.wanted_since.remove(&shard);
+                continue;
+            }
+            self.wanted_since.entry(shard).or_insert(now);
+            let name = self.config.shard_lease(shard);
+            let obtainable = self
+                .leases
+                .observed(&name)
+                .is_none_or(|o| o.is_free(now) || o.holder() == Some(me));
+            if obtainable {
+                ops.push((name, Op::Acquire("shard")));
+                roles.push(Some((shard, Role::Take)));
+            }
         }
-        if self.gate.is_draining(shard) && self.gate.in_flight(shard) == 0 {
-            self.release(shard, name).await;
-            self.metrics.handed_over();
-            return;
-        }
+    }
+
+    /// Sends `ops` with a read of the Leases and applies the outcomes; whether the read
+    /// succeeded.
+    async fn send(&mut self, ops: &[(String, Op)], roles: Vec<Option<(u32, Role)>>) -> bool {
         let started = Instant::now();
-        match tokio::time::timeout(
-            self.config.retry_period,
-            self.leases.try_acquire(name, "shard"),
-        )
-        .await
-        {
-            Ok(Ok(Attempt::Held)) => self.gate.renewed(shard, started),
-            Ok(Ok(Attempt::NotHeld)) => {
+        let (refreshed, results) = self.leases.exchange(ops, self.call_timeout()).await;
+        for (role, result) in roles.into_iter().zip(results) {
+            match role {
+                None => {}
+                Some((shard, Role::Renew)) => self.renewed(shard, started, result),
+                Some((shard, Role::Take)) => {
+                    if let Some(Ok(Attempt::Held)) = result {
+                        info!(shard, lease = %self.config.shard_lease(shard), "acquired shard");
+                        self.gate.gain(shard, started);
+                        let since = self.wanted_since.remove(&shard).unwrap_or(started);
+                        self.metrics
+                            .acquired(started.saturating_duration_since(since));
+                    }
+                }
+                Some((shard, Role::Release)) => {
+                    // Whether or not the write got through, we stop serving the shard.
+                    self.gate.lose(shard);
+                    info!(
+                        shard,
+                        released = matches!(result, Some(Ok(_))),
+                        "released shard"
+                    );
+                    self.metrics.handed_over();
+                }
+            }
+        }
+        refreshed
+    }
+
+    /// Applies the outcome of a renewal of `shard` sent at `started`.
+    fn renewed(
+        &mut self,
+        shard: u32,
+        started: Instant,
+        result: Option<Result<Attempt, kube::Error>>,
+    ) {
+        match result {
+            Some(Ok(Attempt::Held)) => self.gate.renewed(shard, started),
+            Some(Ok(Attempt::NotHeld)) => {
                 // Someone else wrote the Lease: it is not ours any more.
                 warn!(shard, "lost the shard's lease to another replica");
                 self.gate.lose(shard);
                 self.metrics.lost();
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 debug!(shard, error = %e, "renewal failed; retrying until the renew deadline")
             }
-            Err(_) => debug!(
+            None => debug!(
                 shard,
                 "renewal timed out; retrying until the renew deadline"
             ),
         }
     }
 
-    async fn try_take(&mut self, shard: u32, name: &str) {
-        let now = Instant::now();
-        let since = *self.wanted_since.entry(shard).or_insert(now);
-        let obtainable = self
-            .leases
-            .observed(name)
-            .is_none_or(|o| o.is_free(now) || o.holder() == Some(self.config.identity.as_str()));
-        if !obtainable {
-            return;
-        }
-        let started = Instant::now();
-        if let Ok(Ok(Attempt::Held)) = tokio::time::timeout(
-            self.config.retry_period,
-            self.leases.try_acquire(name, "shard"),
-        )
-        .await
-        {
-            info!(shard, lease = name, "acquired shard");
-            self.gate.gain(shard, started);
-            self.wanted_since.remove(&shard);
-            self.metrics
-                .acquired(started.saturating_duration_since(since));
-        }
-    }
-
     async fn release(&mut self, shard: u32, name: &str) {
-        let released = bounded(
-            self.config.retry_period,
-            "release",
-            self.leases.release(name),
-        )
-        .await;
+        let released = bounded(self.call_timeout(), "release", self.leases.release(name)).await;
         // Whether or not the write got through, we stop serving the shard.
         self.gate.lose(shard);
         info!(shard, released = released.is_some(), "released shard");

@@ -3,6 +3,9 @@
 //! namespace per test.
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod proxy;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -338,29 +341,62 @@ pub struct Replica {
 pub const LEASE_DURATION_S: u64 = 6;
 pub const RETRY_PERIOD_S: u64 = 1;
 
+/// How to start a [`Replica`]: its kubeconfig, Lease namespace, timings and extra flags.
+#[derive(Clone)]
+pub struct ReplicaOptions {
+    pub kubeconfig: PathBuf,
+    pub lease_namespace: String,
+    pub lease_duration_s: u64,
+    pub renew_deadline_s: u64,
+    pub retry_period_s: u64,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            kubeconfig: cluster().kubeconfig.clone(),
+            lease_namespace: "default".to_owned(),
+            lease_duration_s: LEASE_DURATION_S,
+            renew_deadline_s: 4,
+            retry_period_s: RETRY_PERIOD_S,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 impl Replica {
     /// Starts `vecodex-operator run` as `identity` in lease group `group` with `shards`.
     pub fn start(identity: &str, group: &str, shards: u32) -> Replica {
+        Replica::start_with(identity, group, shards, &ReplicaOptions::default())
+    }
+
+    /// [`Replica::start`] with a kubeconfig, Lease namespace, timings and flags of its own.
+    pub fn start_with(identity: &str, group: &str, shards: u32, opts: &ReplicaOptions) -> Replica {
         let cluster = cluster();
         let log = cluster.dir.join(format!("{group}-{identity}.log"));
-        let child = spawn_operator(
-            &cluster.kubeconfig,
-            &log,
-            &[
-                "--identity",
-                identity,
-                "--lease-group",
-                group,
-                "--shards",
-                &shards.to_string(),
-                "--lease-duration",
-                &format!("{LEASE_DURATION_S}s"),
-                "--renew-deadline",
-                "4s",
-                "--retry-period",
-                &format!("{RETRY_PERIOD_S}s"),
-            ],
-        );
+        let shards = shards.to_string();
+        let lease = format!("{}s", opts.lease_duration_s);
+        let renew = format!("{}s", opts.renew_deadline_s);
+        let retry = format!("{}s", opts.retry_period_s);
+        let mut args: Vec<&str> = vec![
+            "--identity",
+            identity,
+            "--lease-group",
+            group,
+            "--lease-namespace",
+            &opts.lease_namespace,
+            "--shards",
+            &shards,
+            "--lease-duration",
+            &lease,
+            "--renew-deadline",
+            &renew,
+            "--retry-period",
+            &retry,
+        ];
+        args.extend(opts.extra_args.iter().map(String::as_str));
+        let child = spawn_operator(&opts.kubeconfig, &log, &args);
         Replica {
             identity: identity.to_owned(),
             child,
@@ -380,8 +416,18 @@ impl Replica {
 
 /// The holder of each shard Lease of `group` (None: missing or released).
 pub async fn shard_holders(client: &Client, group: &str, shards: u32) -> Vec<Option<String>> {
+    shard_holders_in(client, "default", group, shards).await
+}
+
+/// [`shard_holders`] of Leases in `namespace`.
+pub async fn shard_holders_in(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+    shards: u32,
+) -> Vec<Option<String>> {
     use k8s_openapi::api::coordination::v1::Lease;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for shard in 0..shards {
         let name = vecodex_operator::shard::shard_lease_name(group, shard, shards);
@@ -413,4 +459,144 @@ pub fn kubectl_apply(repo_file: &str) {
         "kubectl apply -f {repo_file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Namespace of the chart's ServiceAccount, RBAC and Leases.
+pub const RELEASE_NS: &str = "vecodex-system";
+
+/// A kubeconfig that authenticates with `token` against the API server of `admin`.
+pub fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
+    let text = std::fs::read_to_string(admin).unwrap();
+    let field = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{key}:"))
+                    .map(|v| v.trim().trim_matches('"').to_owned())
+            })
+            .unwrap_or_else(|| panic!("{key} in the admin kubeconfig"))
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context:\n    cluster: local\n    user: operator\ncurrent-context: operator\n",
+        field("server"),
+        field("certificate-authority-data"),
+        token
+    );
+    std::fs::write(out, config).unwrap();
+}
+
+static SA_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+
+/// A kubeconfig for the chart's least-privilege ServiceAccount: the ServiceAccount, the
+/// ClusterRole, the Lease Role and their bindings exactly as `deploy/operator.yaml` (the
+/// rendered chart) has them, and a token from the TokenRequest API. Operators run with it
+/// must use `--lease-namespace` [`RELEASE_NS`].
+pub fn sa_kubeconfig() -> &'static Path {
+    SA_KUBECONFIG.get_or_init(|| {
+        let cluster = cluster();
+        let manifest = std::fs::read_to_string(repo_root().join("deploy/operator.yaml")).unwrap();
+        // Only the identity and its RBAC: the v1.20 API server has no policy/v1, and the
+        // operator's own Deployment would never run without a kubelet anyway.
+        let wanted = [
+            "kind: Namespace",
+            "kind: ServiceAccount",
+            "kind: ClusterRole",
+            "kind: ClusterRoleBinding",
+            "kind: Role",
+            "kind: RoleBinding",
+        ];
+        let docs: Vec<&str> = manifest
+            .split("\n---")
+            .filter(|d| d.lines().any(|l| wanted.contains(&l.trim())))
+            .collect();
+        assert!(docs.len() >= 6, "deploy/operator.yaml has the RBAC objects");
+        let kubectl = || {
+            let mut c = Command::new("kubectl");
+            c.arg("--kubeconfig").arg(&cluster.kubeconfig);
+            c
+        };
+        let mut apply = kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl is installed (tests/run.sh installs it)");
+        use std::io::Write;
+        apply
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(docs.join("\n---\n").as_bytes())
+            .unwrap();
+        let out = apply.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply of the chart's RBAC: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = kubectl()
+            .args([
+                "-n",
+                RELEASE_NS,
+                "create",
+                "token",
+                "vecodex-operator",
+                "--duration",
+                "2h",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl create token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let path = cluster
+            .dir
+            .join(format!("operator-sa-{}.kubeconfig", std::process::id()));
+        token_kubeconfig(&cluster.kubeconfig, &token, &path);
+        path
+    })
+}
+
+/// [`ReplicaOptions`] for the chart's ServiceAccount (Leases in [`RELEASE_NS`]).
+pub fn sa_replica_options() -> ReplicaOptions {
+    ReplicaOptions {
+        kubeconfig: sa_kubeconfig().to_path_buf(),
+        lease_namespace: RELEASE_NS.to_owned(),
+        ..ReplicaOptions::default()
+    }
+}
+
+/// Fetches `path` from a replica's metrics listener (its address is in its log).
+pub fn replica_http(log: &Path, path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let addr = text
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())?;
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of an unlabelled (or exactly labelled) sample in Prometheus text.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name_and_labels)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

@@ -1,0 +1,432 @@
+//! Many sets over many namespaces for the fault tests: creation, churn, and a checker that
+//! compares every set's children and status with what its spec demands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use vecodex_operator::crd::VecodexSet;
+use vecodex_operator::shard::shard_of;
+
+pub fn sets(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
+}
+
+/// `count` sets spread round-robin over `namespaces` namespaces chosen so that each of
+/// `shards` shards covers about the same number (FNV-1a spreads similar names unevenly).
+pub struct Fleet {
+    pub namespaces: Vec<String>,
+    pub count: usize,
+    /// The searcher replicas each set must end with (the last update that got through).
+    pub desired: Arc<Mutex<HashMap<usize, i64>>>,
+}
+
+impl Fleet {
+    pub fn new(prefix: &str, count: usize, namespaces: usize, shards: u32) -> Fleet {
+        let mut per_shard = vec![0usize; shards as usize];
+        let namespaces = (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .filter(|ns| {
+                let s = shard_of(ns, shards) as usize;
+                per_shard[s] += 1;
+                per_shard[s] <= namespaces.div_ceil(shards as usize)
+            })
+            .take(namespaces)
+            .collect();
+        Fleet {
+            namespaces,
+            count,
+            desired: Arc::default(),
+        }
+    }
+
+    pub fn place(&self, i: usize) -> (String, String) {
+        (
+            self.namespaces[i % self.namespaces.len()].clone(),
+            format!("s{i}"),
+        )
+    }
+
+    /// Creates the namespaces and the sets (the seed example, 3 searchers each).
+    pub async fn create(&self, client: &Client) {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in &self.namespaces {
+            let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+            match namespaces.create(&PostParams::default(), &obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("namespace {ns}: {e}"),
+            }
+        }
+        for i in 0..self.count {
+            let (ns, name) = self.place(i);
+            sets(client, &ns)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(super::seed_example(&ns, &name)).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// About `per_second` spec updates per second across the sets until `stop`; an update
+    /// the API server did not confirm within 2 s is not recorded (it may or may not have
+    /// happened: the set is then excluded from the final check until it is updated again).
+    pub fn churn(
+        &self,
+        client: Client,
+        per_second: u32,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<usize> {
+        let desired = self.desired.clone();
+        let places: Vec<(String, String)> = (0..self.count).map(|i| self.place(i)).collect();
+        let pause = Duration::from_millis(1000 / u64::from(per_second.max(1)));
+        tokio::spawn(async move {
+            let mut applied = 0;
+            let mut n: usize = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let i = (n * 7919) % places.len();
+                let replicas = (n % 4 + 1) as i64;
+                let (ns, name) = &places[i];
+                let api = sets(&client, ns);
+                let patch = Patch::Merge(json!({"spec": {"searcher": {"replicas": replicas}}}));
+                let params = PatchParams::default();
+                let call = api.patch(name, &params, &patch);
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
+                    Ok(Ok(_)) => {
+                        desired.lock().unwrap().insert(i, replicas);
+                        applied += 1;
+                    }
+                    // Unknown outcome: forget what we expected; the checker reads the spec.
+                    _ => {
+                        desired.lock().unwrap().insert(i, -1);
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+            applied
+        })
+    }
+
+    /// Every set has observed its generation, its searcher Deployment and status have the
+    /// replicas of its spec (and of the last confirmed update), and it has exactly its 3
+    /// Deployments, 3 Services and 1 Ingress, each controlled by it. `Err` says what is not
+    /// there yet.
+    pub async fn check(&self, client: &Client) -> Result<(), String> {
+        let all: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::erase::<VecodexSet>(&()));
+        let list = all
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list sets: {e}"))?;
+        let mut uids: HashMap<(String, String), String> = HashMap::new();
+        let mut spec_replicas: HashMap<(String, String), i64> = HashMap::new();
+        for s in &list.items {
+            let v = serde_json::to_value(s).unwrap();
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            if v["status"]["observedGeneration"] != v["metadata"]["generation"] {
+                return Err(format!("{key:?}: generation not observed"));
+            }
+            let want = v["spec"]["searcher"]["replicas"].as_i64().unwrap_or(1);
+            if v["status"]["searcher"]["replicas"].as_i64() != Some(want) {
+                return Err(format!("{key:?}: status.searcher.replicas != {want}"));
+            }
+            uids.insert(key.clone(), s.uid().unwrap_or_default());
+            spec_replicas.insert(key, want);
+        }
+        let desired = self.desired.lock().unwrap().clone();
+        for i in 0..self.count {
+            let key = self.place(i);
+            let Some(spec) = spec_replicas.get(&key) else {
+                return Err(format!("{key:?}: missing"));
+            };
+            let want = desired.get(&i).copied().unwrap_or(3);
+            if want >= 0 && *spec != want {
+                return Err(format!(
+                    "{key:?}: the update to {want} was lost (spec {spec})"
+                ));
+            }
+        }
+        let lp = ListParams::default().labels(&vecodex_operator::children::managed_selector());
+        let mut children: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let deployments = Api::<Deployment>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|e| e.to_string())?;
+        for d in &deployments.items {
+            let owner = controller_of(d, &uids)?;
+            if d.name_any().ends_with("-searcher") {
+                let want = spec_replicas[&owner];
+                let have = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as i64;
+                if have != want {
+                    return Err(format!("{}: replicas {have}, spec {want}", d.name_any()));
+                }
+            }
+            children.entry(owner).or_default().push("Deployment".into());
+        }
+        let services = Api::<Service>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|e| e.to_string())?;
+        for s in &services.items {
+            let owner = controller_of(s, &uids)?;
+            children.entry(owner).or_default().push("Service".into());
+        }
+        let ingresses = Api::<Ingress>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|e| e.to_string())?;
+        for i in &ingresses.items {
+            let owner = controller_of(i, &uids)?;
+            children.entry(owner).or_default().push("Ingress".into());
+        }
+        for key in uids.keys() {
+            let mut kinds = children.get(key).cloned().unwrap_or_default();
+            kinds.sort();
+            let expected = [
+                "Deployment",
+                "Deployment",
+                "Deployment",
+                "Ingress",
+                "Service",
+                "Service",
+                "Service",
+            ];
+            if kinds != expected {
+                return Err(format!("{key:?}: children {kinds:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The set controlling a child; an error if there is none (a child without an owner
+/// reference) or it is not a current set.
+fn controller_of<K: Resource<DynamicType = ()>>(
+    child: &K,
+    uids: &HashMap<(String, String), String>,
+) -> Result<(String, String), String> {
+    let ns = child.meta().namespace.clone().unwrap_or_default();
+    let name = child.meta().name.clone().unwrap_or_default();
+    let owner = child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "VecodexSet")
+        .ok_or_else(|| {
+            format!(
+                "{} {ns}/{name} has no controller owner reference",
+                K::kind(&())
+            )
+        })?;
+    let key = (ns.clone(), owner.name.clone());
+    match uids.get(&key) {
+        Some(uid) if *uid == owner.uid => Ok(key),
+        _ => Err(format!(
+            "{} {ns}/{name}: owner {} is not a current set",
+            K::kind(&()),
+            owner.name
+        )),
+    }
+}
+
+/// Children with the managed label but no controller owner reference, of every kind.
+pub async fn ownerless_children(client: &Client) -> Vec<String> {
+    let lp = ListParams::default().labels(&vecodex_operator::children::managed_selector());
+    let mut out = Vec::new();
+    fn check<K: Resource<DynamicType = ()>>(items: &[K], out: &mut Vec<String>) {
+        for c in items {
+            let owned = c
+                .meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.kind == "VecodexSet");
+            if !owned {
+                out.push(format!(
+                    "{} {}/{}",
+                    K::kind(&()),
+                    c.meta().namespace.clone().unwrap_or_default(),
+                    c.meta().name.clone().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    check(
+        &Api::<Deployment>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        &mut out,
+    );
+    check(
+        &Api::<Service>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        &mut out,
+    );
+    check(
+        &Api::<Ingress>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        &mut out,
+    );
+    check(
+        &Api::<ConfigMap>::all(client.clone())
+            .list(&lp)
+            .await
+            .unwrap()
+            .items,
+        &mut out,
+    );
+    out
+}
+
+/// `reconcile interval shard=N started_ms=A finished_ms=B` lines of an operator log.
+pub fn intervals(log: &str) -> Vec<(u32, u64, u64)> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.rsplit(&format!(" {name}="))
+            .next()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("reconcile interval"))
+        .filter_map(|l| {
+            Some((
+                field(l, "shard")? as u32,
+                field(l, "started_ms")?,
+                field(l, "finished_ms")?,
+            ))
+        })
+        .collect()
+}
+
+/// Panics if two replicas reconciled the same shard at overlapping times. `logs` are
+/// (replica, log text). Returns how many intervals were compared.
+pub fn assert_no_overlap(logs: &[(String, String)]) -> usize {
+    let mut by_shard: BTreeMap<u32, Vec<(u64, u64, String)>> = BTreeMap::new();
+    for (id, text) in logs {
+        for (shard, start, end) in intervals(text) {
+            by_shard
+                .entry(shard)
+                .or_default()
+                .push((start, end, id.clone()));
+        }
+    }
+    let mut total = 0;
+    for (shard, mut list) in by_shard {
+        total += list.len();
+        list.sort();
+        // Compare each interval with the latest end of every other replica before it.
+        let mut last_end: HashMap<String, u64> = HashMap::new();
+        for (start, end, id) in list {
+            for (other, other_end) in &last_end {
+                assert!(
+                    *other == id || *other_end <= start,
+                    "shard {shard}: {other} reconciled until {other_end}, {id} from {start}"
+                );
+            }
+            let e = last_end.entry(id).or_insert(0);
+            *e = (*e).max(end);
+        }
+    }
+    total
+}
+
+/// A holder change seen on a shard Lease: (lease, holder, acquireTime, renewTime) in order.
+pub type LeaseLog = Arc<Mutex<Vec<(String, Option<String>, Option<String>, Option<String>)>>>;
+
+/// Records every version of the Leases of `group` in `namespace`.
+pub fn record_leases(client: Client, namespace: &str, group: &str) -> LeaseLog {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::watcher;
+    let log: LeaseLog = Arc::default();
+    let out = log.clone();
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(&format!("app.kubernetes.io/name={group}"));
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher::watcher(api, config));
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) = event {
+                let spec = l.spec.clone().unwrap_or_default();
+                out.lock().unwrap().push((
+                    l.name_any(),
+                    spec.holder_identity.filter(|h| !h.is_empty()),
+                    spec.acquire_time.map(|t| t.0.to_string()),
+                    spec.renew_time.map(|t| t.0.to_string()),
+                ));
+            }
+        }
+    });
+    log
+}
+
+/// Panics unless every shard Lease changed hands only after a release or after the old
+/// holder's last renewal was `lease_duration` old. Returns the number of direct takeovers.
+pub fn assert_takeovers_after_expiry(log: &LeaseLog, lease_duration: Duration) -> usize {
+    let log = log.lock().unwrap().clone();
+    let mut last: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    let mut changes = 0;
+    for (lease, holder, acquired, renewed) in log {
+        if !lease.contains("-shard-") {
+            continue;
+        }
+        if let Some((Some(prev), prev_renew)) = last.get(&lease)
+            && let Some(new) = &holder
+            && new != prev
+        {
+            changes += 1;
+            let (Some(prev_renew), Some(acquired)) = (prev_renew.as_deref(), acquired.as_deref())
+            else {
+                panic!("{lease}: holder change without times");
+            };
+            let prev_t: jiff::Timestamp = prev_renew.parse().unwrap();
+            let acq_t: jiff::Timestamp = acquired.parse().unwrap();
+            let gap = acq_t.duration_since(prev_t);
+            assert!(
+                gap >= jiff::SignedDuration::try_from(lease_duration).unwrap(),
+                "{lease}: {new} took over from {prev} {gap:?} after its last renewal, while it was still valid"
+            );
+        }
+        last.insert(lease, (holder, renewed));
+    }
+    changes
+}
+
+impl Fleet {
+    /// Waits until [`Fleet::check`] passes; panics with what was still wrong after
+    /// `timeout`. Returns how long it took.
+    pub async fn converge(&self, client: &Client, what: &str, timeout: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        loop {
+            let last = match self.check(client).await {
+                Ok(()) => return start.elapsed(),
+                Err(e) => e,
+            };
+            if start.elapsed() > timeout {
+                panic!("{what}: not converged after {timeout:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
