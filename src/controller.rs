@@ -92,6 +92,40 @@ fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// How long a failed watch waits before it retries: 0.5 s doubling up to 5 s, and back to
+/// 0.5 s once a retry works. kube-runtime's default grows to 30 s, which after an API server
+/// restart kept the caches stale (and reconciles waiting) for half a minute.
+struct WatchBackoff {
+    next: Duration,
+}
+
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: WATCH_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(WATCH_BACKOFF_MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_BACKOFF_MIN;
+    }
+}
+
 /// A reflected, trimmed watch of `K`, kept in the store as `S` (see `cache::Stored`).
 fn reflected<K, S>(
     api: Api<K>,
@@ -107,7 +141,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(trim::<K>)
         .map_ok(move |event| match event {
             Event::Apply(o) => Event::Apply(store_as(o)),
