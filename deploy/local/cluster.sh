@@ -48,6 +48,8 @@ Commands:
 Environment:
   VECODEX_K8S_CACHE               cache dir (binaries, sources, Go build cache)
   VECODEX_K8S_UP_TIMEOUT          seconds 'up' waits for readiness (default 90)
+  VECODEX_ETCD_QUOTA_BYTES        etcd --quota-backend-bytes (default 8 GiB; etcd's own 2 GiB
+                                  default fills up in a 10,000-set load test)
   VECODEX_KCM_CONTROLLERS         kube-controller-manager --controllers (default '*'); the load
                                   test turns the deployment controller off and simulates it
 EOF
@@ -666,7 +668,8 @@ EOF
         --initial-cluster-state=new \
         --initial-cluster-token="$etcd_name-$$" \
         --logger=zap \
-        --log-level=warn
+        --log-level=warn \
+        --quota-backend-bytes="${VECODEX_ETCD_QUOTA_BYTES:-8589934592}"
     log "etcd started (pid $(<"$dir/pids/etcd.pid")); waiting for /health"
     wait_for etcd "etcd /health" check_etcd
 
