@@ -23,6 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -102,7 +103,8 @@ fn is_tenant(ns: &str) -> bool {
 }
 
 /// Scenario 2: a plain client applies the same children for `sets` sets at `concurrency`,
-/// one set's children after another, plus a stand-in for the status write.
+/// one set's children after another, plus a stand-in for the status write (a ConfigMap that
+/// also owns the children, as the set owns the operator's).
 async fn limit(
     cluster: &LocalCluster,
     client: &Client,
@@ -127,9 +129,27 @@ async fn limit(
                 let mut set = VecodexSet::new(&format!("plain-{i}"), spec);
                 set.metadata.namespace = Some(ns.clone());
                 set.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
+                // The stand-in for the set's status goes first: it also stands in for the
+                // set as the children's owner, so the garbage collector tracks the same
+                // owner references as it does for the operator's children.
+                let status: ConfigMap = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("plain-{i}-status"), "labels": {"loadtest": "plain"}},
+                    "data": {"observedGeneration": "1"}
+                }))?;
+                let owner = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .patch(&status.name_any(), &params, &Patch::Apply(&status))
+                    .await?;
+                let owner_ref = OwnerReference {
+                    api_version: "v1".to_owned(),
+                    kind: "ConfigMap".to_owned(),
+                    name: owner.name_any(),
+                    uid: owner.uid().unwrap_or_default(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                };
                 let mut desired = children::build(&set)?;
-                // Not owned by anything (the garbage collector would delete them) and not
-                // labelled as the operator's (its watches must not cache them).
+                // Not labelled as the operator's (its watches must not cache them).
                 for meta in desired
                     .deployments
                     .iter_mut()
@@ -137,7 +157,7 @@ async fn limit(
                     .chain(desired.services.iter_mut().map(|s| &mut s.metadata))
                     .chain(desired.ingress.iter_mut().map(|i| &mut i.metadata))
                 {
-                    meta.owner_references = None;
+                    meta.owner_references = Some(vec![owner_ref.clone()]);
                     meta.labels = Some([("loadtest".to_owned(), "plain".to_owned())].into());
                 }
                 for svc in &desired.services {
@@ -155,14 +175,6 @@ async fn limit(
                         .patch(&ing.name_any(), &params, &Patch::Apply(ing))
                         .await?;
                 }
-                let status: ConfigMap = serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": format!("plain-{i}-status"), "labels": {"loadtest": "plain"}},
-                    "data": {"observedGeneration": "1"}
-                }))?;
-                Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                    .patch(&status.name_any(), &params, &Patch::Apply(&status))
-                    .await?;
                 Ok::<_, anyhow::Error>(())
             }
         })

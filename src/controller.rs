@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::api::Writer;
 use crate::cache::{Cache, Stored};
 use crate::children::managed_selector;
-use crate::crd::{GROUP, KIND, VecodexSet};
+use crate::crd::VecodexSet;
 use crate::events::Recorder;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -137,9 +137,9 @@ fn reflected<K, S>(
 )
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    S: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    S: Lookup<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store();
+    let (store, mut writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .backoff(WatchBackoff::default())
         .modify(trim::<K>)
@@ -150,30 +150,12 @@ where
             Event::Init => Event::Init,
             Event::InitDone => Event::InitDone,
         })
-        .reflect(writer);
+        // What `WatchStreamExt::reflect` does, for a store of `Lookup` (not `Resource`) items.
+        .map_ok(move |event| {
+            writer.apply_watcher_event(&event);
+            event
+        });
     (store, stream)
-}
-
-/// The key of the set controlling a child, if a VecodexSet does.
-pub fn owner_key<K: Resource>(child: &K) -> Option<String> {
-    let ns = child.meta().namespace.as_deref()?;
-    child
-        .owner_references()
-        .iter()
-        .find(|o| {
-            o.controller == Some(true)
-                && o.kind == KIND
-                && o.api_version.starts_with(&format!("{GROUP}/"))
-        })
-        .map(|o| format!("{ns}/{}", o.name))
-}
-
-pub fn key_of<K: Resource>(obj: &K) -> Option<String> {
-    Some(format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref()?,
-        obj.meta().name.as_deref()?
-    ))
 }
 
 /// Starts reflected watches that feed the queue: one per watched namespace and kind.
@@ -201,7 +183,7 @@ impl Feed<'_> {
             + Send
             + Sync
             + 'static,
-        S: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+        S: Lookup<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
         C: Fn() -> F,
         F: FnMut(Event<S>) -> Option<Enqueue> + Send + 'static,
     {
@@ -246,7 +228,7 @@ async fn pump<K, S, F>(
     mut classify: F,
     shutdown: CancellationToken,
 ) where
-    K: Resource<DynamicType = ()> + Send,
+    K: Lookup<DynamicType = ()> + Send,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
     F: FnMut(Event<K>) -> Option<Enqueue> + Send,
 {
@@ -282,8 +264,8 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
     let mut generations: HashMap<String, i64> = HashMap::new();
     move |event| match event {
         Event::InitApply(set) => {
-            let key = key_of(&set)?;
-            generations.insert(key.clone(), set.meta().generation.unwrap_or(0));
+            let key = set.key()?;
+            generations.insert(key.clone(), set.generation.unwrap_or(0));
             Some(Enqueue {
                 key,
                 priority: Priority::Low,
@@ -292,8 +274,8 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
             })
         }
         Event::Apply(set) => {
-            let key = key_of(&set)?;
-            let generation = set.meta().generation.unwrap_or(0);
+            let key = set.key()?;
+            let generation = set.generation.unwrap_or(0);
             let previous = generations.insert(key.clone(), generation);
             let (priority, trigger) = match previous {
                 None => (Priority::Normal, Trigger::Create),
@@ -308,7 +290,7 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
             })
         }
         Event::Delete(set) => {
-            generations.remove(&key_of(&set)?);
+            generations.remove(&set.key()?);
             None
         }
         Event::Init | Event::InitDone => None,
@@ -345,7 +327,7 @@ fn classify_children<K: Resource<DynamicType = ()>>()
             Event::Init | Event::InitDone => return None,
         };
         Some(Enqueue {
-            key: owner_key(child)?,
+            key: child.controller_key()?,
             priority,
             trigger,
             cut_backoff: false,
@@ -353,9 +335,9 @@ fn classify_children<K: Resource<DynamicType = ()>>()
     }
 }
 
-fn uid_key<K: Resource>(obj: &K) -> u64 {
+fn uid_key<K>(obj: &Stored<K>) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    obj.meta().uid.hash(&mut hasher);
+    obj.uid().hash(&mut hasher);
     hasher.finish()
 }
 
@@ -380,7 +362,7 @@ async fn resync(
         let sets = stores.sets.state();
         debug!(sets = sets.len(), "resync");
         for set in sets {
-            if let Some(key) = key_of(set.as_ref()).filter(|k| gate.accepts(k)) {
+            if let Some(key) = set.key().filter(|k| gate.accepts(k)) {
                 queue.add(&key, Priority::Low, Trigger::Resync).await;
             }
         }
@@ -547,12 +529,12 @@ async fn follow_shards(
                     .state()
                     .iter()
                     .filter_map(|s| {
-                        let key = key_of(s.as_ref())?;
+                        let key = s.key()?;
                         let observed = s
                             .object()
                             .and_then(|set| set.status)
                             .and_then(|st| st.observed_generation);
-                        Some((observed != s.meta().generation, key))
+                        Some((observed != s.generation, key))
                     })
                     .filter(|(_, k)| gate.shard_of_key(k) == shard)
                     .collect();

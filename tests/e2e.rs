@@ -455,6 +455,11 @@ async fn edited_and_deleted_children_are_repaired() {
     let (client, ns) = setup("drift").await;
     create(&client, &ns, seed_example(&ns, "dr")).await;
     wait_children(&client, &ns, "dr", 3, 1, 0).await;
+    // Once the generation is applied, a change to a child is a repair ("Restored").
+    wait_status(&client, &ns, "dr", "the generation applied", |s| {
+        s["status"]["observedGeneration"] == 1
+    })
+    .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
 
@@ -483,7 +488,7 @@ async fn edited_and_deleted_children_are_repaired() {
             .await
             .iter()
             .any(|e| {
-                e.reason.as_deref() == Some("Applied")
+                e.reason.as_deref() == Some("Restored")
                     && e.note
                         .as_deref()
                         .unwrap_or("")

@@ -1,18 +1,28 @@
-//! Faults of the control plane under churn: the API server and etcd restarted while three
-//! replicas, running with the chart's least-privilege ServiceAccount, reconcile 210 sets over
-//! 30 namespaces that keep changing. Every update made before, during and after converges,
-//! and no replica crashes. Each scenario ends with a checker comparing every set's children
-//! and status with its spec (`tests/common/fleet.rs`).
+//! Faults under churn: three replicas, running with the chart's least-privilege
+//! ServiceAccount, reconcile 210 sets over 30 namespaces that keep changing while
+//!
+//! - (fault 1) the API server and (fault 2) etcd are restarted;
+//! - (fault 5) another field manager overwrites a field the operator manages and adds one
+//!   it does not;
+//! - (fault 6) sets are deleted while their reconciles are in flight, a namespace is deleted
+//!   with its sets, and children are deleted while every replica is down.
+//!
+//! Every update made before, during and after converges, no replica crashes, nothing is left
+//! behind and no error repeats. Each scenario ends with a checker comparing every set's
+//! children and status with its spec (`tests/common/fleet.rs`).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::Fleet;
+use common::fleet::{Fleet, sets};
 use common::{Replica, client, sa_replica_options, wait_for};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Client;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 const SETS: usize = 210;
@@ -119,15 +129,21 @@ async fn api_server_and_etcd_restarts_under_churn_lose_nothing() {
         fault(&client, &mut replicas, &fleet, "kube-apiserver").await,
         fault(&client, &mut replicas, &fleet, "etcd").await,
     ];
+    foreign_field_manager(&client, &fleet).await;
+    let mut stopped = deletions(&client, &mut replicas, &fleet, &opts).await;
+    no_error_repeats(&replicas).await;
 
-    for r in &replicas {
+    stopped.append(&mut replicas);
+    for r in &stopped {
         // Right after its restart the API server answers 403 until its RBAC caches have
         // loaded the roles and bindings; any refusal outside the outages would mean the
-        // chart's RBAC is not enough.
+        // chart's RBAC is not enough (creating in a namespace being deleted is refused too,
+        // for everyone).
         let text = r.log_text();
         let refused: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("Forbidden") || l.contains("code=403") || l.contains("403:"))
+            .filter(|l| !l.contains("being terminated"))
             .filter(|l| {
                 let at: Option<jiff::Timestamp> =
                     l.split_whitespace().next().and_then(|t| t.parse().ok());
@@ -140,5 +156,215 @@ async fn api_server_and_etcd_restarts_under_churn_lose_nothing() {
             r.identity
         );
         r.signal(libc::SIGTERM);
+    }
+}
+
+/// Fault 5: a foreign field manager forces its own searcher replicas onto 20 sets'
+/// Deployments and adds an annotation, under churn. The operator puts the replicas back
+/// (the checker) and says so in a "Restored" Event; the annotation it does not manage stays.
+async fn foreign_field_manager(client: &Client, fleet: &Fleet) {
+    let stop = CancellationToken::new();
+    let churner = fleet.churn(client.clone(), 5, stop.clone());
+    let tampered: Vec<usize> = (0..fleet.count)
+        .step_by(fleet.count / 20)
+        .take(20)
+        .collect();
+    // Generations before the tampering: a set the churn updated meanwhile may report the
+    // repair as part of applying its new spec ("Applied"), so only the others must say
+    // "Restored".
+    let mut generations = Vec::new();
+    let params = PatchParams::apply("intruder").force();
+    for &i in &tampered {
+        let (ns, name) = fleet.place(i);
+        let set = sets(client, &ns).get(&name).await.unwrap();
+        generations.push(set.metadata.generation);
+        let patch = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": format!("{name}-searcher"),
+                         "annotations": {"example.com/owner": "intruder"}},
+            "spec": {"replicas": 9},
+        });
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .patch(&format!("{name}-searcher"), &params, &Patch::Apply(&patch))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    churner.await.unwrap();
+    let took = fleet
+        .converge(
+            client,
+            "replicas put back after a foreign manager",
+            Duration::from_secs(120),
+        )
+        .await;
+    let mut restored_events = 0;
+    for (&i, generation) in tampered.iter().zip(&generations) {
+        let (ns, name) = fleet.place(i);
+        let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get(&format!("{name}-searcher"))
+            .await
+            .unwrap();
+        assert_eq!(
+            d.annotations().get("example.com/owner").map(String::as_str),
+            Some("intruder"),
+            "{ns}/{name}: an annotation the operator does not manage stays"
+        );
+        let now = sets(client, &ns)
+            .get(&name)
+            .await
+            .unwrap()
+            .metadata
+            .generation;
+        if now != *generation {
+            continue;
+        }
+        let want = format!("updated Deployment {name}-searcher");
+        let events = Api::<Event>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        assert!(
+            events.items.iter().any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+                    && e.reason.as_deref() == Some("Restored")
+                    && e.note.as_deref().unwrap_or("").contains(&want)
+            }),
+            "{ns}/{name}: a Restored Event says the Deployment was put back"
+        );
+        restored_events += 1;
+    }
+    assert!(
+        restored_events >= 10,
+        "enough sets were left alone by the churn ({restored_events})"
+    );
+    eprintln!(
+        "foreign field manager: 20 Deployments put back in {took:?}, {restored_events} Restored Events checked"
+    );
+}
+
+/// Fault 6, under churn: 15 sets are updated and deleted at once (their reconciles in
+/// flight), a namespace is deleted with its sets; then every replica is stopped, children of
+/// 20 sets are deleted, and replicas start again. Everything converges with nothing left
+/// behind. Returns the stopped replicas (their logs are checked at the end).
+async fn deletions(
+    client: &Client,
+    replicas: &mut Vec<Replica>,
+    fleet: &Fleet,
+    opts: &common::ReplicaOptions,
+) -> Vec<Replica> {
+    let stop = CancellationToken::new();
+    let churner = fleet.churn(client.clone(), 5, stop.clone());
+    let in_flight: Vec<usize> = (0..fleet.count).filter(|i| i % 14 == 5).take(15).collect();
+    for &i in &in_flight {
+        fleet.removed.lock().unwrap().insert(i);
+        let (ns, name) = fleet.place(i);
+        let api = sets(client, &ns);
+        let patch = Patch::Merge(json!({"spec": {"searcher": {"replicas": 4}}}));
+        api.patch(&name, &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+    }
+    // A whole namespace with its 7 sets (namespace i % 30 holds sets i, i + 30, ...).
+    let gone_ns = fleet.namespaces[1].clone();
+    for i in (1..fleet.count).step_by(fleet.namespaces.len()) {
+        fleet.removed.lock().unwrap().insert(i);
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&gone_ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every replica down; children of 20 sets deleted meanwhile, while the churn goes on.
+    for r in replicas.iter() {
+        r.signal(libc::SIGTERM);
+    }
+    for r in replicas.iter_mut() {
+        let status = r.child.wait().unwrap();
+        assert!(status.success(), "{} exits cleanly: {status}", r.identity);
+    }
+    let removed = fleet.removed.lock().unwrap().clone();
+    let victims: Vec<usize> = (0..fleet.count)
+        .filter(|i| i % 10 == 7 && !removed.contains(i))
+        .take(20)
+        .collect();
+    for &i in &victims {
+        let (ns, name) = fleet.place(i);
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .delete(&format!("{name}-searcher"), &DeleteParams::default())
+            .await
+            .unwrap();
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .delete(&format!("{name}-coordinator"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    let stopped = std::mem::replace(
+        replicas,
+        ["f4", "f5", "f6"]
+            .iter()
+            .map(|id| Replica::start_with(id, "faults", SHARDS, opts))
+            .collect(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    churner.await.unwrap();
+    wait_for(
+        "the deleted namespace to be gone",
+        Duration::from_secs(120),
+        || async {
+            namespaces
+                .get_opt(&gone_ns)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let took = fleet
+        .converge(
+            client,
+            "deletions in flight and while down",
+            Duration::from_secs(180),
+        )
+        .await;
+    eprintln!(
+        "deletions: {} sets deleted in flight, namespace {gone_ns} deleted, 40 children deleted while down; converged {:?} after the restart",
+        in_flight.len(),
+        restarted.elapsed().max(took)
+    );
+    for r in replicas.iter_mut() {
+        assert!(
+            r.child.try_wait().unwrap().is_none(),
+            "replica {} is still running",
+            r.identity
+        );
+    }
+    stopped
+}
+
+/// After convergence nothing retries: no "reconcile failed" line is added over 10 s and
+/// every replica's queue is empty (a deleted set or namespace left no key behind).
+async fn no_error_repeats(replicas: &[Replica]) {
+    let failures = |r: &Replica| r.log_text().matches("reconcile failed").count();
+    let before: Vec<usize> = replicas.iter().map(failures).collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for (r, before) in replicas.iter().zip(before) {
+        assert_eq!(
+            failures(r),
+            before,
+            "{}: a reconcile kept failing",
+            r.identity
+        );
+        let metrics = common::replica_http(&r.log, "/metrics").unwrap_or_default();
+        let depth = common::metric(&metrics, "workqueue_depth{name=\"vecodexsets\"}");
+        assert_eq!(depth, Some(0.0), "{}: the queue is empty", r.identity);
     }
 }

@@ -6,19 +6,16 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fleet::{assert_no_overlap, assert_takeovers_after_expiry, record_leases};
 use common::{
     LEASE_DURATION_S, RETRY_PERIOD_S, Replica, client, seed_example, shard_holders, wait_for,
 };
-use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
 use vecodex_operator::shard::shard_of;
@@ -26,31 +23,6 @@ use vecodex_operator::shard::shard_of;
 const GROUP: &str = "ha";
 const SHARDS: u32 = 8;
 const NAMESPACES: usize = 30;
-
-/// A holder change seen on a shard Lease: (lease, holder, acquireTime, renewTime) in order.
-type LeaseLog = Arc<Mutex<Vec<(String, Option<String>, Option<String>, Option<String>)>>>;
-
-fn record_leases(client: Client) -> LeaseLog {
-    let log: LeaseLog = Arc::default();
-    let out = log.clone();
-    tokio::spawn(async move {
-        let api: Api<Lease> = Api::namespaced(client, "default");
-        let config = watcher::Config::default().labels(&format!("app.kubernetes.io/name={GROUP}"));
-        let mut stream = std::pin::pin!(watcher::watcher(api, config));
-        while let Some(event) = stream.next().await {
-            if let Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) = event {
-                let spec = l.spec.clone().unwrap_or_default();
-                out.lock().unwrap().push((
-                    l.name_any(),
-                    spec.holder_identity.filter(|h| !h.is_empty()),
-                    spec.acquire_time.map(|t| t.0.to_string()),
-                    spec.renew_time.map(|t| t.0.to_string()),
-                ));
-            }
-        }
-    });
-    log
-}
 
 fn sets(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
@@ -105,33 +77,11 @@ async fn wait_balanced(
     start.elapsed()
 }
 
-/// Parses `reconcile interval shard=N started_ms=A finished_ms=B` lines.
-fn intervals(log: &str) -> Vec<(u32, u64, u64)> {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        line.rsplit(&format!(" {name}="))
-            .next()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    log.lines()
-        .filter(|l| l.contains("reconcile interval"))
-        .filter_map(|l| {
-            Some((
-                field(l, "shard")? as u32,
-                field(l, "started_ms")?,
-                field(l, "finished_ms")?,
-            ))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     common::cluster();
     let client = client().await;
-    let leases = record_leases(client.clone());
+    let leases = record_leases(client.clone(), "default", GROUP);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // Namespaces chosen so that every shard covers a few (FNV-1a spreads similar names
     // unevenly over so few shards).
@@ -256,58 +206,18 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     .await;
 
     // 5a. No two replicas reconciled the same shard at overlapping times.
-    let mut by_shard: BTreeMap<u32, Vec<(u64, u64, String)>> = BTreeMap::new();
-    for (id, r) in &replicas {
-        for (shard, start, end) in intervals(&r.log_text()) {
-            by_shard
-                .entry(shard)
-                .or_default()
-                .push((start, end, id.to_string()));
-        }
-    }
-    let total: usize = by_shard.values().map(Vec::len).sum();
+    let logs: Vec<(String, String)> = replicas
+        .iter()
+        .map(|(id, r)| (id.to_string(), r.log_text()))
+        .collect();
+    let total = assert_no_overlap(&logs);
     assert!(
         total >= NAMESPACES,
         "reconcile intervals were recorded ({total})"
     );
-    for (shard, mut list) in by_shard {
-        list.sort();
-        for pair in list.windows(2) {
-            let ((_, end_a, a), (start_b, _, b)) = (&pair[0], &pair[1]);
-            assert!(
-                a == b || end_a <= start_b,
-                "shard {shard}: {a} until {end_a} overlaps {b} from {start_b}"
-            );
-        }
-    }
 
     // 5b. A Lease changed hands only after a release or an expiry.
-    let log = leases.lock().unwrap().clone();
-    let mut last: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-    let mut changes = 0;
-    for (lease, holder, acquired, renewed) in log {
-        if !lease.contains("-shard-") {
-            continue;
-        }
-        if let Some((Some(prev), prev_renew)) = last.get(&lease)
-            && let Some(new) = &holder
-            && new != prev
-        {
-            changes += 1;
-            let (Some(prev_renew), Some(acquired)) = (prev_renew.as_deref(), acquired.as_deref())
-            else {
-                panic!("{lease}: holder change without times");
-            };
-            let prev_t: jiff::Timestamp = prev_renew.parse().unwrap();
-            let acq_t: jiff::Timestamp = acquired.parse().unwrap();
-            let gap = acq_t.duration_since(prev_t);
-            assert!(
-                gap >= jiff::SignedDuration::from_secs(LEASE_DURATION_S as i64),
-                "{lease}: {new} took over from {prev} {gap:?} after its last renewal, while it was still valid"
-            );
-        }
-        last.insert(lease, (holder, renewed));
-    }
+    let changes = assert_takeovers_after_expiry(&leases, Duration::from_secs(LEASE_DURATION_S));
     eprintln!("{changes} direct takeovers checked");
     assert!(changes >= 1, "the kill -9 produced expiry takeovers");
 

@@ -1,7 +1,7 @@
 //! Many sets over many namespaces for the fault tests: creation, churn, and a checker that
 //! compares every set's children and status with what its spec demands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ pub struct Fleet {
     pub count: usize,
     /// The searcher replicas each set must end with (the last update that got through).
     pub desired: Arc<Mutex<HashMap<usize, i64>>>,
+    /// Sets deleted on purpose (or with their namespace): churn leaves them alone and the
+    /// checker expects them and their children to be gone.
+    pub removed: Arc<Mutex<HashSet<usize>>>,
 }
 
 impl Fleet {
@@ -45,6 +48,7 @@ impl Fleet {
             namespaces,
             count,
             desired: Arc::default(),
+            removed: Arc::default(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Fleet {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<usize> {
         let desired = self.desired.clone();
+        let removed = self.removed.clone();
         let places: Vec<(String, String)> = (0..self.count).map(|i| self.place(i)).collect();
         let pause = Duration::from_millis(1000 / u64::from(per_second.max(1)));
         tokio::spawn(async move {
@@ -96,6 +101,9 @@ impl Fleet {
             while !stop.is_cancelled() {
                 n += 1;
                 let i = (n * 7919) % places.len();
+                if removed.lock().unwrap().contains(&i) {
+                    continue;
+                }
                 let replicas = (n % 4 + 1) as i64;
                 let (ns, name) = &places[i];
                 let api = sets(&client, ns);
@@ -145,9 +153,17 @@ impl Fleet {
             spec_replicas.insert(key, want);
         }
         let desired = self.desired.lock().unwrap().clone();
+        let removed = self.removed.lock().unwrap().clone();
         for i in 0..self.count {
             let key = self.place(i);
-            let Some(spec) = spec_replicas.get(&key) else {
+            let spec = spec_replicas.get(&key);
+            if removed.contains(&i) {
+                match spec {
+                    Some(_) => return Err(format!("{key:?}: deleted, but still there")),
+                    None => continue,
+                }
+            }
+            let Some(spec) = spec else {
                 return Err(format!("{key:?}: missing"));
             };
             let want = desired.get(&i).copied().unwrap_or(3);
@@ -157,14 +173,9 @@ impl Fleet {
                 ));
             }
         }
-        let lp = ListParams::default().labels(&vecodex_operator::children::managed_selector());
         let mut children: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        let deployments = Api::<Deployment>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(|e| e.to_string())?;
-        for d in &deployments.items {
-            let owner = controller_of(d, &uids)?;
+        for d in managed_children::<Deployment>(client).await? {
+            let owner = controller_of(&d, &uids)?;
             if d.name_any().ends_with("-searcher") {
                 let want = spec_replicas[&owner];
                 let have = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as i64;
@@ -174,20 +185,12 @@ impl Fleet {
             }
             children.entry(owner).or_default().push("Deployment".into());
         }
-        let services = Api::<Service>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(|e| e.to_string())?;
-        for s in &services.items {
-            let owner = controller_of(s, &uids)?;
+        for s in managed_children::<Service>(client).await? {
+            let owner = controller_of(&s, &uids)?;
             children.entry(owner).or_default().push("Service".into());
         }
-        let ingresses = Api::<Ingress>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(|e| e.to_string())?;
-        for i in &ingresses.items {
-            let owner = controller_of(i, &uids)?;
+        for i in managed_children::<Ingress>(client).await? {
+            let owner = controller_of(&i, &uids)?;
             children.entry(owner).or_default().push("Ingress".into());
         }
         for key in uids.keys() {
@@ -241,60 +244,55 @@ fn controller_of<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// Every object of kind `K` carrying the operator's managed label, in all namespaces.
+async fn managed_children<K>(client: &Client) -> Result<Vec<K>, String>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let lp = ListParams::default().labels(&vecodex_operator::children::managed_selector());
+    Api::<K>::all(client.clone())
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .map_err(|e| format!("list {}: {e}", K::kind(&())))
+}
+
 /// Children with the managed label but no controller owner reference, of every kind.
 pub async fn ownerless_children(client: &Client) -> Vec<String> {
-    let lp = ListParams::default().labels(&vecodex_operator::children::managed_selector());
-    let mut out = Vec::new();
-    fn check<K: Resource<DynamicType = ()>>(items: &[K], out: &mut Vec<String>) {
-        for c in items {
+    fn ownerless<K: Resource<DynamicType = ()>>(items: Vec<K>) -> impl Iterator<Item = String> {
+        items.into_iter().filter_map(|c| {
             let owned = c
                 .meta()
                 .owner_references
                 .iter()
                 .flatten()
                 .any(|o| o.controller == Some(true) && o.kind == "VecodexSet");
-            if !owned {
-                out.push(format!(
+            (!owned).then(|| {
+                format!(
                     "{} {}/{}",
                     K::kind(&()),
                     c.meta().namespace.clone().unwrap_or_default(),
                     c.meta().name.clone().unwrap_or_default()
-                ));
-            }
-        }
+                )
+            })
+        })
     }
-    check(
-        &Api::<Deployment>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        &mut out,
-    );
-    check(
-        &Api::<Service>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        &mut out,
-    );
-    check(
-        &Api::<Ingress>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        &mut out,
-    );
-    check(
-        &Api::<ConfigMap>::all(client.clone())
-            .list(&lp)
-            .await
-            .unwrap()
-            .items,
-        &mut out,
-    );
+    let mut out = Vec::new();
+    out.extend(ownerless(
+        managed_children::<Deployment>(client).await.unwrap(),
+    ));
+    out.extend(ownerless(
+        managed_children::<Service>(client).await.unwrap(),
+    ));
+    out.extend(ownerless(
+        managed_children::<Ingress>(client).await.unwrap(),
+    ));
+    out.extend(ownerless(
+        managed_children::<ConfigMap>(client).await.unwrap(),
+    ));
     out
 }
 
@@ -418,6 +416,7 @@ impl Fleet {
     /// `timeout`. Returns how long it took.
     pub async fn converge(&self, client: &Client, what: &str, timeout: Duration) -> Duration {
         let start = std::time::Instant::now();
+        let mut said = Duration::ZERO;
         loop {
             let last = match self.check(client).await {
                 Ok(()) => return start.elapsed(),
@@ -425,6 +424,11 @@ impl Fleet {
             };
             if start.elapsed() > timeout {
                 panic!("{what}: not converged after {timeout:?}: {last}");
+            }
+            // What a slow convergence waits for, in the test's output.
+            if start.elapsed() >= said + Duration::from_secs(15) {
+                said = start.elapsed();
+                eprintln!("{what}: after {said:?} still waiting: {last}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
