@@ -195,36 +195,11 @@ pub async fn create_set(
 /// Every request the API server has counted, by "VERB resource[/subresource]".
 pub async fn requests(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    let mut by_kind = std::collections::BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let (resource, sub) = (label("resource"), label("subresource"));
-        let key = if sub.is_empty() {
-            format!("{} {resource}", label("verb"))
-        } else {
-            format!("{} {resource}/{sub}", label("verb"))
-        };
-        let n = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        *by_kind.entry(key).or_insert(0.0) += n;
-    }
-    Ok(by_kind)
+    Ok(crate::shared::apiserver_requests(
+        &client.request_text(req).await?,
+    ))
 }
 
-/// The requests made between two readings of [`requests`], most frequent first.
 pub fn requests_delta(
     before: &std::collections::BTreeMap<String, f64>,
     after: &std::collections::BTreeMap<String, f64>,

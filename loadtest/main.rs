@@ -9,6 +9,7 @@
 mod cluster;
 mod kubelet;
 mod report;
+mod shared;
 mod track;
 
 use std::collections::HashMap;
@@ -353,8 +354,8 @@ fn write_total(requests: &std::collections::BTreeMap<String, f64>) -> f64 {
     requests
         .iter()
         .filter(|(k, _)| {
-            let (verb, resource) = k.split_once(' ').unwrap_or(("", ""));
-            matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+            let resource = k.split_once(' ').map_or("", |(_, r)| r);
+            shared::is_write(k)
                 && matches!(
                     resource,
                     "deployments"
@@ -509,9 +510,7 @@ async fn fresh_cold_start(
 
 /// rotel-agent (the OTLP collector of the tracing scenarios), from deploy/local/tools.sh.
 fn rotel_agent() -> anyhow::Result<PathBuf> {
-    let cached = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/vecodex-operator/tools/bin/rotel-agent"));
-    if let Some(path) = cached.filter(|p| p.exists()) {
+    if let Some(path) = shared::rotel_agent() {
         return Ok(path);
     }
     let out = Command::new("bash")
@@ -533,33 +532,14 @@ fn rotel_agent() -> anyhow::Result<PathBuf> {
 fn start_collector(out: &Path) -> anyhow::Result<(Child, Otlp)> {
     let grpc = cluster::free_port()?;
     let log = std::fs::File::create(out.join("rotel.log"))?;
-    let child = Command::new(rotel_agent()?)
-        .args([
-            "start",
-            "--otlp-grpc-endpoint",
-            &format!("127.0.0.1:{grpc}"),
-        ])
-        .args([
-            "--otlp-http-endpoint",
-            &format!("127.0.0.1:{}", cluster::free_port()?),
-        ])
-        .args(["--exporter", "blackhole", "--debug-log", "traces"])
-        .args(["--debug-log-verbosity", "basic"])
-        .arg("--pid-file")
-        .arg(out.join("rotel.pid"))
-        .arg("--log-file")
-        .arg(out.join("rotel-agent.log"))
+    let http = cluster::free_port()?;
+    let child = shared::rotel_command(&rotel_agent()?, grpc, http, "basic", out)
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(Stdio::null())
         .spawn()
         .context("start rotel-agent")?;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    shared::wait_listening(grpc);
     let otlp = Otlp {
         endpoint: format!("http://127.0.0.1:{grpc}"),
         sampling_ratio: 0.0,

@@ -55,6 +55,16 @@ fn legend(out: &mut String, i: usize, label: &str) {
     );
 }
 
+/// A chart of fractions (0 to 1) over x from 0 to `max_x`: one line per (label, points).
+fn chart(title: &str, y_label: &str, max_x: f64, lines: &[(&str, Vec<(f64, f64)>)]) -> String {
+    let mut out = frame(title, "s", y_label, max_x, "100%");
+    for (i, (label, points)) in lines.iter().enumerate() {
+        out += &polyline(points, max_x, 1.0, COLORS[i % COLORS.len()]);
+        legend(&mut out, i, label);
+    }
+    out + "</svg>\n"
+}
+
 /// A cold start's curve: its label, its sets, and (seconds, converged sets) samples.
 pub type Curve = (String, usize, Vec<(f64, usize)>);
 
@@ -64,22 +74,22 @@ pub fn convergence(curves: &[Curve]) -> String {
         .iter()
         .filter_map(|c| c.2.last().map(|p| p.0))
         .fold(1.0, f64::max);
-    let mut out = frame(
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(label, total, curve)| {
+            let points = curve
+                .iter()
+                .map(|(t, n)| (*t, *n as f64 / (*total).max(1) as f64))
+                .collect();
+            (label.as_str(), points)
+        })
+        .collect();
+    chart(
         "Cold start: converged sets over time",
-        "s",
         "% converged",
         max_t,
-        "100%",
-    );
-    for (i, (label, total, curve)) in curves.iter().enumerate() {
-        let points: Vec<(f64, f64)> = curve
-            .iter()
-            .map(|(t, n)| (*t, *n as f64 / (*total).max(1) as f64))
-            .collect();
-        out += &polyline(&points, max_t, 1.0, COLORS[i % COLORS.len()]);
-        legend(&mut out, i, label);
-    }
-    out + "</svg>\n"
+        &lines,
+    )
 }
 
 /// Cumulative distribution of update latencies, one curve per scenario.
@@ -88,25 +98,25 @@ pub fn latency(series: &[(String, Vec<f64>)]) -> String {
         .iter()
         .filter_map(|s| s.1.last().copied())
         .fold(0.1, f64::max);
-    let mut out = frame(
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(label, sorted)| {
+            let n = sorted.len().max(1) as f64;
+            let points = std::iter::once((0.0, 0.0))
+                .chain(
+                    sorted
+                        .iter()
+                        .enumerate()
+                        .map(|(k, l)| (*l, (k + 1) as f64 / n)),
+                )
+                .collect();
+            (label.as_str(), points)
+        })
+        .collect();
+    chart(
         "Update latency: cumulative distribution",
-        "s",
         "% applied",
         max_l,
-        "100%",
-    );
-    for (i, (label, sorted)) in series.iter().enumerate() {
-        let n = sorted.len().max(1) as f64;
-        let points: Vec<(f64, f64)> = std::iter::once((0.0, 0.0))
-            .chain(
-                sorted
-                    .iter()
-                    .enumerate()
-                    .map(|(k, l)| (*l, (k + 1) as f64 / n)),
-            )
-            .collect();
-        out += &polyline(&points, max_l, 1.0, COLORS[i % COLORS.len()]);
-        legend(&mut out, i, label);
-    }
-    out + "</svg>\n"
+        &lines,
+    )
 }

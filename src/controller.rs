@@ -19,14 +19,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::Writer;
 use crate::cache::{Cache, Stored};
-use crate::children::managed_selector;
+use crate::children::shard_selector;
 use crate::crd::VecodexSet;
 use crate::events::Recorder;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
 use crate::reconcile::{Context, Report, Stores, reconcile};
-use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager, WorkGuard};
+use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager, WorkGuard, shard_of};
 use crate::validate::Limits;
 
 #[derive(Debug, Clone)]
@@ -302,12 +302,23 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
 /// the first time (most often the echo of our own create) and the initial list just need the
 /// set's status refreshed: they wait at low priority, behind real changes, and a set whose
 /// three Deployments become ready one after another is then refreshed once, not three times.
+/// The first list of a shard's watch queues nothing: the shard's sets are all queued once its
+/// caches have listed; a later re-list (after a watch error) queues the owners it shows.
 fn classify_children<K: Resource<DynamicType = ()>>()
 -> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
     // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
     let mut managed: HashMap<u64, u64> = HashMap::new();
+    let mut listed = false;
     move |event| {
         let (child, priority, trigger) = match &event {
+            Event::InitApply(c) if !listed => {
+                managed.insert(uid_key(c), c.digest);
+                return None;
+            }
+            Event::InitDone => {
+                listed = true;
+                return None;
+            }
             Event::Apply(c) => {
                 let before = managed.insert(uid_key(c), c.digest);
                 if before.is_some_and(|b| b != c.digest) {
@@ -324,7 +335,7 @@ fn classify_children<K: Resource<DynamicType = ()>>()
                 managed.insert(uid_key(c), c.digest);
                 (c, Priority::Low, Trigger::InitialList)
             }
-            Event::Init | Event::InitDone => return None,
+            Event::Init => return None,
         };
         Some(Enqueue {
             key: child.controller_key()?,
@@ -389,11 +400,6 @@ pub async fn run(
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
-    // Small list pages: a page is held whole, typed and with managedFields, while it is
-    // turned into stored objects; at 500 objects a page that is tens of MiB per watch, the
-    // largest part of a replica's peak memory when it starts on a full cluster.
-    let sets = watcher::Config::default().page_size(LIST_PAGE);
-    let children = sets.clone().labels(&managed_selector());
     let feed = Feed {
         client: &client,
         watched: &watched,
@@ -401,35 +407,25 @@ pub async fn run(
         gate: &gate,
         shutdown: &shutdown,
     };
-    let stores = Stores {
-        sets: feed.watch(
+    // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
+    let stores = Stores::new(
+        feed.watch(
             &mut tasks,
             watcher::Config::default(),
             Stored::new,
             classify_sets,
         ),
-        deployments: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
-        services: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
-        config_maps: feed.watch(&mut tasks, children.clone(), Stored::new, classify_children),
-        ingresses: feed.watch(&mut tasks, children, Stored::new, classify_children),
-    };
-    // Reconciling before every cache is filled would re-create children that merely have
-    // not been listed yet.
-    info!("waiting for caches to sync");
-    let synced = async {
-        stores.sets.wait_until_ready().await?;
-        stores.deployments.wait_until_ready().await?;
-        stores.services.wait_until_ready().await?;
-        stores.config_maps.wait_until_ready().await?;
-        stores.ingresses.wait_until_ready().await
-    };
+        config.sharding.shards,
+    );
+    // A shard can be taken only once the set cache can tell which sets it holds.
+    info!("waiting for the set cache to sync");
     tokio::select! {
         _ = shutdown.cancelled() => { tasks.shutdown().await; return Ok(()) }
-        r = synced => r?,
+        r = stores.sets.wait_until_ready() => r?,
     }
     info!(
         sets = stores.sets.len(),
-        "caches synced; starting {} workers", config.concurrency
+        "set cache synced; starting {} workers", config.concurrency
     );
     health.set_ready(true);
     tasks.spawn(resync(
@@ -441,11 +437,15 @@ pub async fn run(
     ));
     tasks.spawn(follow_shards(
         shard_events,
-        stores.clone(),
-        queue.clone(),
-        gate.clone(),
+        ShardWatches {
+            client: client.clone(),
+            watched: watched.clone(),
+            queue: queue.clone(),
+            gate: gate.clone(),
+            stores: stores.clone(),
+            shutdown: shutdown.clone(),
+        },
     ));
-    // Shards are taken only now that the caches can tell which sets a shard holds.
     let release = CancellationToken::new();
     let manager = tokio::spawn(
         ShardManager::new(
@@ -511,41 +511,160 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies shard ownership changes to the queue: a gained shard queues all its sets at low
-/// priority (real changes elsewhere go first), a lost one drops its queued keys. Within each
-/// namespace, sets whose spec changed since their status last said so (most often while the
-/// shard's previous holder was gone) are queued first.
-async fn follow_shards(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
-    stores: Stores,
+/// Starts and stops the child watches of the shards this replica holds.
+struct ShardWatches {
+    client: Client,
+    watched: Vec<Option<String>>,
     queue: Arc<WorkQueue>,
     gate: Arc<ShardGate>,
+    stores: Stores,
+    shutdown: CancellationToken,
+}
+
+impl ShardWatches {
+    /// Starts the child watches of `shard` (only its children, by label; of its namespaces
+    /// when namespaces are listed). Once they have all listed, the shard's sets are queued at
+    /// low priority (real changes elsewhere go first); within each namespace, sets whose spec
+    /// changed since their status last said so (most often while the shard's previous holder
+    /// was gone) go first. Returns what stops the watches.
+    fn start(&self, shard: u32, generation: u64) -> CancellationToken {
+        let stop = self.shutdown.child_token();
+        let config = watcher::Config::default()
+            .page_size(LIST_PAGE)
+            .labels(&shard_selector(shard));
+        let shards = self.stores.shards;
+        let mut listed = Vec::new();
+        for ns in self
+            .watched
+            .iter()
+            .filter(|ns| ns.as_deref().is_none_or(|ns| shard_of(ns, shards) == shard))
+        {
+            let mut watch = |store: Box<dyn Fn() -> BoxReady + Send>| listed.push(store);
+            let s = &self.stores;
+            watch(self.watch(&s.deployments, shard, generation, ns, &config, &stop));
+            watch(self.watch(&s.services, shard, generation, ns, &config, &stop));
+            watch(self.watch(&s.config_maps, shard, generation, ns, &config, &stop));
+            watch(self.watch(&s.ingresses, shard, generation, ns, &config, &stop));
+        }
+        let (stores, queue, gate, until) = (
+            self.stores.clone(),
+            self.queue.clone(),
+            self.gate.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let all_listed = async {
+                for ready in listed {
+                    ready().await;
+                }
+            };
+            tokio::select! {
+                _ = until.cancelled() => return,
+                _ = all_listed => {}
+            }
+            if !stores.mark_synced(shard, generation) {
+                return;
+            }
+            let mut keys: Vec<(bool, String)> = stores
+                .sets
+                .state()
+                .iter()
+                .filter_map(|s| {
+                    let key = s.key()?;
+                    let observed = s
+                        .object()
+                        .and_then(|set| set.status)
+                        .and_then(|st| st.observed_generation);
+                    Some((observed != s.generation, key))
+                })
+                .filter(|(_, k)| gate.shard_of_key(k) == shard)
+                .collect();
+            keys.sort_by_key(|(behind, _)| !behind);
+            info!(
+                shard,
+                sets = keys.len(),
+                "shard's children listed; queueing its sets"
+            );
+            for (_, key) in keys {
+                queue.add(&key, Priority::Low, Trigger::ShardTakeover).await;
+            }
+        });
+        stop
+    }
+
+    /// One reflected child watch of `shard` feeding the queue until `stop`; returns a
+    /// function that waits for its first list.
+    fn watch<K>(
+        &self,
+        cache: &Cache<Stored<K>>,
+        shard: u32,
+        generation: u64,
+        ns: &Option<String>,
+        config: &watcher::Config,
+        stop: &CancellationToken,
+    ) -> Box<dyn Fn() -> BoxReady + Send>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (store, stream) = reflected(
+            api::<K>(&self.client, ns.as_deref()),
+            config.clone(),
+            Stored::new,
+        );
+        tokio::spawn(pump(
+            stream,
+            self.queue.clone(),
+            self.gate.clone(),
+            classify_children::<K>(),
+            stop.clone(),
+        ));
+        cache.insert(shard, generation, ns.clone(), store.clone());
+        Box::new(move || {
+            let store = store.clone();
+            Box::pin(async move {
+                let _ = store.wait_until_ready().await;
+            })
+        })
+    }
+}
+
+type BoxReady = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Applies shard ownership changes: a gained shard starts its child watches (which queue its
+/// sets once listed), a lost one stops them, drops its caches and its queued keys.
+async fn follow_shards(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
+    watches: ShardWatches,
 ) {
+    let mut running: HashMap<u32, (u64, CancellationToken)> = HashMap::new();
+    let mut generation = 0u64;
     while let Some(event) = events.recv().await {
         match event {
             ShardEvent::Gained(shard) => {
-                let mut keys: Vec<(bool, String)> = stores
-                    .sets
-                    .state()
-                    .iter()
-                    .filter_map(|s| {
-                        let key = s.key()?;
-                        let observed = s
-                            .object()
-                            .and_then(|set| set.status)
-                            .and_then(|st| st.observed_generation);
-                        Some((observed != s.generation, key))
-                    })
-                    .filter(|(_, k)| gate.shard_of_key(k) == shard)
-                    .collect();
-                keys.sort_by_key(|(behind, _)| !behind);
-                info!(shard, sets = keys.len(), "shard gained; queueing its sets");
-                for (_, key) in keys {
-                    queue.add(&key, Priority::Low, Trigger::ShardTakeover).await;
+                generation += 1;
+                if let Some((old, stop)) = running.remove(&shard) {
+                    stop.cancel();
+                    watches.stores.drop_shard(shard, old);
                 }
+                watches.stores.start_shard(shard, generation);
+                let stop = watches.start(shard, generation);
+                running.insert(shard, (generation, stop));
             }
             ShardEvent::Lost(shard) => {
-                queue.retain(|k| gate.shard_of_key(k) != shard);
+                if let Some((old, stop)) = running.remove(&shard) {
+                    stop.cancel();
+                    watches.stores.drop_shard(shard, old);
+                }
+                watches
+                    .queue
+                    .retain(|k| watches.gate.shard_of_key(k) != shard);
             }
         }
     }
@@ -626,6 +745,7 @@ async fn work(
     let (outcome, result_label) = match &result {
         None => ("cancelled: shard lost".to_owned(), "cancelled"),
         Some(Ok(Report::Gone)) => ("gone".to_owned(), "gone"),
+        Some(Ok(Report::NotSynced)) => ("shard's caches not listed yet".to_owned(), "not_synced"),
         Some(Ok(Report::Invalid)) => ("invalid".to_owned(), "invalid"),
         Some(Ok(Report::Applied {
             writes: 0,
@@ -664,6 +784,7 @@ async fn work(
                         status_patched: false,
                         ..
                     } => debug!("no change"),
+                    Report::NotSynced => debug!("the shard's children are still being listed"),
                     Report::Invalid => {
                         span.record("otel.status_code", "ERROR");
                         span.record("otel.status_message", "invalid spec");
@@ -748,10 +869,16 @@ mod tests {
             },
         ]);
         let mut classify = classify_children();
-        let listed = classify(Event::InitApply(Stored::new(cm.clone()))).unwrap();
+        assert!(
+            classify(Event::InitApply(Stored::new(cm.clone()))).is_none(),
+            "the first list queues nothing: the shard's sets are queued once it is done"
+        );
+        assert!(classify(Event::InitDone).is_none());
+        let relisted = classify(Event::InitApply(Stored::new(cm.clone()))).unwrap();
         assert_eq!(
-            (listed.key.as_str(), listed.priority),
-            ("t/s", Priority::Low)
+            (relisted.key.as_str(), relisted.priority, relisted.trigger),
+            ("t/s", Priority::Low, Trigger::InitialList),
+            "a re-list after a watch error queues the owner"
         );
         cm.metadata.resource_version = Some("2".into());
         assert_eq!(

@@ -27,7 +27,8 @@ use crate::events::{EventType, Recorder};
 use crate::status::{DeploymentState, Outcome, summarize};
 use crate::validate::{Limits, validate};
 
-/// The caches the reconcile reads instead of the API server.
+/// The caches the reconcile reads instead of the API server. The child caches hold only
+/// the shards this replica serves (see `cache`).
 #[derive(Clone)]
 pub struct Stores {
     pub sets: Cache<Stored<VecodexSet>>,
@@ -35,6 +36,65 @@ pub struct Stores {
     pub services: Cache<Stored<Service>>,
     pub config_maps: Cache<Stored<ConfigMap>>,
     pub ingresses: Cache<Stored<Ingress>>,
+    pub shards: u32,
+    /// Shards whose child watches run here: (which start of them, whether they have listed).
+    shard_caches: Arc<Mutex<HashMap<u32, (u64, bool)>>>,
+}
+
+impl Stores {
+    pub fn new(sets: Cache<Stored<VecodexSet>>, shards: u32) -> Self {
+        Stores {
+            sets,
+            deployments: Cache::sharded(shards),
+            services: Cache::sharded(shards),
+            config_maps: Cache::sharded(shards),
+            ingresses: Cache::sharded(shards),
+            shards,
+            shard_caches: Arc::default(),
+        }
+    }
+
+    fn shard_caches(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, bool)>> {
+        self.shard_caches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the child caches of `shard` have listed.
+    pub fn children_synced(&self, shard: u32) -> bool {
+        self.shard_caches()
+            .get(&shard)
+            .is_some_and(|(_, listed)| *listed)
+    }
+
+    /// The child watches of `shard` start, as its `generation`-th start.
+    pub fn start_shard(&self, shard: u32, generation: u64) {
+        self.shard_caches().insert(shard, (generation, false));
+    }
+
+    /// The child watches of `shard` started as `generation` have listed; false if they have
+    /// been stopped since.
+    pub fn mark_synced(&self, shard: u32, generation: u64) -> bool {
+        match self.shard_caches().get_mut(&shard) {
+            Some((g, listed)) if *g == generation => {
+                *listed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the child caches of `shard` that the start `generation` of its watches added.
+    pub fn drop_shard(&self, shard: u32, generation: u64) {
+        {
+            let mut caches = self.shard_caches();
+            if caches.get(&shard).is_some_and(|(g, _)| *g == generation) {
+                caches.remove(&shard);
+            }
+        }
+        self.deployments.remove(shard, generation);
+        self.services.remove(shard, generation);
+        self.config_maps.remove(shard, generation);
+        self.ingresses.remove(shard, generation);
+    }
 }
 
 pub struct Context {
@@ -121,6 +181,19 @@ pub enum Error {
     Timeout(Duration),
 }
 
+impl Error {
+    /// For `map_err`: a request to `verb` the `kind` `name` failed.
+    fn write(verb: &'static str, kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        move |source| Error::Write {
+            verb,
+            kind,
+            name,
+            source,
+        }
+    }
+}
+
 /// What a reconcile did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -128,6 +201,9 @@ pub enum Report {
     Gone,
     /// The spec is invalid; nothing was changed.
     Invalid,
+    /// The child caches of the set's shard have not listed yet; the set is queued again when
+    /// they have.
+    NotSynced,
     /// Children are as desired; `writes` counts the child writes this reconcile needed.
     /// `status_after`: the status is written by another reconcile that long from now.
     Applied {
@@ -161,6 +237,12 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         return Ok(Report::Gone);
     }
+    // Until the shard's child caches have listed, every child would look missing. The shard's
+    // sets are all queued once they have.
+    let shard = crate::shard::shard_of(ns, ctx.stores.shards);
+    if !ctx.stores.children_synced(shard) {
+        return Ok(Report::NotSynced);
+    }
     let span = tracing::Span::current();
     span.record("vecodex.set.uid", set.metadata.uid.as_deref().unwrap_or(""));
     span.record(
@@ -184,7 +266,8 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         return Ok(Report::Invalid);
     }
 
-    let desired = children::build(&set)?;
+    let mut desired = children::build(&set)?;
+    desired.label_shard(shard);
     // With this generation already applied, a change can only put back what someone else
     // changed or deleted: the Event then says "Restored" instead of "Applied".
     let changed =
@@ -406,12 +489,7 @@ where
             .writer
             .get_metadata_opt::<K>(&ns, &name)
             .await
-            .map_err(|source| Error::Write {
-                verb: "read",
-                kind: kind.clone(),
-                name: name.clone(),
-                source,
-            })?;
+            .map_err(Error::write("read", &kind, &name))?;
         if let Some(existing) = existing
             && !existing.owner_references.iter().flatten().any(|o| {
                 o.controller == Some(true)
@@ -425,12 +503,7 @@ where
         .writer
         .apply(desired, live.is_none())
         .await
-        .map_err(|source| Error::Write {
-            verb: "apply",
-            kind: kind.clone(),
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(Error::write("apply", &kind, &name))?;
     ctx.recent.record(recent_key, seen, digest);
     debug!(kind, name, created = live.is_none(), "applied");
     let change = Change {
@@ -466,12 +539,7 @@ where
     ctx.writer
         .delete::<K>(ns, name, live.uid().map(str::to_owned))
         .await
-        .map_err(|source| Error::Write {
-            verb: "delete",
-            kind: kind.clone(),
-            name: name.to_owned(),
-            source,
-        })?;
+        .map_err(Error::write("delete", &kind, name))?;
     changes.push(Change {
         verb: "deleted",
         kind,
@@ -532,12 +600,7 @@ async fn write_status(
     ctx.writer
         .apply_status::<VecodexSet, _>(&ns, &set_name, &status)
         .await
-        .map_err(|source| Error::Write {
-            verb: "apply status of",
-            kind: "VecodexSet".to_owned(),
-            name: set_name,
-            source,
-        })?;
+        .map_err(Error::write("apply status of", "VecodexSet", &set_name))?;
     ctx.recent.record(recent_key, seen, digest);
     Ok(true)
 }

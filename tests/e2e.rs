@@ -768,7 +768,7 @@ async fn sigterm_stops_the_operator_cleanly() {
     wait_for("the second operator to sync", WAIT, || async {
         std::fs::read_to_string(&log)
             .ok()?
-            .contains("caches synced")
+            .contains("set cache synced")
             .then_some(())
     })
     .await;

@@ -114,7 +114,7 @@ async fn converged_sets_cost_no_writes() {
     // Exactly the test's own three patches, nothing from the operator.
     assert_eq!(
         delta,
-        ["PATCH services/: 1", "PATCH vecodexsets/: 2"],
+        ["PATCH services: 1", "PATCH vecodexsets: 2"],
         "write requests during steady state"
     );
     assert_eq!(

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{client, namespace, seed_example, wait_for};
@@ -20,18 +20,9 @@ use vecodex_operator::crd::VecodexSet;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn rotel_binary() -> PathBuf {
-    let cached = std::env::var("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/vecodex-operator/tools/bin/rotel-agent"))
-        .unwrap_or_default();
-    if cached.exists() {
-        return cached;
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| PathBuf::from(d).join("rotel-agent"))
-        .find(|p| p.exists())
-        .expect("rotel-agent not found: run deploy/local/tools.sh (fetches it from the PyPI wheel rotel==0.0.1a15)")
+    common::shared::rotel_agent().expect(
+        "rotel-agent not found: run deploy/local/tools.sh (fetches it from the PyPI wheel rotel==0.0.1a15)",
+    )
 }
 
 fn free_port() -> u16 {
@@ -56,40 +47,14 @@ impl Collector {
             .open(&out)
             .unwrap();
         let dir = out.parent().unwrap().to_path_buf();
-        let child = Command::new(rotel_binary())
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &format!("127.0.0.1:{grpc}"),
-            ])
-            .args([
-                "--otlp-http-endpoint",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args([
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "traces",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .arg("--pid-file")
-            .arg(dir.join(format!("rotel-{grpc}.pid")))
-            .arg("--log-file")
-            .arg(dir.join(format!("rotel-{grpc}.log")))
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start rotel-agent");
-        // Wait until it listens.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child =
+            common::shared::rotel_command(&rotel_binary(), grpc, free_port(), "detailed", &dir)
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start rotel-agent");
+        common::shared::wait_listening(grpc);
         Collector { child, out }
     }
 
@@ -294,6 +259,12 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
     wait_for("the operator to hold every shard", WAIT, || async {
         let (_, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
         (samples.get("vecodex_operator_shards_held")?.first()?.1 == 16.0).then_some(())
+    })
+    .await;
+    // ... and has listed every shard's children (until then a new set waits for its shard).
+    wait_for("every shard's children listed", WAIT, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.matches("shard's children listed").count() >= 16).then_some(())
     })
     .await;
 

@@ -35,9 +35,18 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 /// Pod-template annotation that changes with the rendered config, so a config change rolls pods.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "vecodex.link/config-checksum";
+/// The shard of a child's namespace (`--shards` of the operator that applied it): each
+/// replica watches only the children of the shards it holds. On the child only, never on a
+/// pod template, so a change of the shard count relabels children without rolling pods.
+pub const LABEL_SHARD: &str = "vecodex.link/shard";
 /// Label selector matching every child the operator creates.
 pub fn managed_selector() -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+/// Label selector matching the children of one shard.
+pub fn shard_selector(shard: u32) -> String {
+    format!("{},{LABEL_SHARD}={shard}", managed_selector())
 }
 
 /// Labels a user may not set through `podLabels`: they form the immutable selectors.
@@ -136,6 +145,24 @@ pub struct Desired {
     pub services: Vec<Service>,
     pub deployments: Vec<Deployment>,
     pub ingress: Option<Ingress>,
+}
+
+impl Desired {
+    /// Labels every child with its shard (see [`LABEL_SHARD`]).
+    pub fn label_shard(&mut self, shard: u32) {
+        let metas = self
+            .config_maps
+            .iter_mut()
+            .map(|c| &mut c.metadata)
+            .chain(self.services.iter_mut().map(|s| &mut s.metadata))
+            .chain(self.deployments.iter_mut().map(|d| &mut d.metadata))
+            .chain(self.ingress.iter_mut().map(|i| &mut i.metadata));
+        for meta in metas {
+            meta.labels
+                .get_or_insert_with(Default::default)
+                .insert(LABEL_SHARD.to_owned(), shard.to_string());
+        }
+    }
 }
 
 /// Names of the children a set may have; those not desired now are pruned.

@@ -5,9 +5,10 @@
 
 pub mod fleet;
 pub mod proxy;
+#[path = "../../loadtest/shared.rs"]
+pub mod shared;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -233,7 +234,10 @@ where
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                operator_log_summary()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -253,50 +257,43 @@ pub fn seed_example(namespace: &str, name: &str) -> serde_json::Value {
 pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<String, f64> {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(req).await.expect("apiserver /metrics");
-    let mut counts = std::collections::BTreeMap::new();
-    for line in BufReader::new(text.as_bytes())
-        .lines()
-        .map_while(Result::ok)
-    {
-        if !line.starts_with("apiserver_request_total{") {
-            continue;
-        }
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let verb = label("verb");
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE"
-        ) {
-            continue;
-        }
-        let resource = label("resource");
-        let subresource = label("subresource");
-        // The deployment controller keeps writing deployments/status without a kubelet.
-        // Events are counted by their reporting controller instead (other components write
-        // them too).
-        let ours = matches!(
-            resource.as_str(),
-            "deployments" | "services" | "configmaps" | "ingresses" | "vecodexsets"
-        ) && !(resource == "deployments" && subresource == "status");
-        if !ours {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *counts
-            .entry(format!("{verb} {resource}/{subresource}"))
-            .or_insert(0.0) += value;
+    shared::apiserver_requests(&text)
+        .into_iter()
+        .filter(|(key, _)| {
+            let resource = key.split_once(' ').map_or("", |(_, r)| r);
+            // The deployment controller keeps writing deployments/status without a kubelet.
+            // Events are counted by their reporting controller instead (other components
+            // write them too).
+            shared::is_write(key)
+                && matches!(
+                    resource.split('/').next(),
+                    Some("deployments" | "services" | "configmaps" | "ingresses" | "vecodexsets")
+                )
+                && resource != "deployments/status"
+        })
+        .collect()
+}
+
+/// The shared operator's warnings, errors and shard changes (the last 40), for a failure
+/// message; empty when this test binary did not start it.
+fn operator_log_summary() -> String {
+    if OPERATOR.get().is_none() {
+        return String::new();
     }
-    counts
+    let log = operator_log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || (l.contains("shard") && !l.contains("reconcile{"))
+        })
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(40)..];
+    format!(
+        "\nshared operator's log (warnings, errors, shards; last 40):\n{}",
+        tail.join("\n")
+    )
 }
 
 /// The operator log of this test binary.

@@ -1,0 +1,88 @@
+//! What the load test and the integration tests share (the tests include this file with
+//! `#[path]`): reading the API server's request counters, and starting the rotel collector.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// `apiserver_request_total` from the API server's `/metrics` text, summed by
+/// `"VERB resource"` or `"VERB resource/subresource"`.
+pub fn apiserver_requests(metrics: &str) -> BTreeMap<String, f64> {
+    let mut by_kind = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (resource, sub) = (label("resource"), label("subresource"));
+        let key = if sub.is_empty() {
+            format!("{} {resource}", label("verb"))
+        } else {
+            format!("{} {resource}/{sub}", label("verb"))
+        };
+        let n = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        *by_kind.entry(key).or_insert(0.0) += n;
+    }
+    by_kind
+}
+
+/// Whether a `"VERB resource[/sub]"` key of [`apiserver_requests`] is a write.
+pub fn is_write(key: &str) -> bool {
+    matches!(
+        key.split(' ').next(),
+        Some("POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE")
+    )
+}
+
+/// The `rotel-agent` binary: the tools cache of `deploy/local/tools.sh`, else `PATH`.
+pub fn rotel_agent() -> Option<PathBuf> {
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/vecodex-operator/tools/bin/rotel-agent"))
+        .filter(|p| p.exists());
+    cached.or_else(|| {
+        std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| PathBuf::from(d).join("rotel-agent"))
+            .find(|p| p.exists())
+    })
+}
+
+/// A `rotel-agent start` command: OTLP over gRPC on `grpc` (and HTTP on `http`), spans
+/// printed at `verbosity` (`basic` or `detailed`) and otherwise dropped; its pid file and
+/// own log in `dir`.
+pub fn rotel_command(agent: &Path, grpc: u16, http: u16, verbosity: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(agent);
+    cmd.args(["start", "--otlp-grpc-endpoint"])
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--otlp-http-endpoint")
+        .arg(format!("127.0.0.1:{http}"))
+        .args(["--exporter", "blackhole", "--debug-log", "traces"])
+        .args(["--debug-log-verbosity", verbosity])
+        .arg("--pid-file")
+        .arg(dir.join(format!("rotel-{grpc}.pid")))
+        .arg("--log-file")
+        .arg(dir.join(format!("rotel-{grpc}.log")));
+    cmd
+}
+
+/// Waits up to 5 s until something listens on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
