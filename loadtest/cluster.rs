@@ -77,6 +77,25 @@ impl LocalCluster {
             .collect()
     }
 
+    /// Waits until the control plane uses less than 0.15 cores over 5 s (at most `max`), so
+    /// a phase is not charged for the work an earlier one left behind (the endpoint and
+    /// garbage-collector controllers run behind the writes that feed them). Returns how
+    /// long it waited.
+    pub async fn wait_quiet(&self, max: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let total = |m: &serde_json::Map<String, serde_json::Value>| -> f64 {
+            m.values().filter_map(serde_json::Value::as_f64).sum()
+        };
+        while started.elapsed() < max {
+            let before = total(&self.cpu_seconds());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if (total(&self.cpu_seconds()) - before) / 5.0 < 0.15 {
+                break;
+            }
+        }
+        started.elapsed()
+    }
+
     pub fn down(&self) {
         let _ = Command::new("bash")
             .arg(repo_root().join("deploy/local/cluster.sh"))

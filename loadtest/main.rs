@@ -480,6 +480,7 @@ async fn fresh_cold_start(
         let kubelet = kubelet::start(client.clone());
         let tracker = Tracker::start(&client);
         cluster::create_sets(&client, sets, namespaces, spec).await?;
+        cluster.wait_quiet(Duration::from_secs(120)).await;
         let requests_before = cluster::requests(&client).await?;
         let kubeconfig = cluster.kubeconfig();
         let opts = args.replica_options(&kubeconfig, otlp);
@@ -706,6 +707,8 @@ async fn main_cluster(
     cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
     cluster::create_namespaces(&client, &["flood".to_owned()]).await?;
     cluster::create_set(&client, "flood", "flooded", spec.clone()).await?;
+    let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
+    eprintln!("loadtest: control plane quiet after {waited:?}");
     let requests_before = cluster::requests(&client).await?;
     let opts = args.replica_options(&kubeconfig, None);
     let cpu_before = cluster.cpu_seconds();
