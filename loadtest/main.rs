@@ -22,9 +22,8 @@ use clap::Parser;
 use cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -103,97 +102,100 @@ fn is_tenant(ns: &str) -> bool {
     ns.ends_with("-tenant")
 }
 
-/// Scenario 2: a plain client applies the same children for `sets` sets at `concurrency`,
-/// one set's children after another, plus a stand-in for the status write (a ConfigMap that
-/// also owns the children, as the set owns the operator's).
-async fn limit(
-    cluster: &LocalCluster,
-    client: &Client,
-    args: &Args,
-    spec: &VecodexSetSpec,
-) -> anyhow::Result<Value> {
-    let namespaces: Vec<String> = (0..args.namespaces.min(args.sets).max(1))
-        .map(|i| cluster::namespace_name("limit", i))
-        .collect();
-    cluster::create_namespaces(client, &namespaces).await?;
-    let cpu_before = cluster.cpu_seconds();
-    let requests_before = cluster::requests(client).await?;
-    let started = Instant::now();
-    let params = PatchParams::apply("vecodex-loadtest-plain").force();
-    futures::stream::iter(0..args.sets)
-        .map(|i| {
-            let client = client.clone();
-            let ns = namespaces[i % namespaces.len()].clone();
-            let spec = spec.clone();
-            let params = params.clone();
-            async move {
-                let mut set = VecodexSet::new(&format!("plain-{i}"), spec);
-                set.metadata.namespace = Some(ns.clone());
-                set.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
-                // The stand-in for the set's status goes first: it also stands in for the
-                // set as the children's owner, so the garbage collector tracks the same
-                // owner references as it does for the operator's children.
-                let status: ConfigMap = serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": format!("plain-{i}-status"), "labels": {"loadtest": "plain"}},
-                    "data": {"observedGeneration": "1"}
-                }))?;
-                let owner = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                    .patch(&status.name_any(), &params, &Patch::Apply(&status))
-                    .await?;
-                let owner_ref = OwnerReference {
-                    api_version: "v1".to_owned(),
-                    kind: "ConfigMap".to_owned(),
-                    name: owner.name_any(),
-                    uid: owner.uid().unwrap_or_default(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                };
-                let mut desired = children::build(&set)?;
-                // Not labelled as the operator's (its watches must not cache them).
-                for meta in desired
-                    .deployments
-                    .iter_mut()
-                    .map(|d| &mut d.metadata)
-                    .chain(desired.services.iter_mut().map(|s| &mut s.metadata))
-                    .chain(desired.ingress.iter_mut().map(|i| &mut i.metadata))
-                {
-                    meta.owner_references = Some(vec![owner_ref.clone()]);
-                    meta.labels = Some([("loadtest".to_owned(), "plain".to_owned())].into());
-                }
-                for svc in &desired.services {
-                    Api::<Service>::namespaced(client.clone(), &ns)
-                        .patch(&svc.name_any(), &params, &Patch::Apply(svc))
-                        .await?;
-                }
-                for d in &desired.deployments {
-                    Api::<Deployment>::namespaced(client.clone(), &ns)
-                        .patch(&d.name_any(), &params, &Patch::Apply(d))
-                        .await?;
-                }
-                if let Some(ing) = &desired.ingress {
-                    Api::<Ingress>::namespaced(client.clone(), &ns)
-                        .patch(&ing.name_any(), &params, &Patch::Apply(ing))
-                        .await?;
-                }
-                Ok::<_, anyhow::Error>(())
+/// Scenario 2, on a control plane of its own: the same sets exist (created before the clock
+/// starts, as for the cold start), and a plain client server-side applies, for each, exactly
+/// the children the operator would (its builders; owned by the set, so the garbage collector
+/// does the same work) and writes the set's status, one set's requests after another,
+/// `concurrency` sets at once. A control plane of its own, so that the controllers' backlog of
+/// this phase (the garbage collector and the endpoint controllers run behind the writes) does
+/// not land on the operator's cold start.
+async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
+    eprintln!("loadtest: limit: fresh control plane, {} sets", args.sets);
+    let cluster = LocalCluster::up()?;
+    let result = async {
+        let client = cluster::client_for(&cluster.kubeconfig()).await?;
+        cluster::install_crd(&client).await?;
+        let kubelet = kubelet::start(client.clone());
+        cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
+        // Every set, page by page (10,000 are more than one page).
+        let mut sets: Vec<VecodexSet> = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let lp = kube::api::ListParams {
+                limit: Some(500),
+                continue_token: token.take(),
+                ..Default::default()
+            };
+            let page = Api::<VecodexSet>::all(client.clone()).list(&lp).await?;
+            sets.extend(page.items);
+            match page.metadata.continue_.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => break,
             }
-        })
-        .buffer_unordered(args.concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
-    let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
-    Ok(json!({
-        "sets": args.sets,
-        "seconds": secs,
-        "sets_per_second": args.sets as f64 / secs,
-        "writes_per_set": 8,
-        "requests": cluster::requests_delta(&requests_before, &cluster::requests(client).await?),
-        "control_plane_cpu_seconds": cpu,
-        "cpu_seconds_per_set": per_set,
-    }))
+        }
+        let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
+        eprintln!("loadtest: limit: control plane quiet after {waited:?}");
+        let cpu_before = cluster.cpu_seconds();
+        let requests_before = cluster::requests(&client).await?;
+        let started = Instant::now();
+        let params = PatchParams::apply("vecodex-loadtest-plain").force();
+        let shards = args.shards;
+        futures::stream::iter(sets)
+            .map(|set| {
+                let client = client.clone();
+                let params = params.clone();
+                async move {
+                    let ns = set.namespace().unwrap_or_default();
+                    let mut desired = children::build(&set)?;
+                    desired.label_shard(vecodex_operator::shard::shard_of(&ns, shards));
+                    for svc in &desired.services {
+                        Api::<Service>::namespaced(client.clone(), &ns)
+                            .patch(&svc.name_any(), &params, &Patch::Apply(svc))
+                            .await?;
+                    }
+                    for d in &desired.deployments {
+                        Api::<Deployment>::namespaced(client.clone(), &ns)
+                            .patch(&d.name_any(), &params, &Patch::Apply(d))
+                            .await?;
+                    }
+                    if let Some(ing) = &desired.ingress {
+                        Api::<Ingress>::namespaced(client.clone(), &ns)
+                            .patch(&ing.name_any(), &params, &Patch::Apply(ing))
+                            .await?;
+                    }
+                    let status = json!({
+                        "apiVersion": "apps.vecodex.link/v1alpha1", "kind": "VecodexSet",
+                        "metadata": {"name": set.name_any()},
+                        "status": {"observedGeneration": set.metadata.generation},
+                    });
+                    Api::<VecodexSet>::namespaced(client.clone(), &ns)
+                        .patch_status(&set.name_any(), &params, &Patch::Apply(&status))
+                        .await?;
+                    Ok::<_, anyhow::Error>(())
+                }
+            })
+            .buffer_unordered(args.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+        let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
+        let requests =
+            cluster::requests_delta(&requests_before, &cluster::requests(&client).await?);
+        kubelet.abort();
+        Ok(json!({
+            "sets": args.sets,
+            "seconds": secs,
+            "sets_per_second": args.sets as f64 / secs,
+            "writes_per_set": 8,
+            "requests": requests,
+            "control_plane_cpu_seconds": cpu,
+            "cpu_seconds_per_set": per_set,
+        }))
+    }
+    .await;
+    cluster.down();
+    result
 }
 
 /// Spec updates: each changes a set's searcher replicas to a value it did not have, so its
@@ -700,7 +702,7 @@ async fn main_cluster(
     let tracker = Tracker::start(&client);
 
     // 2. The API server's write limit for the same objects at the same concurrency.
-    let limit = limit(cluster, &client, args, spec).await?;
+    let limit = limit(args, spec).await?;
     eprintln!("loadtest: limit: {limit}");
 
     // 1. Cold start, and 5. a tenant flooding its set meanwhile.
