@@ -592,8 +592,12 @@ async fn main() -> anyhow::Result<()> {
         args.sets, args.namespaces, args.replicas, args.shards, args.concurrency
     );
 
+    // 2. The API server's write limit for the same work, on a control plane of its own that
+    // is gone before the main one starts.
+    let limit = limit(&args, &spec).await?;
+    eprintln!("loadtest: limit: {limit}");
     let main = LocalCluster::up()?;
-    let outcome = main_cluster(&args, &spec, &main).await;
+    let outcome = main_cluster(&args, &spec, &main, limit).await;
     main.down();
     let MainRun {
         mut results,
@@ -694,16 +698,13 @@ async fn main_cluster(
     args: &Args,
     spec: &VecodexSetSpec,
     cluster: &LocalCluster,
+    limit: Value,
 ) -> anyhow::Result<MainRun> {
     let kubeconfig = cluster.kubeconfig();
     let client = cluster::client_for(&kubeconfig).await?;
     cluster::install_crd(&client).await?;
     let kubelet = kubelet::start(client.clone());
     let tracker = Tracker::start(&client);
-
-    // 2. The API server's write limit for the same objects at the same concurrency.
-    let limit = limit(args, spec).await?;
-    eprintln!("loadtest: limit: {limit}");
 
     // 1. Cold start, and 5. a tenant flooding its set meanwhile.
     cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
