@@ -182,13 +182,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// For `map_err`: a request to `verb` the `kind` `name` failed.
-    fn write(verb: &'static str, kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
-        let (kind, name) = (kind.to_owned(), name.to_owned());
-        move |source| Error::Write {
+    /// A request to `verb` the `kind` `name` failed. Called only on failure: the strings are
+    /// not copied on the reconcile's success path.
+    fn write(verb: &'static str, kind: &str, name: &str, source: kube::Error) -> Error {
+        Error::Write {
             verb,
-            kind,
-            name,
+            kind: kind.to_owned(),
+            name: name.to_owned(),
             source,
         }
     }
@@ -489,7 +489,7 @@ where
             .writer
             .get_metadata_opt::<K>(&ns, &name)
             .await
-            .map_err(Error::write("read", &kind, &name))?;
+            .map_err(|e| Error::write("read", &kind, &name, e))?;
         if let Some(existing) = existing
             && !existing.owner_references.iter().flatten().any(|o| {
                 o.controller == Some(true)
@@ -503,7 +503,7 @@ where
         .writer
         .apply(desired, live.is_none())
         .await
-        .map_err(Error::write("apply", &kind, &name))?;
+        .map_err(|e| Error::write("apply", &kind, &name, e))?;
     ctx.recent.record(recent_key, seen, digest);
     debug!(kind, name, created = live.is_none(), "applied");
     let change = Change {
@@ -539,7 +539,7 @@ where
     ctx.writer
         .delete::<K>(ns, name, live.uid().map(str::to_owned))
         .await
-        .map_err(Error::write("delete", &kind, name))?;
+        .map_err(|e| Error::write("delete", &kind, name, e))?;
     changes.push(Change {
         verb: "deleted",
         kind,
@@ -600,7 +600,7 @@ async fn write_status(
     ctx.writer
         .apply_status::<VecodexSet, _>(&ns, &set_name, &status)
         .await
-        .map_err(Error::write("apply status of", "VecodexSet", &set_name))?;
+        .map_err(|e| Error::write("apply status of", "VecodexSet", &set_name, e))?;
     ctx.recent.record(recent_key, seen, digest);
     Ok(true)
 }
