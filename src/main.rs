@@ -280,23 +280,25 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
     result
 }
 
-/// Parses `90s`, `30m`, `1h` or a plain number of seconds.
+/// Parses `1500ms`, `90s`, `30m`, `1h` or a plain number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unit must be s, m or h")),
-    };
-    if secs == 0 {
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 90s, 30m or 1h"))?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    }
+    .ok_or_else(|| format!("{s:?} is too long"))?;
+    if millis == 0 {
         return Err("the duration must be positive".to_owned());
     }
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_millis(millis))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
@@ -314,4 +316,30 @@ async fn signal_handler(shutdown: CancellationToken) {
         _ = int.recv() => info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_their_units() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "0s",
+            "0ms",
+            "s",
+            "1.5s",
+            "10d",
+            "-1s",
+            "99999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} is rejected");
+        }
+    }
 }
