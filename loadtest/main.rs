@@ -25,7 +25,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use track::{Tracker, percentile};
@@ -55,6 +55,15 @@ struct Args {
     /// How long the churn scenario runs.
     #[arg(long, default_value_t = 30)]
     churn_seconds: u64,
+    /// Lower churn rates, run before --churn-rate, each for --churn-seconds, by the operator
+    /// and by the plain client: the highest rate this machine sustains with p99 <= 1 s.
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0])]
+    churn_sweep: Vec<f64>,
+    /// Updates per second during the failover scenario. Default: the highest churn rate the
+    /// operator kept within a p99 of 1 s in this run (else the lowest rate measured), so that
+    /// the scenario measures the failover and not a backlog the machine cannot absorb.
+    #[arg(long)]
+    failover_churn_rate: Option<f64>,
     /// How long the idle scenario measures.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
@@ -79,6 +88,13 @@ struct Args {
 }
 
 impl Args {
+    /// The churn rates measured, in order: the sweep's, then --churn-rate.
+    fn churn_rates(&self) -> Vec<f64> {
+        let mut rates = self.churn_sweep.clone();
+        rates.push(self.churn_rate);
+        rates
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds)
     }
@@ -138,7 +154,7 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
         let cpu_before = cluster.cpu_seconds();
         let requests_before = cluster::requests(&client).await?;
         let started = Instant::now();
-        let params = PatchParams::apply("vecodex-loadtest-plain").force();
+        let params = PatchParams::apply(PLAIN_MANAGER).force();
         let shards = args.shards;
         futures::stream::iter(sets)
             .map(|set| {
@@ -182,6 +198,25 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
         let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
         let requests =
             cluster::requests_delta(&requests_before, &cluster::requests(&client).await?);
+
+        // The churn limit: the same updates at the same rates, each followed at once by the
+        // writes the operator makes for it.
+        let tracker = Tracker::start(&client);
+        tracker
+            .wait_converged(args.sets, is_tenant, args.timeout())
+            .await?;
+        cluster.wait_quiet(Duration::from_secs(120)).await;
+        let churn = Churner::plain(&client, shards)
+            .sweep(
+                &cluster,
+                &client,
+                &tracker,
+                args,
+                &args.churn_rates(),
+                "plain-churn",
+            )
+            .await;
+        tracker.stop();
         kubelet.abort();
         Ok(json!({
             "sets": args.sets,
@@ -191,6 +226,7 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
             "requests": requests,
             "control_plane_cpu_seconds": cpu,
             "cpu_seconds_per_set": per_set,
+            "churn": churn,
         }))
     }
     .await;
@@ -198,15 +234,88 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
     result
 }
 
+/// The plain client's field manager and Event reporter.
+const PLAIN_MANAGER: &str = "vecodex-loadtest-plain";
+
 /// Spec updates: each changes a set's searcher replicas to a value it did not have, so its
 /// Deployment shows when the update is applied.
 #[derive(Default)]
 struct Churner {
     current: HashMap<String, i32>,
     n: usize,
+    /// With no operator: the plain client makes the update's writes itself.
+    plain: Option<PlainReconciler>,
+}
+
+/// What the plain client does for each of its churn updates, right after the update (no
+/// watch, no queue, no concurrency limit): exactly the writes the operator makes for it, the
+/// changed Deployment's apply, the set's status and a Normal Event through the operator's
+/// own recorder. The kubelet simulator adds the Deployment's status on both sides.
+#[derive(Clone)]
+struct PlainReconciler {
+    client: Client,
+    writer: vecodex_operator::api::Writer,
+    recorder: std::sync::Arc<vecodex_operator::events::Recorder>,
+    shards: u32,
+}
+
+impl PlainReconciler {
+    fn new(client: &Client, shards: u32) -> Self {
+        PlainReconciler {
+            client: client.clone(),
+            writer: vecodex_operator::api::Writer::new(client.clone()),
+            recorder: std::sync::Arc::new(vecodex_operator::events::Recorder::new(
+                PLAIN_MANAGER,
+                None,
+            )),
+            shards,
+        }
+    }
+
+    async fn reconcile(&self, set: &VecodexSet, deployment: &str) -> anyhow::Result<()> {
+        let ns = set.namespace().unwrap_or_default();
+        let mut desired = children::build(set)?;
+        desired.label_shard(vecodex_operator::shard::shard_of(&ns, self.shards));
+        let d = desired
+            .deployments
+            .iter()
+            .find(|d| d.name_any() == deployment)
+            .context("no such Deployment among the set's children")?;
+        // The same field manager as the children's first apply in the limit.
+        let params = PatchParams::apply(PLAIN_MANAGER).force();
+        Api::<Deployment>::namespaced(self.client.clone(), &ns)
+            .patch(deployment, &params, &Patch::Apply(d))
+            .await?;
+        let status = json!({
+            "apiVersion": "apps.vecodex.link/v1alpha1", "kind": "VecodexSet",
+            "metadata": {"name": set.name_any()},
+            "status": {"observedGeneration": set.metadata.generation},
+        });
+        Api::<VecodexSet>::namespaced(self.client.clone(), &ns)
+            .patch_status(&set.name_any(), &params, &Patch::Apply(&status))
+            .await?;
+        self.recorder
+            .publish(
+                &self.writer,
+                &set.object_ref(&()),
+                vecodex_operator::events::EventType::Normal,
+                "Applied",
+                format!("updated Deployment {deployment}"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 impl Churner {
+    fn plain(client: &Client, shards: u32) -> Self {
+        Churner {
+            plain: Some(PlainReconciler::new(client, shards)),
+            ..Churner::default()
+        }
+    }
+
     /// Sends one update to `ns/name` (without waiting for the answer) and expects it.
     fn update(
         &mut self,
@@ -214,7 +323,7 @@ impl Churner {
         tracker: &Tracker,
         ns: &str,
         name: &str,
-        scenario: &'static str,
+        scenario: &str,
     ) -> tokio::task::JoinHandle<bool> {
         let key = format!("{ns}/{name}");
         // The seed example's searchers have 3 replicas.
@@ -226,12 +335,26 @@ impl Churner {
         let api: Api<VecodexSet> = Api::namespaced(client.clone(), ns);
         let tracker = tracker.clone();
         let name = name.to_owned();
+        let plain = self.plain.clone();
         tokio::spawn(async move {
             let patch = json!({"spec": {"searcher": {"replicas": want}}});
-            let sent = api
+            let sent = match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .is_ok();
+            {
+                Ok(set) => match &plain {
+                    Some(plain) => {
+                        let child = format!("{name}-searcher");
+                        let done = plain.reconcile(&set, &child).await;
+                        if let Err(e) = &done {
+                            eprintln!("loadtest: plain client: {deployment}: {e:#}");
+                        }
+                        done.is_ok()
+                    }
+                    None => true,
+                },
+                Err(_) => false,
+            };
             if !sent {
                 tracker.forget(&deployment);
             }
@@ -239,18 +362,19 @@ impl Churner {
         })
     }
 
-    /// `rate` updates per second across the sets for `seconds`; returns how many got through.
+    /// `rate` updates per second across the first `sets` sets for `seconds`; returns how many
+    /// got through.
     async fn run(
         &mut self,
         client: &Client,
         tracker: &Tracker,
         args: &Args,
-        scenario: &'static str,
+        rate: f64,
+        scenario: &str,
         seconds: f64,
     ) -> usize {
-        let total = (args.churn_rate * seconds) as usize;
-        let mut tick =
-            tokio::time::interval(Duration::from_secs_f64(1.0 / args.churn_rate.max(0.1)));
+        let total = (rate * seconds) as usize;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
         let mut sent = Vec::with_capacity(total);
         for _ in 0..total {
             tick.tick().await;
@@ -265,6 +389,78 @@ impl Churner {
         }
         ok
     }
+
+    /// The churn scenario at each of `rates` in turn, each for `--churn-seconds` and named
+    /// `{prefix}-{rate}`, waiting for every update to land and the control plane to calm
+    /// down in between: each rate's latency summary.
+    async fn sweep(
+        &mut self,
+        cluster: &LocalCluster,
+        client: &Client,
+        tracker: &Tracker,
+        args: &Args,
+        rates: &[f64],
+        prefix: &str,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        for &rate in rates {
+            let scenario = format!("{prefix}-{rate}");
+            let cpu_before = cluster.cpu_seconds();
+            let sent = self
+                .run(
+                    client,
+                    tracker,
+                    args,
+                    rate,
+                    &scenario,
+                    args.churn_seconds as f64,
+                )
+                .await;
+            let lost = settle(tracker, &scenario, Duration::from_secs(60)).await;
+            let mut summary = latency_summary(tracker, &scenario, sent, &lost);
+            summary["rate_per_second"] = json!(rate);
+            summary["seconds"] = json!(args.churn_seconds);
+            summary["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+            eprintln!("loadtest: {scenario}: {summary}");
+            out.push(summary);
+            cluster.wait_quiet(Duration::from_secs(60)).await;
+        }
+        out
+    }
+}
+
+/// The operator's churn latencies against the plain client's, rate by rate, and the highest
+/// rate each kept within a p99 of 1 s.
+fn churn_limit(operator: &[Value], plain: &Value) -> Value {
+    let plain = plain.as_array().cloned().unwrap_or_default();
+    let p99 = |v: &Value| v["p99_seconds"].as_f64().unwrap_or(f64::INFINITY);
+    let highest = |runs: &mut dyn Iterator<Item = &Value>| {
+        runs.filter(|v| p99(v) <= 1.0)
+            .filter_map(|v| v["rate_per_second"].as_f64())
+            .fold(0.0, f64::max)
+    };
+    let rates: Vec<Value> = operator
+        .iter()
+        .zip(&plain)
+        .map(|(o, p)| {
+            json!({
+                "rate_per_second": o["rate_per_second"],
+                "operator_p99_seconds": o["p99_seconds"],
+                "plain_p99_seconds": p["p99_seconds"],
+                "operator_p50_seconds": o["p50_seconds"],
+                "plain_p50_seconds": p["p50_seconds"],
+                "operator_control_plane_cpu_seconds": o["control_plane_cpu_seconds"]["total"],
+                "plain_control_plane_cpu_seconds": p["control_plane_cpu_seconds"]["total"],
+            })
+        })
+        .collect();
+    json!({
+        "rates": rates,
+        "operator_highest_rate_within_p99_1s": highest(&mut operator.iter()),
+        "plain_highest_rate_within_p99_1s": highest(&mut plain.iter()),
+        "operator": operator,
+        "plain": plain,
+    })
 }
 
 /// Waits up to `limit` for a scenario's updates to land; returns those that did not.
@@ -443,14 +639,24 @@ async fn failover(
     churner: &mut Churner,
     replicas: &mut [Replica],
     args: &Args,
+    rate: f64,
 ) -> anyhow::Result<Value> {
     let before = 5.0_f64.min(args.churn_seconds as f64);
-    let mut sent = churner.run(client, tracker, args, "failover", before).await;
+    let mut sent = churner
+        .run(client, tracker, args, rate, "failover", before)
+        .await;
     let victim = replicas[0].identity.clone();
     replicas[0].kill("-KILL");
     let killed = Instant::now();
     sent += churner
-        .run(client, tracker, args, "failover", args.lease_seconds as f64)
+        .run(
+            client,
+            tracker,
+            args,
+            rate,
+            "failover",
+            args.lease_seconds as f64,
+        )
         .await;
     tracker
         .wait_converged(args.sets, is_tenant, args.timeout())
@@ -459,6 +665,7 @@ async fn failover(
     let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
     let mut result = latency_summary(tracker, "failover", sent, &lost);
     result["killed"] = json!(victim);
+    result["churn_rate_per_second"] = json!(rate);
     result["lease_seconds"] = json!(args.lease_seconds);
     result["converged_after_kill_seconds"] = json!(recovered);
     Ok(result)
@@ -671,9 +878,19 @@ async fn main() -> anyhow::Result<()> {
             results["idle"]
         );
     }
-    for s in ["churn", "flood", "failover"] {
-        if results[s]["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
-            bail!("{s}: updates were lost: {}", results[s]);
+    let sweeps = ["operator", "plain"].iter().flat_map(|side| {
+        results["churn_limit"][side]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    });
+    for (s, v) in ["churn", "flood", "failover"]
+        .iter()
+        .map(|s| (s.to_string(), results[s].clone()))
+        .chain(sweeps.map(|v| (format!("churn limit at {}/s", v["rate_per_second"]), v)))
+    {
+        if v["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
+            bail!("{s}: updates were lost: {v}");
         }
     }
     if results["replica_exits"]
@@ -749,19 +966,49 @@ async fn main_cluster(
                 .unwrap_or(f64::INFINITY)
     );
 
-    // 4. Churn.
+    // 4. Churn: the sweep's lower rates, then the bar's.
     let mut churner = Churner::default();
+    let mut operator_churn = churner
+        .sweep(cluster, &client, &tracker, args, &args.churn_sweep, "churn")
+        .await;
     let cpu_before = cluster.cpu_seconds();
     let sent = churner
-        .run(&client, &tracker, args, "churn", args.churn_seconds as f64)
+        .run(
+            &client,
+            &tracker,
+            args,
+            args.churn_rate,
+            "churn",
+            args.churn_seconds as f64,
+        )
         .await;
     let lost = settle(&tracker, "churn", Duration::from_secs(60)).await;
     let mut churn = latency_summary(&tracker, "churn", sent, &lost);
     churn["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+    churn["rate_per_second"] = json!(args.churn_rate);
+    churn["seconds"] = json!(args.churn_seconds);
     eprintln!("loadtest: churn: {churn}");
+    operator_churn.push(churn.clone());
+    let churn_limit = churn_limit(&operator_churn, &limit["churn"]);
+    let failover_rate = args.failover_churn_rate.unwrap_or_else(|| {
+        let sustained = churn_limit["operator_highest_rate_within_p99_1s"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
+        if sustained > 0.0 { sustained } else { lowest }
+    });
+    cluster.wait_quiet(Duration::from_secs(60)).await;
 
     // 6. Failover; the killed replica comes back before the idle measurement.
-    let failover = failover(&client, &tracker, &mut churner, &mut replicas, args).await?;
+    let failover = failover(
+        &client,
+        &tracker,
+        &mut churner,
+        &mut replicas,
+        args,
+        failover_rate,
+    )
+    .await?;
     eprintln!("loadtest: failover: {failover}");
     replicas[0] = Replica::start(
         &opts,
@@ -797,11 +1044,18 @@ async fn main_cluster(
     tracker.stop();
     kubelet.abort();
 
-    churn["rate_per_second"] = json!(args.churn_rate);
-    churn["seconds"] = json!(args.churn_seconds);
-    let latencies = ["churn", "flood", "failover"]
+    let mut scenarios: Vec<String> = args
+        .churn_sweep
         .iter()
-        .map(|s| ((*s).to_owned(), tracker.latencies(s)))
+        .map(|rate| format!("churn-{rate}"))
+        .collect();
+    scenarios.extend(["churn", "flood", "failover"].map(String::from));
+    let latencies = scenarios
+        .into_iter()
+        .map(|s| {
+            let l = tracker.latencies(&s);
+            (s, l)
+        })
         .collect();
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -819,6 +1073,7 @@ async fn main_cluster(
             "sets": args.sets, "namespaces": args.namespaces, "replicas": args.replicas,
             "shards": args.shards, "concurrency": args.concurrency,
             "churn_rate": args.churn_rate, "churn_seconds": args.churn_seconds,
+            "churn_sweep": args.churn_sweep, "failover_churn_rate": failover_rate,
             "idle_seconds": args.idle_seconds, "lease_seconds": args.lease_seconds,
             "scale_sets": args.scale_sets.unwrap_or(args.sets),
             "sampling_ratio": args.sampling_ratio,
@@ -828,6 +1083,7 @@ async fn main_cluster(
         "converge_to_limit_ratio": ratio,
         "flood": flood,
         "churn": churn,
+        "churn_limit": churn_limit,
         "failover": failover,
         "idle": {"seconds": args.idle_seconds, "write_requests": idle_writes, "write_requests_per_minute": idle_per_minute},
         "whole_run_per_replica": whole_run,
@@ -875,7 +1131,10 @@ fn bars(r: &Value, args: &Args) -> Value {
         ),
         bar("tenant under flood p99 (s)", "<= 2", flood, flood <= 2.0),
         bar(
-            "failover: converged after kill (s)",
+            &format!(
+                "failover under {}/s churn: converged after kill (s)",
+                r["failover"]["churn_rate_per_second"]
+            ),
             &format!("<= lease + 5 = {failover_bar}"),
             failover,
             failover <= failover_bar,
@@ -941,10 +1200,24 @@ fn summary(r: &Value, args: &Args) {
             v["not_applied_within_60s"]
         );
     }
+    for row in r["churn_limit"]["rates"].as_array().into_iter().flatten() {
+        println!(
+            "churn limit   | {}/s: p99 operator {:.3} s, plain client {:.3} s",
+            row["rate_per_second"],
+            f(&row["operator_p99_seconds"]),
+            f(&row["plain_p99_seconds"])
+        );
+    }
     println!(
-        "failover      | converged {:.1} s after kill -9 (lease {} s)",
+        "churn limit   | highest rate with p99 <= 1 s: operator {}/s, plain client {}/s",
+        r["churn_limit"]["operator_highest_rate_within_p99_1s"],
+        r["churn_limit"]["plain_highest_rate_within_p99_1s"]
+    );
+    println!(
+        "failover      | converged {:.1} s after kill -9 (lease {} s, churn {}/s)",
         f(&r["failover"]["converged_after_kill_seconds"]),
-        args.lease_seconds
+        args.lease_seconds,
+        r["failover"]["churn_rate_per_second"]
     );
     println!(
         "idle          | {:.1} write requests/min",

@@ -31,9 +31,9 @@ struct State {
     /// owner uid -> children
     children: HashMap<String, usize>,
     /// ns/deployment -> (wanted replicas, since, scenario)
-    pending: HashMap<String, (i32, Instant, &'static str)>,
+    pending: HashMap<String, (i32, Instant, String)>,
     /// scenario -> latencies (s)
-    latencies: BTreeMap<&'static str, Vec<f64>>,
+    latencies: BTreeMap<String, Vec<f64>>,
 }
 
 #[derive(Clone, Default)]
@@ -164,10 +164,9 @@ impl Tracker {
         let k = key(d.meta());
         let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         let mut state = self.lock();
-        if let Some((want, since, scenario)) = state.pending.get(&k).copied()
-            && replicas == Some(want)
+        if state.pending.get(&k).is_some_and(|p| replicas == Some(p.0))
+            && let Some((_, since, scenario)) = state.pending.remove(&k)
         {
-            state.pending.remove(&k);
             state
                 .latencies
                 .entry(scenario)
@@ -178,10 +177,11 @@ impl Tracker {
 
     /// Expects `deployment` (ns/name) to get `replicas`; recorded before the request is sent,
     /// because the operator can be faster than our own response.
-    pub fn expect(&self, deployment: &str, replicas: i32, scenario: &'static str) {
-        self.lock()
-            .pending
-            .insert(deployment.to_owned(), (replicas, Instant::now(), scenario));
+    pub fn expect(&self, deployment: &str, replicas: i32, scenario: &str) {
+        self.lock().pending.insert(
+            deployment.to_owned(),
+            (replicas, Instant::now(), scenario.to_owned()),
+        );
     }
 
     /// The request failed: nothing to wait for.

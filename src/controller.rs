@@ -380,8 +380,30 @@ async fn resync(
     }
 }
 
+/// A set found when its shard's children are listed, in the order such sets are queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Takeover {
+    /// Its status observed an older generation: changed while no one held the shard.
+    Behind,
+    NeverReconciled,
+    UpToDate,
+}
+
 /// Objects per list page of the initial lists and re-lists.
 const LIST_PAGE: u32 = 100;
+
+/// How the caches list: from the API server's watch cache (resourceVersion 0), not by a
+/// quorum read from etcd. Labels are not indexed in etcd: a quorum list of one shard's
+/// children reads and decodes every object of the kind, page after page, and filters them in
+/// the API server, so taking over a dead replica's five shards cost twenty scans of every
+/// Deployment, Service and Ingress on an API server that was busy already. From the watch
+/// cache it is an in-memory filter. The watch that follows starts at the list's version, so
+/// nothing is missed; the list may be a moment behind etcd, as every watch event is.
+fn list_config() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .page_size(LIST_PAGE)
+}
 
 /// Runs the operator until `shutdown` is cancelled, then drains in-flight reconciles.
 pub async fn run(
@@ -409,12 +431,7 @@ pub async fn run(
     };
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
-        feed.watch(
-            &mut tasks,
-            watcher::Config::default(),
-            Stored::new,
-            classify_sets,
-        ),
+        feed.watch(&mut tasks, list_config(), Stored::new, classify_sets),
         config.sharding.shards,
     );
     // A shard can be taken only once the set cache can tell which sets it holds.
@@ -529,9 +546,7 @@ impl ShardWatches {
     /// was gone) go first. Returns what stops the watches.
     fn start(&self, shard: u32, generation: u64) -> CancellationToken {
         let stop = self.shutdown.child_token();
-        let config = watcher::Config::default()
-            .page_size(LIST_PAGE)
-            .labels(&shard_selector(shard));
+        let config = list_config().labels(&shard_selector(shard));
         let shards = self.stores.shards;
         let mut listed = Vec::new();
         for ns in self
@@ -565,28 +580,42 @@ impl ShardWatches {
             if !stores.mark_synced(shard, generation) {
                 return;
             }
-            let mut keys: Vec<(bool, String)> = stores
+            // Sets whose spec changed after a status was written (updated while the shard
+            // had no holder) go first, at the priority of any spec change. Sets never
+            // reconciled come next but stay low, as after any initial list: at a cold
+            // start, thousands of them must not queue ahead of a tenant's change. The rest
+            // are checks for drift. Only this shard's sets are decoded.
+            let mut keys: Vec<(Takeover, String)> = stores
                 .sets
                 .state()
                 .iter()
                 .filter_map(|s| {
-                    let key = s.key()?;
+                    let key = s.key().filter(|k| gate.shard_of_key(k) == shard)?;
                     let observed = s
                         .object()
                         .and_then(|set| set.status)
                         .and_then(|st| st.observed_generation);
-                    Some((observed != s.generation, key))
+                    let state = match observed {
+                        None => Takeover::NeverReconciled,
+                        Some(g) if Some(g) != s.generation => Takeover::Behind,
+                        Some(_) => Takeover::UpToDate,
+                    };
+                    Some((state, key))
                 })
-                .filter(|(_, k)| gate.shard_of_key(k) == shard)
                 .collect();
-            keys.sort_by_key(|(behind, _)| !behind);
+            keys.sort_by_key(|(state, _)| *state);
             info!(
                 shard,
                 sets = keys.len(),
+                behind = keys.iter().filter(|(s, _)| *s == Takeover::Behind).count(),
                 "shard's children listed; queueing its sets"
             );
-            for (_, key) in keys {
-                queue.add(&key, Priority::Low, Trigger::ShardTakeover).await;
+            for (state, key) in keys {
+                let priority = match state {
+                    Takeover::Behind => Priority::Normal,
+                    _ => Priority::Low,
+                };
+                queue.add(&key, priority, Trigger::ShardTakeover).await;
             }
         });
         stop

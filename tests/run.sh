@@ -32,7 +32,7 @@ if [ "$status" -eq 0 ]; then
   echo "== load-test smoke run (every scenario briefly: 100 sets, 2 replicas), so the tool never rots"
   cargo run --locked --quiet --bin vecodex-loadtest -- \
     --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
-    --churn-rate 5 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
+    --churn-rate 5 --churn-sweep 2 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
     --out target/loadtest-smoke \
     || status=$?
 fi

@@ -54,7 +54,7 @@ impl Default for QueueConfig {
 pub enum Priority {
     /// Initial list, resync, shard takeover: work that no one is waiting for.
     Low = 0,
-    /// A create, a spec change, a child's drift.
+    /// A create, a spec change (also one a shard takeover finds unapplied), a child's drift.
     Normal = 1,
 }
 
