@@ -132,6 +132,9 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
         let client = cluster::client_for(&cluster.kubeconfig()).await?;
         cluster::install_crd(&client).await?;
         let kubelet = kubelet::start(client.clone());
+        // Watching as on the main control plane, so that both sides pay for the same
+        // watchers (the tracker's watches of every set, child and Deployment).
+        let tracker = Tracker::start(&client);
         cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
         // Every set, page by page (10,000 are more than one page).
         let mut sets: Vec<VecodexSet> = Vec::new();
@@ -201,7 +204,6 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
 
         // The churn limit: the same updates at the same rates, each followed at once by the
         // writes the operator makes for it.
-        let tracker = Tracker::start(&client);
         tracker
             .wait_converged(args.sets, is_tenant, args.timeout())
             .await?;
@@ -406,6 +408,7 @@ impl Churner {
         for &rate in rates {
             let scenario = format!("{prefix}-{rate}");
             let cpu_before = cluster.cpu_seconds();
+            let requests_before = cluster::requests(client).await.unwrap_or_default();
             let sent = self
                 .run(
                     client,
@@ -421,6 +424,10 @@ impl Churner {
             summary["rate_per_second"] = json!(rate);
             summary["seconds"] = json!(args.churn_seconds);
             summary["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+            // Every request until the updates landed, by verb and resource: what an update
+            // costs each side.
+            let requests = cluster::requests(client).await.unwrap_or_default();
+            summary["requests"] = json!(cluster::requests_delta(&requests_before, &requests));
             eprintln!("loadtest: {scenario}: {summary}");
             out.push(summary);
             cluster.wait_quiet(Duration::from_secs(60)).await;
@@ -968,27 +975,17 @@ async fn main_cluster(
 
     // 4. Churn: the sweep's lower rates, then the bar's.
     let mut churner = Churner::default();
-    let mut operator_churn = churner
-        .sweep(cluster, &client, &tracker, args, &args.churn_sweep, "churn")
-        .await;
-    let cpu_before = cluster.cpu_seconds();
-    let sent = churner
-        .run(
+    let operator_churn = churner
+        .sweep(
+            cluster,
             &client,
             &tracker,
             args,
-            args.churn_rate,
+            &args.churn_rates(),
             "churn",
-            args.churn_seconds as f64,
         )
         .await;
-    let lost = settle(&tracker, "churn", Duration::from_secs(60)).await;
-    let mut churn = latency_summary(&tracker, "churn", sent, &lost);
-    churn["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
-    churn["rate_per_second"] = json!(args.churn_rate);
-    churn["seconds"] = json!(args.churn_seconds);
-    eprintln!("loadtest: churn: {churn}");
-    operator_churn.push(churn.clone());
+    let churn = operator_churn.last().cloned().unwrap_or_default();
     let churn_limit = churn_limit(&operator_churn, &limit["churn"]);
     let failover_rate = args.failover_churn_rate.unwrap_or_else(|| {
         let sustained = churn_limit["operator_highest_rate_within_p99_1s"]
@@ -997,7 +994,6 @@ async fn main_cluster(
         let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
         if sustained > 0.0 { sustained } else { lowest }
     });
-    cluster.wait_quiet(Duration::from_secs(60)).await;
 
     // 6. Failover; the killed replica comes back before the idle measurement.
     let failover = failover(
@@ -1045,11 +1041,11 @@ async fn main_cluster(
     kubelet.abort();
 
     let mut scenarios: Vec<String> = args
-        .churn_sweep
+        .churn_rates()
         .iter()
         .map(|rate| format!("churn-{rate}"))
         .collect();
-    scenarios.extend(["churn", "flood", "failover"].map(String::from));
+    scenarios.extend(["flood", "failover"].map(String::from));
     let latencies = scenarios
         .into_iter()
         .map(|s| {

@@ -539,12 +539,13 @@ struct ShardWatches {
 }
 
 impl ShardWatches {
-    /// Starts the child watches of `shard` (only its children, by label; of its namespaces
-    /// when namespaces are listed). Once they have all listed, the shard's sets are queued at
-    /// low priority (real changes elsewhere go first); within each namespace, sets whose spec
-    /// changed since their status last said so (most often while the shard's previous holder
-    /// was gone) go first. Returns what stops the watches.
+    /// Registers `shard`'s caches and starts its child watches (only its children, by label;
+    /// of its namespaces when namespaces are listed). Once they have all listed, the shard's
+    /// sets are queued: those changed while the shard had no holder at the priority of a spec
+    /// change, the rest at low priority (real changes elsewhere go first). Returns what stops
+    /// the watches.
     fn start(&self, shard: u32, generation: u64) -> CancellationToken {
+        self.stores.start_shard(shard, generation);
         let stop = self.shutdown.child_token();
         let config = list_config().labels(&shard_selector(shard));
         let shards = self.stores.shards;
@@ -554,12 +555,13 @@ impl ShardWatches {
             .iter()
             .filter(|ns| ns.as_deref().is_none_or(|ns| shard_of(ns, shards) == shard))
         {
-            let mut watch = |store: Box<dyn Fn() -> BoxReady + Send>| listed.push(store);
             let s = &self.stores;
-            watch(self.watch(&s.deployments, shard, generation, ns, &config, &stop));
-            watch(self.watch(&s.services, shard, generation, ns, &config, &stop));
-            watch(self.watch(&s.config_maps, shard, generation, ns, &config, &stop));
-            watch(self.watch(&s.ingresses, shard, generation, ns, &config, &stop));
+            listed.extend([
+                self.watch(&s.deployments, shard, generation, ns, &config, &stop),
+                self.watch(&s.services, shard, generation, ns, &config, &stop),
+                self.watch(&s.config_maps, shard, generation, ns, &config, &stop),
+                self.watch(&s.ingresses, shard, generation, ns, &config, &stop),
+            ]);
         }
         let (stores, queue, gate, until) = (
             self.stores.clone(),
@@ -568,14 +570,9 @@ impl ShardWatches {
             stop.clone(),
         );
         tokio::spawn(async move {
-            let all_listed = async {
-                for ready in listed {
-                    ready().await;
-                }
-            };
             tokio::select! {
                 _ = until.cancelled() => return,
-                _ = all_listed => {}
+                _ = futures::future::join_all(listed) => {}
             }
             if !stores.mark_synced(shard, generation) {
                 return;
@@ -621,8 +618,8 @@ impl ShardWatches {
         stop
     }
 
-    /// One reflected child watch of `shard` feeding the queue until `stop`; returns a
-    /// function that waits for its first list.
+    /// One reflected child watch of `shard` feeding the queue until `stop`; returns what
+    /// waits for its first list.
     fn watch<K>(
         &self,
         cache: &Cache<Stored<K>>,
@@ -631,7 +628,7 @@ impl ShardWatches {
         ns: &Option<String>,
         config: &watcher::Config,
         stop: &CancellationToken,
-    ) -> Box<dyn Fn() -> BoxReady + Send>
+    ) -> BoxReady
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -655,11 +652,8 @@ impl ShardWatches {
             stop.clone(),
         ));
         cache.insert(shard, generation, ns.clone(), store.clone());
-        Box::new(move || {
-            let store = store.clone();
-            Box::pin(async move {
-                let _ = store.wait_until_ready().await;
-            })
+        Box::pin(async move {
+            let _ = store.wait_until_ready().await;
         })
     }
 }
@@ -682,7 +676,6 @@ async fn follow_shards(
                     stop.cancel();
                     watches.stores.drop_shard(shard, old);
                 }
-                watches.stores.start_shard(shard, generation);
                 let stop = watches.start(shard, generation);
                 running.insert(shard, (generation, stop));
             }
