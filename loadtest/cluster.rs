@@ -34,12 +34,19 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts one without kube-controller-manager's deployment and replicaset controllers:
     /// the kubelet simulator writes Deployment status instead, so no ReplicaSets or Pods are
-    /// created (there is no scheduler or kubelet to run them anyway).
+    /// created (there is no scheduler or kubelet to run them anyway). Without pods the
+    /// endpoint controllers have nothing to publish, but they would still create an Endpoints
+    /// and an EndpointSlice per Service at the controller-manager's 20 requests/s: at 30,000
+    /// Services a backlog of half an hour, which landed on whatever scenario came next. So
+    /// they are off too.
     pub fn up() -> anyhow::Result<LocalCluster> {
         let out = Command::new("bash")
             .arg(repo_root().join("deploy/local/cluster.sh"))
             .args(["up", "--owner-pid", &std::process::id().to_string()])
-            .env("VECODEX_KCM_CONTROLLERS", "*,-deployment,-replicaset")
+            .env(
+                "VECODEX_KCM_CONTROLLERS",
+                "*,-deployment,-replicaset,-endpoint,-endpointslice,-endpointslicemirroring",
+            )
             .stderr(Stdio::inherit())
             .output()
             .context("run deploy/local/cluster.sh")?;
