@@ -21,9 +21,6 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -157,41 +154,12 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
         let cpu_before = cluster.cpu_seconds();
         let requests_before = cluster::requests(&client).await?;
         let started = Instant::now();
-        let params = PatchParams::apply(PLAIN_MANAGER).force();
         let shards = args.shards;
+        let plain = PlainReconciler::new(&client, shards);
         futures::stream::iter(sets)
             .map(|set| {
-                let client = client.clone();
-                let params = params.clone();
-                async move {
-                    let ns = set.namespace().unwrap_or_default();
-                    let mut desired = children::build(&set)?;
-                    desired.label_shard(vecodex_operator::shard::shard_of(&ns, shards));
-                    for svc in &desired.services {
-                        Api::<Service>::namespaced(client.clone(), &ns)
-                            .patch(&svc.name_any(), &params, &Patch::Apply(svc))
-                            .await?;
-                    }
-                    for d in &desired.deployments {
-                        Api::<Deployment>::namespaced(client.clone(), &ns)
-                            .patch(&d.name_any(), &params, &Patch::Apply(d))
-                            .await?;
-                    }
-                    if let Some(ing) = &desired.ingress {
-                        Api::<Ingress>::namespaced(client.clone(), &ns)
-                            .patch(&ing.name_any(), &params, &Patch::Apply(ing))
-                            .await?;
-                    }
-                    let status = json!({
-                        "apiVersion": "apps.vecodex.link/v1alpha1", "kind": "VecodexSet",
-                        "metadata": {"name": set.name_any()},
-                        "status": {"observedGeneration": set.metadata.generation},
-                    });
-                    Api::<VecodexSet>::namespaced(client.clone(), &ns)
-                        .patch_status(&set.name_any(), &params, &Patch::Apply(&status))
-                        .await?;
-                    Ok::<_, anyhow::Error>(())
-                }
+                let plain = plain.clone();
+                async move { plain.create(&set).await }
             })
             .buffer_unordered(args.concurrency)
             .try_collect::<Vec<()>>()
@@ -274,28 +242,73 @@ impl PlainReconciler {
         }
     }
 
-    async fn reconcile(&self, set: &VecodexSet, deployment: &str) -> anyhow::Result<()> {
+    /// The set's children as the operator builds them, labelled with their shard.
+    fn desired(&self, set: &VecodexSet) -> anyhow::Result<children::Desired> {
         let ns = set.namespace().unwrap_or_default();
         let mut desired = children::build(set)?;
         desired.label_shard(vecodex_operator::shard::shard_of(&ns, self.shards));
-        let d = desired
-            .deployments
-            .iter()
-            .find(|d| d.name_any() == deployment)
-            .context("no such Deployment among the set's children")?;
-        // The same field manager as the children's first apply in the limit.
-        let params = PatchParams::apply(PLAIN_MANAGER).force();
-        Api::<Deployment>::namespaced(self.client.clone(), &ns)
-            .patch(deployment, &params, &Patch::Apply(d))
+        Ok(desired)
+    }
+
+    async fn apply<K>(&self, obj: &K) -> anyhow::Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        Api::<K>::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
+            .patch(
+                &obj.name_any(),
+                &PatchParams::apply(PLAIN_MANAGER).force(),
+                &Patch::Apply(obj),
+            )
             .await?;
+        Ok(())
+    }
+
+    async fn apply_status(&self, set: &VecodexSet) -> anyhow::Result<()> {
         let status = json!({
             "apiVersion": "apps.vecodex.link/v1alpha1", "kind": "VecodexSet",
             "metadata": {"name": set.name_any()},
             "status": {"observedGeneration": set.metadata.generation},
         });
-        Api::<VecodexSet>::namespaced(self.client.clone(), &ns)
-            .patch_status(&set.name_any(), &params, &Patch::Apply(&status))
+        Api::<VecodexSet>::namespaced(self.client.clone(), &set.namespace().unwrap_or_default())
+            .patch_status(
+                &set.name_any(),
+                &PatchParams::apply(PLAIN_MANAGER).force(),
+                &Patch::Apply(&status),
+            )
             .await?;
+        Ok(())
+    }
+
+    /// The limit's work for one set: every child, then the status, one request after another.
+    async fn create(&self, set: &VecodexSet) -> anyhow::Result<()> {
+        let desired = self.desired(set)?;
+        for svc in &desired.services {
+            self.apply(svc).await?;
+        }
+        for d in &desired.deployments {
+            self.apply(d).await?;
+        }
+        if let Some(ing) = &desired.ingress {
+            self.apply(ing).await?;
+        }
+        self.apply_status(set).await
+    }
+
+    /// A churn update's writes: the changed Deployment, the status, an Event.
+    async fn reconcile(&self, set: &VecodexSet, deployment: &str) -> anyhow::Result<()> {
+        let desired = self.desired(set)?;
+        let d = desired
+            .deployments
+            .iter()
+            .find(|d| d.name_any() == deployment)
+            .context("no such Deployment among the set's children")?;
+        self.apply(d).await?;
+        self.apply_status(set).await?;
         self.recorder
             .publish(
                 &self.writer,
