@@ -259,41 +259,59 @@ async fn pump<K, S, F>(
 }
 
 /// Set events: a new set or a new generation is a real change (normal priority, ends a
-/// backoff); the initial list and metadata or status updates are low priority.
+/// backoff); the initial list and metadata or status updates are low priority. A re-list
+/// (the watch could not resume, as after an API server restart) is compared with what was
+/// known before it: the sets created or changed while the watch was down are real changes
+/// too, and must not wait behind the rest of the list or out a backoff.
 fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
+    // Generation per key, as of the last event; during a re-list, the next map is built
+    // beside it so that sets deleted meanwhile drop out when the list is done.
     let mut generations: HashMap<String, i64> = HashMap::new();
-    move |event| match event {
-        Event::InitApply(set) => {
-            let key = set.key()?;
-            generations.insert(key.clone(), set.generation.unwrap_or(0));
-            Some(Enqueue {
-                key,
-                priority: Priority::Low,
-                trigger: Trigger::InitialList,
-                cut_backoff: false,
-            })
-        }
-        Event::Apply(set) => {
-            let key = set.key()?;
-            let generation = set.generation.unwrap_or(0);
-            let previous = generations.insert(key.clone(), generation);
-            let (priority, trigger) = match previous {
-                None => (Priority::Normal, Trigger::Create),
-                Some(g) if g != generation => (Priority::Normal, Trigger::SpecChange),
-                Some(_) => (Priority::Low, Trigger::Update),
-            };
-            Some(Enqueue {
-                key,
-                priority,
-                trigger,
-                cut_backoff: priority == Priority::Normal,
-            })
-        }
-        Event::Delete(set) => {
-            generations.remove(&set.key()?);
-            None
-        }
-        Event::Init | Event::InitDone => None,
+    let mut relisting: HashMap<String, i64> = HashMap::new();
+    let mut listed = false;
+    let change = |previous: Option<i64>, generation: i64| match previous {
+        None => (Priority::Normal, Trigger::Create),
+        Some(g) if g != generation => (Priority::Normal, Trigger::SpecChange),
+        Some(_) => (Priority::Low, Trigger::Update),
+    };
+    move |event| {
+        let (key, priority, trigger) = match event {
+            Event::Init => {
+                relisting.clear();
+                return None;
+            }
+            Event::InitApply(set) => {
+                let key = set.key()?;
+                let generation = set.generation.unwrap_or(0);
+                relisting.insert(key.clone(), generation);
+                match change(generations.get(&key).copied(), generation) {
+                    (Priority::Normal, trigger) if listed => (key, Priority::Normal, trigger),
+                    _ => (key, Priority::Low, Trigger::InitialList),
+                }
+            }
+            Event::InitDone => {
+                generations = std::mem::take(&mut relisting);
+                listed = true;
+                return None;
+            }
+            Event::Apply(set) => {
+                let key = set.key()?;
+                let generation = set.generation.unwrap_or(0);
+                let (priority, trigger) =
+                    change(generations.insert(key.clone(), generation), generation);
+                (key, priority, trigger)
+            }
+            Event::Delete(set) => {
+                generations.remove(&set.key()?);
+                return None;
+            }
+        };
+        Some(Enqueue {
+            key,
+            priority,
+            trigger,
+            cut_backoff: priority == Priority::Normal,
+        })
     }
 }
 
@@ -850,11 +868,13 @@ mod tests {
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
         let mut classify = classify_sets();
+        assert!(classify(Event::Init).is_none());
         let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
         assert_eq!(
             (listed.key.as_str(), listed.priority, listed.cut_backoff),
             ("t/s", Priority::Low, false)
         );
+        assert!(classify(Event::InitDone).is_none());
         let echo = classify(Event::Apply(Stored::new(set(1)))).unwrap();
         assert_eq!(
             (echo.priority, echo.cut_backoff),
@@ -873,6 +893,51 @@ mod tests {
             (created.priority, created.cut_backoff),
             (Priority::Normal, true),
             "a new set"
+        );
+    }
+
+    fn named(name: &str, generation: i64) -> Stored<VecodexSet> {
+        let mut set = set(generation);
+        set.metadata.name = Some(name.into());
+        Stored::new(set)
+    }
+
+    #[test]
+    fn a_relist_finds_what_changed_while_the_watch_was_down() {
+        let mut classify = classify_sets();
+        classify(Event::Init);
+        for name in ["same", "edited", "deleted"] {
+            classify(Event::InitApply(named(name, 1)));
+        }
+        classify(Event::InitDone);
+
+        // The watch could not resume: kube-runtime lists again.
+        assert!(classify(Event::Init).is_none());
+        let urgency = |e: Option<super::Enqueue>| {
+            let e = e.unwrap();
+            (e.priority, e.trigger, e.cut_backoff)
+        };
+        assert_eq!(
+            urgency(classify(Event::InitApply(named("same", 1)))),
+            (Priority::Low, Trigger::InitialList, false)
+        );
+        assert_eq!(
+            urgency(classify(Event::InitApply(named("edited", 2)))),
+            (Priority::Normal, Trigger::SpecChange, true)
+        );
+        assert_eq!(
+            urgency(classify(Event::InitApply(named("created", 1)))),
+            (Priority::Normal, Trigger::Create, true)
+        );
+        classify(Event::InitDone);
+        // "deleted" was not in the re-list: if it comes back, it is a new set.
+        assert_eq!(
+            urgency(classify(Event::Apply(named("deleted", 1)))),
+            (Priority::Normal, Trigger::Create, true)
+        );
+        assert_eq!(
+            urgency(classify(Event::Apply(named("edited", 2)))),
+            (Priority::Low, Trigger::Update, false)
         );
     }
 

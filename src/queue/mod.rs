@@ -465,7 +465,11 @@ impl WorkQueue {
         }
     }
 
-    /// Drops queued and waiting keys for which `keep` is false (a shard was lost).
+    /// Drops everything about the keys for which `keep` is false (a shard was lost): queued,
+    /// waiting and dirty keys, and their failure counts. A key's backoff measures its own
+    /// failures; the failures that led to a lost shard (most often the API server not
+    /// answering until the renew deadline) are not the key's, and whichever replica holds the
+    /// shard next starts the key afresh. A replica that wins the shard back does the same.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let mut s = self.lock();
         let dropped: Vec<String> = s.queued.keys().filter(|k| !keep(k)).cloned().collect();
@@ -485,6 +489,7 @@ impl WorkQueue {
             s.timeline.remove(&(at, key));
         }
         s.dirty.retain(|k, _| keep(k));
+        s.failures.retain(|k, _| keep(k));
         self.metrics.depth(&self.config.name, s.queued.len());
     }
 

@@ -173,15 +173,24 @@ async fn namespaces_are_served_in_turn() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retain_drops_queued_and_waiting_keys() {
-    let q = WorkQueue::new(config());
+async fn retain_drops_queued_and_waiting_keys_and_their_failures() {
+    let q = WorkQueue::new(QueueConfig {
+        retry_rate: 0.0,
+        ..config()
+    });
     q.add("lost/a", Priority::Normal, Trigger::Update).await;
     q.add("kept/b", Priority::Normal, Trigger::Update).await;
-    q.retry("lost/c", Priority::Normal);
+    for _ in 0..4 {
+        q.retry("lost/c", Priority::Normal);
+        q.retry("kept/d", Priority::Normal);
+    }
     q.retain(|k| !k.starts_with("lost/"));
     assert_eq!(q.len(), 1);
-    assert_eq!(q.waiting(), 0);
+    assert_eq!(q.waiting(), 1, "kept/d still waits");
     assert_eq!(key(&q).await, "kept/b");
+    // The shard comes back: its keys start their backoff over, the others do not.
+    assert_eq!(q.retry("lost/c", Priority::Normal).as_millis(), 5);
+    assert_eq!(q.retry("kept/d", Priority::Normal).as_millis(), 80);
 }
 
 #[tokio::test(start_paused = true)]

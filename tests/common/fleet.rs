@@ -139,12 +139,21 @@ impl Fleet {
             .map_err(|e| format!("list sets: {e}"))?;
         let mut uids: HashMap<(String, String), String> = HashMap::new();
         let mut spec_replicas: HashMap<(String, String), i64> = HashMap::new();
+        let behind: Vec<(String, String)> = list
+            .items
+            .iter()
+            .filter(|s| s.data["status"]["observedGeneration"] != json!(s.metadata.generation))
+            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+            .collect();
+        if let Some(first) = behind.first() {
+            return Err(format!(
+                "{first:?}: generation not observed ({} sets behind)",
+                behind.len()
+            ));
+        }
         for s in &list.items {
             let v = serde_json::to_value(s).unwrap();
             let key = (s.namespace().unwrap_or_default(), s.name_any());
-            if v["status"]["observedGeneration"] != v["metadata"]["generation"] {
-                return Err(format!("{key:?}: generation not observed"));
-            }
             let want = v["spec"]["searcher"]["replicas"].as_i64().unwrap_or(1);
             if v["status"]["searcher"]["replicas"].as_i64() != Some(want) {
                 return Err(format!("{key:?}: status.searcher.replicas != {want}"));
@@ -379,6 +388,46 @@ pub fn record_leases(client: Client, namespace: &str, group: &str) -> LeaseLog {
     log
 }
 
+/// The last lines each replica logged about the set a failed check names (`("ns", "name")`
+/// at its start), so that a CI failure shows what the operator did with it.
+fn replica_lines_about(problem: &str) -> String {
+    let Some((ns, name)) = problem
+        .strip_prefix("(\"")
+        .and_then(|rest| rest.split_once("\", \""))
+        .and_then(|(ns, rest)| Some((ns, rest.split_once('"')?.0)))
+    else {
+        return String::new();
+    };
+    let needle = format!("key={ns}/{name} ");
+    let mut out = String::new();
+    let Ok(dir) = std::fs::read_dir(&super::cluster().dir) else {
+        return out;
+    };
+    let mut logs: Vec<_> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&needle)).collect();
+        if lines.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n{} about {ns}/{name} (last 8 of {}):",
+            log.display(),
+            lines.len()
+        ));
+        for line in &lines[lines.len().saturating_sub(8)..] {
+            let cut: String = line.chars().take(700).collect();
+            out.push_str(&format!("\n  {cut}"));
+        }
+    }
+    out
+}
+
 /// Panics unless every shard Lease changed hands only after a release or after the old
 /// holder's last renewal was `lease_duration` old. Returns the number of direct takeovers.
 pub fn assert_takeovers_after_expiry(log: &LeaseLog, lease_duration: Duration) -> usize {
@@ -423,7 +472,10 @@ impl Fleet {
                 Err(e) => e,
             };
             if start.elapsed() > timeout {
-                panic!("{what}: not converged after {timeout:?}: {last}");
+                panic!(
+                    "{what}: not converged after {timeout:?}: {last}{}",
+                    replica_lines_about(&last)
+                );
             }
             // What a slow convergence waits for, in the test's output.
             if start.elapsed() >= said + Duration::from_secs(15) {
