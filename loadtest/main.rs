@@ -184,6 +184,7 @@ async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
                 args,
                 &args.churn_rates(),
                 "plain-churn",
+                &[],
             )
             .await;
         tracker.stop();
@@ -407,7 +408,10 @@ impl Churner {
 
     /// The churn scenario at each of `rates` in turn, each for `--churn-seconds` and named
     /// `{prefix}-{rate}`, waiting for every update to land and the control plane to calm
-    /// down in between: each rate's latency summary.
+    /// down in between: each rate's latency summary, with the CPU seconds of the control
+    /// plane, of the `replicas` (none for the plain client) and of this process (the
+    /// churner, the watches that time it, the kubelet simulator and the plain client).
+    #[allow(clippy::too_many_arguments)]
     async fn sweep(
         &mut self,
         cluster: &LocalCluster,
@@ -416,11 +420,21 @@ impl Churner {
         args: &Args,
         rates: &[f64],
         prefix: &str,
+        replicas: &[Replica],
     ) -> Vec<Value> {
         let mut out = Vec::new();
+        let operator_cpu = || -> f64 {
+            replicas
+                .iter()
+                .filter_map(|r| r.stats()["cpu_seconds"].as_f64())
+                .sum()
+        };
+        let own_cpu = || cluster::proc_stats(std::process::id()).map_or(0.0, |(_, cpu)| cpu);
         for &rate in rates {
             let scenario = format!("{prefix}-{rate}");
             let cpu_before = cluster.cpu_seconds();
+            let (operator_before, own_before) = (operator_cpu(), own_cpu());
+            let reconciles_before = reconciles(replicas).await;
             let requests_before = cluster::requests(client).await.unwrap_or_default();
             let sent = self
                 .run(
@@ -437,6 +451,11 @@ impl Churner {
             summary["rate_per_second"] = json!(rate);
             summary["seconds"] = json!(args.churn_seconds);
             summary["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+            summary["loadtest_cpu_seconds"] = json!(own_cpu() - own_before);
+            if !replicas.is_empty() {
+                summary["operator_cpu_seconds"] = json!(operator_cpu() - operator_before);
+                summary["reconciles"] = json!(reconciles(replicas).await - reconciles_before);
+            }
             // Every request until the updates landed, by verb and resource: what an update
             // costs each side.
             let requests = cluster::requests(client).await.unwrap_or_default();
@@ -471,6 +490,10 @@ fn churn_limit(operator: &[Value], plain: &Value) -> Value {
                 "plain_p50_seconds": p["p50_seconds"],
                 "operator_control_plane_cpu_seconds": o["control_plane_cpu_seconds"]["total"],
                 "plain_control_plane_cpu_seconds": p["control_plane_cpu_seconds"]["total"],
+                "operator_cpu_seconds": o["operator_cpu_seconds"],
+                "reconciles": o["reconciles"],
+                "operator_loadtest_cpu_seconds": o["loadtest_cpu_seconds"],
+                "plain_loadtest_cpu_seconds": p["loadtest_cpu_seconds"],
             })
         })
         .collect();
@@ -996,6 +1019,7 @@ async fn main_cluster(
             args,
             &args.churn_rates(),
             "churn",
+            &replicas,
         )
         .await;
     let churn = operator_churn.last().cloned().unwrap_or_default();

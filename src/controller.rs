@@ -546,7 +546,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts and stops the child watches of the shards this replica holds.
+/// Starts and stops the child watches of the shards this replica holds or keeps warm.
+#[derive(Clone)]
 struct ShardWatches {
     client: Client,
     watched: Vec<Option<String>>,
@@ -559,9 +560,8 @@ struct ShardWatches {
 impl ShardWatches {
     /// Registers `shard`'s caches and starts its child watches (only its children, by label;
     /// of its namespaces when namespaces are listed). Once they have all listed, the shard's
-    /// sets are queued: those changed while the shard had no holder at the priority of a spec
-    /// change, the rest at low priority (real changes elsewhere go first). Returns what stops
-    /// the watches.
+    /// sets are queued if it is held by then; a standby shard's sets are queued when it is
+    /// gained (see `follow_shards`). Returns what stops the watches.
     fn start(&self, shard: u32, generation: u64) -> CancellationToken {
         self.stores.start_shard(shard, generation);
         let stop = self.shutdown.child_token();
@@ -581,59 +581,62 @@ impl ShardWatches {
                 self.watch(&s.ingresses, shard, generation, ns, &config, &stop),
             ]);
         }
-        let (stores, queue, gate, until) = (
-            self.stores.clone(),
-            self.queue.clone(),
-            self.gate.clone(),
-            stop.clone(),
-        );
+        let (watches, until) = (self.clone(), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = until.cancelled() => return,
                 _ = futures::future::join_all(listed) => {}
             }
-            if !stores.mark_synced(shard, generation) {
-                return;
-            }
-            // Sets whose spec changed after a status was written (updated while the shard
-            // had no holder) go first, at the priority of any spec change. Sets never
-            // reconciled come next but stay low, as after any initial list: at a cold
-            // start, thousands of them must not queue ahead of a tenant's change. The rest
-            // are checks for drift. Only this shard's sets are decoded.
-            let mut keys: Vec<(Takeover, String)> = stores
-                .sets
-                .state()
-                .iter()
-                .filter_map(|s| {
-                    let key = s.key().filter(|k| gate.shard_of_key(k) == shard)?;
-                    let observed = s
-                        .object()
-                        .and_then(|set| set.status)
-                        .and_then(|st| st.observed_generation);
-                    let state = match observed {
-                        None => Takeover::NeverReconciled,
-                        Some(g) if Some(g) != s.generation => Takeover::Behind,
-                        Some(_) => Takeover::UpToDate,
-                    };
-                    Some((state, key))
-                })
-                .collect();
-            keys.sort_by_key(|(state, _)| *state);
-            info!(
-                shard,
-                sets = keys.len(),
-                behind = keys.iter().filter(|(s, _)| *s == Takeover::Behind).count(),
-                "shard's children listed; queueing its sets"
-            );
-            for (state, key) in keys {
-                let priority = match state {
-                    Takeover::Behind => Priority::Normal,
-                    _ => Priority::Low,
-                };
-                queue.add(&key, priority, Trigger::ShardTakeover).await;
+            // Synced first, held second: `follow_shards` checks them the other way round
+            // when the shard is gained, so one of the two queues the sets.
+            if watches.stores.mark_synced(shard, generation) && watches.gate.is_held(shard) {
+                watches.queue_sets(shard, false).await;
             }
         });
         stop
+    }
+
+    /// Queues the sets of a held shard whose caches have listed. Sets whose spec changed
+    /// after a status was written (updated while the shard had no holder) go first, at the
+    /// priority of any spec change. Sets never reconciled come next but stay low, as after
+    /// any initial list: at a cold start, thousands of them must not queue ahead of a
+    /// tenant's change. The rest are checks for drift. Only this shard's sets are decoded.
+    /// `warm`: the caches were kept as a standby, so the takeover listed nothing.
+    async fn queue_sets(&self, shard: u32, warm: bool) {
+        let mut keys: Vec<(Takeover, String)> = self
+            .stores
+            .sets
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let key = s.key().filter(|k| self.gate.shard_of_key(k) == shard)?;
+                let observed = s
+                    .object()
+                    .and_then(|set| set.status)
+                    .and_then(|st| st.observed_generation);
+                let state = match observed {
+                    None => Takeover::NeverReconciled,
+                    Some(g) if Some(g) != s.generation => Takeover::Behind,
+                    Some(_) => Takeover::UpToDate,
+                };
+                Some((state, key))
+            })
+            .collect();
+        keys.sort_by_key(|(state, _)| *state);
+        info!(
+            shard,
+            warm,
+            sets = keys.len(),
+            behind = keys.iter().filter(|(s, _)| *s == Takeover::Behind).count(),
+            "shard's children are cached; queueing its sets"
+        );
+        for (state, key) in keys {
+            let priority = match state {
+                Takeover::Behind => Priority::Normal,
+                _ => Priority::Low,
+            };
+            self.queue.add(&key, priority, Trigger::ShardTakeover).await;
+        }
     }
 
     /// One reflected child watch of `shard` feeding the queue until `stop`; returns what
@@ -679,32 +682,82 @@ impl ShardWatches {
 type BoxReady = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Applies shard ownership changes: a gained shard starts its child watches (which queue its
-/// sets once listed), a lost one stops them, drops its caches and its queued keys.
+/// sets once listed), or queues its sets at once if they already run as a standby; a lost
+/// one stops them, drops its caches and its queued keys, unless it is a standby.
+///
+/// Standby shards (the ones a peer's failure would bring) get their watches only while the
+/// queue is empty: during a cold start they would compete with the replica's own work for
+/// the API server and the CPU, for a failover that may never come.
 async fn follow_shards(
     mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
     watches: ShardWatches,
 ) {
     let mut running: HashMap<u32, (u64, CancellationToken)> = HashMap::new();
     let mut generation = 0u64;
-    while let Some(event) = events.recv().await {
-        match event {
-            ShardEvent::Gained(shard) => {
-                generation += 1;
-                if let Some((old, stop)) = running.remove(&shard) {
-                    stop.cancel();
-                    watches.stores.drop_shard(shard, old);
+    let mut wanted_standby: Vec<u32> = Vec::new();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = |running: &mut HashMap<u32, (u64, CancellationToken)>, shard: u32| {
+        if let Some((old, stop)) = running.remove(&shard) {
+            stop.cancel();
+            watches.stores.drop_shard(shard, old);
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = check.tick() => {
+                let idle = watches.queue.is_empty();
+                let missing: Vec<u32> = wanted_standby
+                    .iter()
+                    .copied()
+                    .filter(|s| !running.contains_key(s))
+                    .collect();
+                if idle && !missing.is_empty() {
+                    info!(shards = ?missing, "keeping the caches of standby shards warm");
+                    for shard in missing {
+                        generation += 1;
+                        running.insert(shard, (generation, watches.start(shard, generation)));
+                    }
                 }
-                let stop = watches.start(shard, generation);
-                running.insert(shard, (generation, stop));
+                continue;
             }
+        };
+        match event {
+            ShardEvent::Gained(shard) => match running.get(&shard) {
+                // Kept warm: held first, synced second (the other way round in `start`).
+                Some(_) => {
+                    if watches.stores.children_synced(shard) {
+                        let watches = watches.clone();
+                        tokio::spawn(async move { watches.queue_sets(shard, true).await });
+                    }
+                }
+                None => {
+                    generation += 1;
+                    running.insert(shard, (generation, watches.start(shard, generation)));
+                }
+            },
             ShardEvent::Lost(shard) => {
-                if let Some((old, stop)) = running.remove(&shard) {
-                    stop.cancel();
-                    watches.stores.drop_shard(shard, old);
+                if !wanted_standby.contains(&shard) {
+                    stop(&mut running, shard);
                 }
                 watches
                     .queue
                     .retain(|k| watches.gate.shard_of_key(k) != shard);
+            }
+            ShardEvent::Standby(shards) => {
+                let unwanted: Vec<u32> = running
+                    .keys()
+                    .copied()
+                    .filter(|s| !shards.contains(s) && !watches.gate.is_held(*s))
+                    .collect();
+                for shard in unwanted {
+                    stop(&mut running, shard);
+                }
+                wanted_standby = shards;
             }
         }
     }

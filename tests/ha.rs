@@ -152,6 +152,24 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
         failover <= bound,
         "failover took {failover:?}, more than {bound:?}"
     );
+    // The survivors kept r1's shards warm: taking them over listed nothing.
+    let r1_shards: Vec<u32> = (0..SHARDS)
+        .filter(|&s| holders[s as usize].as_deref() == Some("r1"))
+        .collect();
+    for shard in &r1_shards {
+        let line = format!("queueing its sets shard={shard} warm=true");
+        wait_for(
+            &format!("a survivor to take shard {shard} over from warm caches"),
+            Duration::from_secs(10),
+            || async {
+                ["r2", "r3"]
+                    .iter()
+                    .any(|id| replicas[id].log_text().contains(&line))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     wait_for(
         "the set changed during the outage to converge",
         Duration::from_secs(30),

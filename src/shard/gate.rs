@@ -35,12 +35,15 @@ struct Slot {
 }
 
 /// What the controller must do when ownership changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEvent {
     /// Queue every set of the shard (at low priority).
     Gained(u32),
     /// Drop the shard's queued keys.
     Lost(u32),
+    /// The shards this replica would gain if any one peer left (see `hash::standby`): keep
+    /// their caches warm. Sent when it changes, that is when the members change.
+    Standby(Vec<u32>),
 }
 
 pub struct ShardGate {
@@ -49,6 +52,8 @@ pub struct ShardGate {
     slots: Mutex<Vec<Slot>>,
     drained: Notify,
     events: mpsc::UnboundedSender<ShardEvent>,
+    /// The last standby shards sent.
+    standby: Mutex<Vec<u32>>,
 }
 
 /// Held by a worker while it reconciles a key of a shard.
@@ -71,7 +76,8 @@ impl Drop for WorkGuard {
 
 impl ShardGate {
     /// A gate and the stream of ownership changes. The channel carries at most two events
-    /// per shard per lease period, so it cannot grow without bound.
+    /// per shard per lease period, and a standby change per membership change, so it cannot
+    /// grow without bound.
     pub fn new(
         shards: u32,
         renew_deadline: Duration,
@@ -92,6 +98,7 @@ impl ShardGate {
             slots: Mutex::new(slots),
             drained: Notify::new(),
             events,
+            standby: Mutex::new(Vec::new()),
         });
         (gate, rx)
     }
@@ -167,6 +174,16 @@ impl ShardGate {
         slot.renewed_at = at;
         drop(slots);
         let _ = self.events.send(ShardEvent::Gained(shard));
+    }
+
+    /// The shards to keep warm; sends [`ShardEvent::Standby`] when they changed.
+    pub fn set_standby(&self, shards: Vec<u32>) {
+        let mut last = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != shards {
+            last.clone_from(&shards);
+            drop(last);
+            let _ = self.events.send(ShardEvent::Standby(shards));
+        }
     }
 
     /// The Lease was renewed with a request started at `at`.

@@ -64,6 +64,28 @@ pub fn assign(shards: u32, members: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The shards `me` would be assigned if any one other member left, and is not assigned now.
+/// A replica keeps their children's caches warm, so that taking one over after a failure
+/// needs no list: with three members that is about a third more cached children (half of
+/// each peer's shards), against a takeover that would otherwise wait for a list of them all.
+/// Empty unless `me` is a member and has peers.
+pub fn standby(shards: u32, members: &[String], me: &str) -> Vec<u32> {
+    if !members.iter().any(|m| m == me) {
+        return Vec::new();
+    }
+    let now = assign(shards, members);
+    let mut out = std::collections::BTreeSet::new();
+    for gone in members.iter().filter(|m| *m != me) {
+        let rest: Vec<String> = members.iter().filter(|m| *m != gone).cloned().collect();
+        for (shard, owner) in assign(shards, &rest).iter().enumerate() {
+            if owner == me && now[shard] != me {
+                out.insert(shard as u32);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -145,5 +167,37 @@ mod tests {
         let mut reordered = three.clone();
         reordered.reverse();
         assert_eq!(assign(64, &reordered), a, "independent of member order");
+    }
+
+    #[test]
+    fn standby_covers_every_shard_a_failure_would_bring() {
+        let three = members(&["op-a-1x2y", "op-b-3z4w", "op-c-5v6u"]);
+        let now = assign(16, &three);
+        for me in &three {
+            let warm = standby(16, &three, me);
+            assert!(warm.iter().all(|&s| now[s as usize] != *me), "not its own");
+            for gone in three.iter().filter(|m| *m != me) {
+                let rest: Vec<String> = three.iter().filter(|m| *m != gone).cloned().collect();
+                let after = assign(16, &rest);
+                for shard in 0..16u32 {
+                    if after[shard as usize] == *me && now[shard as usize] != *me {
+                        assert!(
+                            warm.contains(&shard),
+                            "{me} would gain {shard} if {gone} left"
+                        );
+                    }
+                }
+            }
+            // About half of the other members' shards, not all of them.
+            assert!((3..=8).contains(&warm.len()), "{me}: {warm:?}");
+        }
+        // Classic leader election: the follower keeps the one shard warm.
+        let two = members(&["op-a-1x2y", "op-b-3z4w"]);
+        let leader = &assign(1, &two)[0];
+        let follower = two.iter().find(|m| *m != leader).unwrap();
+        assert_eq!(standby(1, &two, follower), vec![0]);
+        assert!(standby(1, &two, leader).is_empty());
+        assert!(standby(16, &three[..1], &three[0]).is_empty(), "alone");
+        assert!(standby(16, &three, "not-a-member").is_empty());
     }
 }

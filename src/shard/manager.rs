@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::gate::ShardGate;
-use super::hash::assign;
+use super::hash::{assign, standby};
 use super::lease::{Attempt, LeaseClient, Op};
 use super::metrics::ShardMetrics;
 
@@ -271,6 +271,8 @@ impl ShardManager {
             self.send(&ops, roles).await;
         }
         self.metrics.held(self.gate.held().len());
+        self.gate
+            .set_standby(standby(self.config.shards, &self.live_members(), &me));
     }
 
     /// Adds an acquisition of every shard preferred here, not held, and free as observed.
