@@ -21,7 +21,7 @@ use crate::api::Writer;
 use crate::cache::{Cache, Stored};
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
-use crate::events::Recorder;
+use crate::events::{EventSender, Recorder};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
@@ -502,10 +502,18 @@ pub async fn run(
         }
     });
 
+    let writer = Writer::new(client.clone());
+    let (events, events_task) = EventSender::start(
+        Arc::new(Recorder::new(
+            crate::children::FIELD_MANAGER,
+            config.instance.clone(),
+        )),
+        writer.clone(),
+    );
     let ctx = Arc::new(Context {
-        writer: Writer::new(client.clone()),
+        writer,
         stores,
-        recorder: Recorder::new(crate::children::FIELD_MANAGER, config.instance.clone()),
+        events,
         limits: config.limits.clone(),
         recent: Default::default(),
     });
@@ -532,6 +540,14 @@ pub async fn run(
     {
         warn!("in-flight reconciles did not finish in time; aborting them");
         workers.shutdown().await;
+    }
+    // The Events of the last reconciles still go out, briefly.
+    drop(ctx);
+    if tokio::time::timeout(Duration::from_secs(5), events_task)
+        .await
+        .is_err()
+    {
+        warn!("some events were not posted before shutdown");
     }
     // Only now, with no reconcile running, are the Leases released: the next holder never
     // overlaps with us.

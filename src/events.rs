@@ -4,8 +4,12 @@
 //! key and so keeps showing the first message for a different failure; hence this module.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tracing::{Instrument as _, warn};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
@@ -50,7 +54,9 @@ struct Recent {
 pub struct Recorder {
     controller: String,
     instance: String,
-    recent: Mutex<HashMap<Key, Recent>>,
+    /// Per Event key, behind an async lock: Events are posted concurrently, and a repeat
+    /// must wait for the first one's create to know which object to count on.
+    recent: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Recent>>>>>,
 }
 
 /// Cuts `note` to the API's limit, less `reserve` bytes, on a character boundary.
@@ -102,22 +108,28 @@ impl Recorder {
             reason: reason.to_owned(),
             note: note.clone(),
         };
-        let now = jiff::Timestamp::now();
-        let repeat = {
+        let slot = {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            recent.retain(|_, r| r.at.elapsed() < SERIES_WINDOW);
-            recent.get_mut(&key).map(|r| {
-                r.count += 1;
-                r.at = Instant::now();
-                (r.name.clone(), r.count)
-            })
+            // Forget Events older than the window, and failed creates; keep those in use.
+            recent.retain(|_, slot| {
+                slot.try_lock().map_or(true, |r| {
+                    r.as_ref().is_some_and(|r| r.at.elapsed() < SERIES_WINDOW)
+                })
+            });
+            recent.entry(key).or_default().clone()
         };
-        if let Some((name, count)) = repeat {
+        let mut recent = slot.lock().await;
+        let now = jiff::Timestamp::now();
+        if let Some(r) = recent.as_mut() {
+            r.count += 1;
+            r.at = Instant::now();
             let series = EventSeries {
-                count,
+                count: r.count,
                 last_observed_time: MicroTime(now),
             };
-            return writer.patch_event_series(&ns, &name, &series, &shown).await;
+            return writer
+                .patch_event_series(&ns, &r.name, &series, &shown)
+                .await;
         }
         let name = format!(
             "{}.{:x}",
@@ -141,18 +153,102 @@ impl Recorder {
             ..Event::default()
         };
         writer.create_event(&ns, &event).await?;
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                key,
-                Recent {
-                    name,
-                    count: 1,
-                    at: Instant::now(),
-                },
-            );
+        *recent = Some(Recent {
+            name,
+            count: 1,
+            at: Instant::now(),
+        });
         Ok(())
+    }
+}
+
+/// Events posted at once, at most.
+pub const EVENTS_IN_FLIGHT: usize = 4;
+/// Events waiting to be posted, at most; beyond that they are dropped, as client-go's
+/// broadcaster drops them when its queue is full.
+const EVENTS_QUEUED: usize = 1000;
+
+/// An Event waiting to be posted.
+struct Pending {
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: String,
+    trace_id: Option<String>,
+    /// The reconcile's trace context, so that the POST shows in the reconcile's trace.
+    parent: opentelemetry::Context,
+}
+
+/// Posts Events off the reconcile's path. A reconcile hands its Event over and goes on; one
+/// task posts them, [`EVENTS_IN_FLIGHT`] at a time. An Event tells what happened, nothing
+/// waits for it: under churn its round trip took a third of the workers' time, and the
+/// changes queued behind it waited for it. Bounded: a slow API server makes Events queue up
+/// to [`EVENTS_QUEUED`], then they are dropped with a warning, never piled up as requests.
+#[derive(Clone)]
+pub struct EventSender {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl EventSender {
+    /// The sender, and the task that posts what it is given until every sender is dropped.
+    pub fn start(recorder: Arc<Recorder>, writer: Writer) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Pending>(EVENTS_QUEUED);
+        let task = tokio::spawn(async move {
+            futures::stream::poll_fn(|cx| rx.poll_recv(cx))
+                .for_each_concurrent(EVENTS_IN_FLIGHT, |p| {
+                    let (recorder, writer) = (recorder.clone(), writer.clone());
+                    let span = tracing::info_span!("event", reason = %p.reason);
+                    {
+                        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                        let _ = span.set_parent(p.parent.clone());
+                    }
+                    async move {
+                        let sent = recorder
+                            .publish(
+                                &writer,
+                                &p.regarding,
+                                p.type_,
+                                &p.reason,
+                                p.note,
+                                p.trace_id.as_deref(),
+                            )
+                            .await;
+                        if let Err(e) = sent {
+                            warn!(error = %e, reason = %p.reason, "could not publish event");
+                        }
+                    }
+                    .instrument(span)
+                })
+                .await;
+        });
+        (EventSender { tx }, task)
+    }
+
+    /// Queues an Event about `regarding`, as part of the current span's trace.
+    pub fn send(
+        &self,
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        trace_id: Option<String>,
+    ) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let pending = Pending {
+            regarding,
+            type_,
+            reason: reason.to_owned(),
+            note,
+            trace_id,
+            parent: tracing::Span::current().context(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(p)) = self.tx.try_send(pending) {
+            warn!(
+                reason = %p.reason,
+                queued = EVENTS_QUEUED,
+                "too many events waiting for the API server; dropping this one"
+            );
+        }
     }
 }
 

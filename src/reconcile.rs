@@ -23,7 +23,7 @@ use crate::cache::{Cache, Stored};
 use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
-use crate::events::{EventType, Recorder};
+use crate::events::{EventSender, EventType};
 use crate::status::{DeploymentState, Outcome, summarize};
 use crate::validate::{Limits, validate};
 
@@ -100,7 +100,7 @@ impl Stores {
 pub struct Context {
     pub writer: Writer,
     pub stores: Stores,
-    pub recorder: Recorder,
+    pub events: EventSender,
     pub limits: Limits,
     pub recent: RecentWrites,
 }
@@ -261,7 +261,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         let outcome = Outcome::Invalid(message.clone());
         if write_status(ctx, &set, &outcome, &[]).await? {
             // Only on a new verdict, so an unchanged invalid set costs no write.
-            event(ctx, &set, EventType::Warning, "InvalidSpec", message).await;
+            event(ctx, &set, EventType::Warning, "InvalidSpec", message);
         }
         return Ok(Report::Invalid);
     }
@@ -291,9 +291,9 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             Outcome::Failed(message.clone())
         };
         if !changes.is_empty() {
-            event(ctx, &set, EventType::Normal, changed, describe(&changes)).await;
+            event(ctx, &set, EventType::Normal, changed, describe(&changes));
         }
-        event(ctx, &set, EventType::Warning, "ApplyFailed", message).await;
+        event(ctx, &set, EventType::Warning, "ApplyFailed", message);
         if let Err(status_err) = write_status(ctx, &set, &outcome, &applied).await {
             warn!(error = %status_err, "could not record the failure in status");
         }
@@ -304,7 +304,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         };
     }
     if !changes.is_empty() {
-        event(ctx, &set, EventType::Normal, changed, describe(&changes)).await;
+        event(ctx, &set, EventType::Normal, changed, describe(&changes));
     }
     // A Deployment created or changed just now has not been seen by its controller yet: its
     // status changes within moments (observedGeneration, updated replicas). The set's status
@@ -606,22 +606,10 @@ async fn write_status(
 }
 
 /// Publishes an Event about the set; failing to do so never fails the reconcile.
-async fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: String) {
+fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: String) {
     // A Warning names the reconcile's trace, so `kubectl describe vxs` leads to it.
     let trace_id =
         (type_ == EventType::Warning).then(|| crate::telemetry::ids(&tracing::Span::current()).0);
-    if let Err(e) = ctx
-        .recorder
-        .publish(
-            &ctx.writer,
-            &set.object_ref(&()),
-            type_,
-            reason,
-            note,
-            trace_id.as_deref(),
-        )
-        .await
-    {
-        warn!(error = %e, reason, "could not publish event");
-    }
+    ctx.events
+        .send(set.object_ref(&()), type_, reason, note, trace_id);
 }

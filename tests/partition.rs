@@ -440,7 +440,9 @@ async fn slow_api_server(client: &Client, fleet: &Fleet) {
     // comes on top of the connections open before (watches and the idle pool). The count
     // rises as failing sets fill the queue until every worker is busy, then stays: 21 to 34
     // above the count before, when measured. Abandoned requests that kept their connections
-    // (a pile-up) would add one per timeout, about 50 per replica in the 40 s.
+    // (a pile-up) would add one per timeout, about 50 per replica in the 40 s. Events (at
+    // most EVENTS_IN_FLIGHT more) do not count here: every reconcile times out before its
+    // apply answers, and only an answered apply leads to an Event.
     let in_flight = 2 * (CONCURRENCY + 2 * (SHARDS as usize + 1)) as u64;
     for (i, (&before, &during)) in settled.iter().zip(&max_open).enumerate() {
         assert!(
