@@ -701,9 +701,10 @@ type BoxReady = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// sets once listed), or queues its sets at once if they already run as a standby; a lost
 /// one stops them, drops its caches and its queued keys, unless it is a standby.
 ///
-/// Standby shards (the ones a peer's failure would bring) get their watches only while the
-/// queue is empty: during a cold start they would compete with the replica's own work for
-/// the API server and the CPU, for a failover that may never come.
+/// Standby shards (see `hash::standby`) get their watches only once the replica has caught
+/// up: every shard it holds listed, nothing queued or in progress. During a cold start they
+/// would compete with the replica's own work for the API server and the CPU, for a failover
+/// that may never come.
 async fn follow_shards(
     mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
     watches: ShardWatches,
@@ -726,7 +727,12 @@ async fn follow_shards(
                 None => return,
             },
             _ = check.tick() => {
-                let idle = watches.queue.is_empty();
+                let idle = watches.queue.is_idle()
+                    && watches
+                        .gate
+                        .held()
+                        .iter()
+                        .all(|s| watches.stores.children_synced(*s));
                 let missing: Vec<u32> = wanted_standby
                     .iter()
                     .copied()

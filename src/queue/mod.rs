@@ -502,6 +502,13 @@ impl WorkQueue {
         self.len() == 0
     }
 
+    /// Nothing queued and nothing being processed (keys waiting out a backoff or a delay do
+    /// not count).
+    pub fn is_idle(&self) -> bool {
+        let s = self.lock();
+        s.queued.is_empty() && s.processing.is_empty()
+    }
+
     /// Keys waiting out a backoff.
     pub fn waiting(&self) -> usize {
         self.lock().waiting.len()

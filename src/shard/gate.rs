@@ -41,8 +41,9 @@ pub enum ShardEvent {
     Gained(u32),
     /// Drop the shard's queued keys.
     Lost(u32),
-    /// The shards this replica would gain if any one peer left (see `hash::standby`): keep
-    /// their caches warm. Sent when it changes, that is when the members change.
+    /// The shards whose caches to keep warm (see `hash::standby`): those assigned here and
+    /// those this replica would gain if any one peer left. Sent when it changes, that is
+    /// when the members change.
     Standby(Vec<u32>),
 }
 

@@ -64,21 +64,23 @@ pub fn assign(shards: u32, members: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The shards `me` would be assigned if any one other member left, and is not assigned now.
-/// A replica keeps their children's caches warm, so that taking one over after a failure
-/// needs no list: with three members that is about a third more cached children (half of
-/// each peer's shards), against a takeover that would otherwise wait for a list of them all.
-/// Empty unless `me` is a member and has peers.
+/// The shards whose children `me` keeps cached: those it is assigned now, and those it would
+/// be assigned if any one other member left. The second kind are warm standbys: taking one
+/// over after a failure then needs no list. With three members that is about twice the
+/// cached children of its own shards alone (half of each peer's shards), against a takeover
+/// that would otherwise wait for a list of them all. A shard assigned here but still held by
+/// its previous owner (a hand-over under way) is kept warm too. Empty unless `me` is a member.
 pub fn standby(shards: u32, members: &[String], me: &str) -> Vec<u32> {
     if !members.iter().any(|m| m == me) {
         return Vec::new();
     }
     let now = assign(shards, members);
-    let mut out = std::collections::BTreeSet::new();
+    let mut out: std::collections::BTreeSet<u32> =
+        (0..shards).filter(|&s| now[s as usize] == me).collect();
     for gone in members.iter().filter(|m| *m != me) {
         let rest: Vec<String> = members.iter().filter(|m| *m != gone).cloned().collect();
         for (shard, owner) in assign(shards, &rest).iter().enumerate() {
-            if owner == me && now[shard] != me {
+            if owner == me {
                 out.insert(shard as u32);
             }
         }
@@ -175,12 +177,13 @@ mod tests {
         let now = assign(16, &three);
         for me in &three {
             let warm = standby(16, &three, me);
-            assert!(warm.iter().all(|&s| now[s as usize] != *me), "not its own");
+            let own: Vec<u32> = (0..16).filter(|&s| now[s as usize] == *me).collect();
+            assert!(own.iter().all(|s| warm.contains(s)), "its own shards");
             for gone in three.iter().filter(|m| *m != me) {
                 let rest: Vec<String> = three.iter().filter(|m| *m != gone).cloned().collect();
                 let after = assign(16, &rest);
                 for shard in 0..16u32 {
-                    if after[shard as usize] == *me && now[shard as usize] != *me {
+                    if after[shard as usize] == *me {
                         assert!(
                             warm.contains(&shard),
                             "{me} would gain {shard} if {gone} left"
@@ -188,16 +191,19 @@ mod tests {
                     }
                 }
             }
-            // About half of the other members' shards, not all of them.
-            assert!((3..=8).contains(&warm.len()), "{me}: {warm:?}");
+            // About half of the other members' shards besides its own, not all of them.
+            let extra = warm.len() - own.len();
+            assert!((3..=8).contains(&extra), "{me}: {warm:?} (own {own:?})");
         }
         // Classic leader election: the follower keeps the one shard warm.
         let two = members(&["op-a-1x2y", "op-b-3z4w"]);
-        let leader = &assign(1, &two)[0];
-        let follower = two.iter().find(|m| *m != leader).unwrap();
-        assert_eq!(standby(1, &two, follower), vec![0]);
-        assert!(standby(1, &two, leader).is_empty());
-        assert!(standby(16, &three[..1], &three[0]).is_empty(), "alone");
+        assert_eq!(standby(1, &two, &two[0]), vec![0]);
+        assert_eq!(standby(1, &two, &two[1]), vec![0]);
+        assert_eq!(
+            standby(16, &three[..1], &three[0]),
+            (0..16).collect::<Vec<_>>(),
+            "alone"
+        );
         assert!(standby(16, &three, "not-a-member").is_empty());
     }
 }
