@@ -480,6 +480,7 @@ pub async fn run(
             stores: stores.clone(),
             shutdown: shutdown.clone(),
         },
+        config.sharding.lease_duration,
     ));
     let release = CancellationToken::new();
     let manager = tokio::spawn(
@@ -612,6 +613,17 @@ impl ShardWatches {
         stop
     }
 
+    /// Whether this replica has caught up: every shard it holds listed, nothing queued or
+    /// being reconciled. Only then are standby caches started or kept.
+    fn caught_up(&self) -> bool {
+        self.queue.is_idle()
+            && self
+                .gate
+                .held()
+                .iter()
+                .all(|s| self.stores.children_synced(*s))
+    }
+
     /// Queues the sets of a held shard whose caches have listed. Sets whose spec changed
     /// after a status was written (updated while the shard had no holder) go first, at the
     /// priority of any spec change. Sets never reconciled come next but stay low, as after
@@ -702,16 +714,22 @@ type BoxReady = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// one stops them, drops its caches and its queued keys, unless it is a standby.
 ///
 /// Standby shards (see `hash::standby`) get their watches only once the replica has caught
-/// up: every shard it holds listed, nothing queued or in progress. During a cold start they
-/// would compete with the replica's own work for the API server and the CPU, for a failover
-/// that may never come.
+/// up (every shard it holds listed, nothing queued or in progress) and the members have not
+/// changed for `settle` (a Lease duration). During a cold start they would compete with the
+/// replica's own work for the API server and the CPU, for a failover that may never come;
+/// and while a dead replica's replacement is starting, the two survivors would each warm
+/// all the shards for a few seconds.
 async fn follow_shards(
     mut events: tokio::sync::mpsc::UnboundedReceiver<ShardEvent>,
     watches: ShardWatches,
+    settle: Duration,
 ) {
     let mut running: HashMap<u32, (u64, CancellationToken)> = HashMap::new();
     let mut generation = 0u64;
     let mut wanted_standby: Vec<u32> = Vec::new();
+    let mut standby_since = tokio::time::Instant::now();
+    // Whether "every standby shard's children are cached" was said for `wanted_standby`.
+    let mut announced = false;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = |running: &mut HashMap<u32, (u64, CancellationToken)>, shard: u32| {
@@ -727,12 +745,7 @@ async fn follow_shards(
                 None => return,
             },
             _ = check.tick() => {
-                let idle = watches.queue.is_idle()
-                    && watches
-                        .gate
-                        .held()
-                        .iter()
-                        .all(|s| watches.stores.children_synced(*s));
+                let idle = standby_since.elapsed() >= settle && watches.caught_up();
                 let missing: Vec<u32> = wanted_standby
                     .iter()
                     .copied()
@@ -744,6 +757,14 @@ async fn follow_shards(
                         generation += 1;
                         running.insert(shard, (generation, watches.start(shard, generation)));
                     }
+                } else if !announced
+                    && missing.is_empty()
+                    && wanted_standby
+                        .iter()
+                        .all(|s| watches.stores.children_synced(*s))
+                {
+                    announced = true;
+                    info!(shards = ?wanted_standby, "every standby shard's children are cached");
                 }
                 continue;
             }
@@ -763,7 +784,13 @@ async fn follow_shards(
                 }
             },
             ShardEvent::Lost(shard) => {
-                if !wanted_standby.contains(&shard) {
+                // Kept as a standby only by a replica that has caught up: at a cold start the
+                // first replica takes every shard and hands most of them over, and keeping
+                // them would double its work while it converges its own.
+                let keep = wanted_standby.contains(&shard)
+                    && standby_since.elapsed() >= settle
+                    && watches.caught_up();
+                if !keep {
                     stop(&mut running, shard);
                 }
                 watches
@@ -771,6 +798,7 @@ async fn follow_shards(
                     .retain(|k| watches.gate.shard_of_key(k) != shard);
             }
             ShardEvent::Standby(shards) => {
+                info!(shards = ?shards, "standby shards changed (the members changed)");
                 let unwanted: Vec<u32> = running
                     .keys()
                     .copied()
@@ -780,6 +808,8 @@ async fn follow_shards(
                     stop(&mut running, shard);
                 }
                 wanted_standby = shards;
+                standby_since = tokio::time::Instant::now();
+                announced = false;
             }
         }
     }

@@ -123,7 +123,25 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     .await;
 
     // 2. kill -9 r1: survivors hold its shards within lease duration + retry period + 2 s,
-    //    and a set changed during the outage converges.
+    //    and a set changed during the outage converges. First the survivors warm the caches
+    //    of the shards a failure would bring them (a Lease duration after the members last
+    //    changed).
+    for id in ["r2", "r3"] {
+        wait_for(
+            &format!("{id} to warm its standby shards"),
+            Duration::from_secs(30),
+            || async {
+                // The last word on its standby shards, after the members last changed.
+                replicas[id]
+                    .log_text()
+                    .lines()
+                    .rfind(|l| l.contains("standby shard"))?
+                    .contains("every standby shard's children are cached")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     let holders = shard_holders(&client, GROUP, SHARDS).await;
     let r1_shard = holders
         .iter()

@@ -1,0 +1,52 @@
+"""Renders the results tables of loadtest/README.md and the main README from a results.json:
+python3 loadtest/tables.py loadtest/results/latest.json"""
+import json,sys
+d=json.load(open(sys.argv[1]))
+p=d['parameters']; cs=d['cold_start']; li=d['limit']
+def lat(x, extra=''):
+    return f"{x['updates']} updates: p50 {x['p50_seconds']:.3f} s, p95 {x['p95_seconds']:.3f} s, p99 {x['p99_seconds']:.3f} s, max {x['max_seconds']:.3f} s; {len(x['not_applied'])} not applied{extra}"
+date=d['date'][:19].replace('T',' ')
+m=d['machine']
+print(f"Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s; scale-out and tracing cost with {p['scale_sets']:,} sets. Full figures: [`results/latest.json`](results/latest.json).")
+print()
+print("| scenario | figures |\n|---|---|")
+print(f"| limit (plain client) | {li['sets_per_second']:.1f} sets/s ({li['seconds']:.0f} s); control plane {li['cpu_seconds_per_set']:.3f} CPU s per set |")
+cp=cs['control_plane_cpu_seconds']['total']/p['sets']; op=cs['operator_cpu_seconds']/p['sets']
+rss=", ".join(f"{r['peak_rss_mib']:.0f}" for r in cs['per_replica']); cpu=", ".join(f"{r['cpu_seconds']:.0f}" for r in cs['per_replica'])
+print(f"| cold start | {cs['sets_per_second']:.1f} sets/s ({cs['seconds']:.0f} s), {cs['reconciles_per_second']:.1f} reconciles/s, {cs['write_requests_per_set']:.2f} write requests per set; **{cs['converge_to_limit_ratio']:.2f} of the limit**; CPU per set {cs['cpu_seconds_per_set']:.3f} s (control plane {cp:.3f}, operator {op:.3f}): CPU ratio {cs['cpu_cost_ratio']:.2f}; peak RSS {rss} MiB, CPU {cpu} s |")
+print(f"| tenant under flood | {lat(d['flood'])} |")
+c=d['churn']
+print(f"| churn {c['rate_per_second']:.0f}/s for {c['seconds']} s | {lat(c)} |")
+def ops(r):
+    if r.get('operator_cpu_seconds') is None:
+        return ''
+    return f"; operator {r['operator_cpu_seconds']:.1f} CPU s, {r['reconciles']:.0f} reconciles"
+cl=d.get('churn_limit')
+if cl:
+    for r in cl['rates']:
+        print(f"| churn {r['rate_per_second']:.0f}/s: operator against plain client | p99 {r['operator_p99_seconds']:.3f} s against {r['plain_p99_seconds']:.3f} s (p50 {r['operator_p50_seconds']:.3f} against {r['plain_p50_seconds']:.3f} s); control plane CPU {r['operator_control_plane_cpu_seconds']:.0f} against {r['plain_control_plane_cpu_seconds']:.0f} s{ops(r)} |")
+    print(f"| highest churn rate with p99 <= 1 s | operator {cl['operator_highest_rate_within_p99_1s']:.0f}/s, plain client {cl['plain_highest_rate_within_p99_1s']:.0f}/s (of those measured) |")
+f=d['failover']
+print(f"| failover under {f.get('churn_rate_per_second', p['churn_rate']):.0f}/s churn | {lat(f)}; converged {f['converged_after_kill_seconds']:.1f} s after `kill -9` of {f['killed']} |")
+i=d['idle']
+print(f"| idle | {i['write_requests_per_minute']:.1f} write requests per minute over {i['seconds']} s |")
+w=d['whole_run_per_replica']
+wr=', '.join('%.0f' % r['peak_rss_mib'] for r in w); wi=', '.join(r['identity'] for r in w)
+print(f"| whole run, per replica | peak RSS {wr} MiB ({wi}) |")
+so=d.get('scale_out')
+if so:
+    o=so['one_replica']; r=so['replicas']
+    rr=', '.join('%.0f' % x['peak_rss_mib'] for x in r['per_replica'])
+    print(f"| scale-out | 1 replica {o['sets_per_second']:.1f} sets/s (peak RSS {o['per_replica'][0]['peak_rss_mib']:.0f} MiB); {r['replicas']} replicas {r['sets_per_second']:.1f} sets/s (peak RSS {rr} MiB): ×{r['sets_per_second']/o['sets_per_second']:.2f} |")
+t=d.get('tracing')
+if t:
+    print(f"| tracing cost | off {t['off']['sets_per_second']:.1f} sets/s, sampling 1.0 {t['on']['sets_per_second']:.1f} sets/s: cost {t['cost']*100:.1f} % (CPU per set {t['off']['cpu_seconds_per_set']:.3f} → {t['on']['cpu_seconds_per_set']:.3f} s) |")
+print()
+print("| bar | wanted | measured | |\n|---|---|---|---|")
+for b in d['bars']:
+    print(f"| {b['bar']} | {b['wanted']} | {b['value']:.3f} | {'met' if b['met'] else '**missed**'} |")
+print()
+print("requests per set (cold start):")
+for k,v in sorted(cs['requests'].items(), key=lambda kv:-kv[1])[:30]:
+    print(f"  {k}: {v/p['sets']:.3f}   (limit: {li['requests'].get(k,0)/p['sets']:.3f})")
+print("churn control plane CPU:", d['churn'].get('control_plane_cpu_seconds'))
