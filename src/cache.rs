@@ -140,6 +140,8 @@ pub struct Stored<K> {
     uid: Option<Box<str>>,
     resource_version: Option<Box<str>>,
     pub generation: Option<i64>,
+    /// `status.observedGeneration`, where the object has one (sets, Deployments).
+    pub observed_generation: Option<i64>,
     /// The VecodexSet controlling the object: (its name, its uid).
     controller: Option<(Box<str>, Box<str>)>,
     packed: Arc<[u8]>,
@@ -174,6 +176,7 @@ where
             uid: boxed(&meta.uid),
             resource_version: boxed(&meta.resource_version),
             generation: meta.generation,
+            observed_generation: value["status"]["observedGeneration"].as_i64(),
             controller,
             packed: lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into(),
             kind: PhantomData,

@@ -613,22 +613,35 @@ impl ShardWatches {
         stop
     }
 
-    /// Whether this replica has caught up: every shard it holds listed, nothing queued or
-    /// being reconciled. Only then are standby caches started or kept.
+    /// Whether this replica and its peers have caught up: every shard it holds listed,
+    /// nothing queued or being reconciled here, and at most 1 % of all sets (from the set
+    /// cache every replica has) with a generation their status has not yet observed. Only
+    /// then are standby caches started or kept: a replica that finishes its part of a cold
+    /// start early must not list a third of all children while its peers still converge
+    /// theirs on the same API server (it cost the cold start a tenth of its throughput).
     fn caught_up(&self) -> bool {
-        self.queue.is_idle()
-            && self
+        if !self.queue.is_idle()
+            || !self
                 .gate
                 .held()
                 .iter()
                 .all(|s| self.stores.children_synced(*s))
+        {
+            return false;
+        }
+        let sets = self.stores.sets.state();
+        let behind = sets
+            .iter()
+            .filter(|s| s.observed_generation != s.generation)
+            .count();
+        behind * 100 <= sets.len()
     }
 
     /// Queues the sets of a held shard whose caches have listed. Sets whose spec changed
     /// after a status was written (updated while the shard had no holder) go first, at the
     /// priority of any spec change. Sets never reconciled come next but stay low, as after
     /// any initial list: at a cold start, thousands of them must not queue ahead of a
-    /// tenant's change. The rest are checks for drift. Only this shard's sets are decoded.
+    /// tenant's change. The rest are checks for drift.
     /// `warm`: the caches were kept as a standby, so the takeover listed nothing.
     async fn queue_sets(&self, shard: u32, warm: bool) {
         let mut keys: Vec<(Takeover, String)> = self
@@ -638,11 +651,7 @@ impl ShardWatches {
             .iter()
             .filter_map(|s| {
                 let key = s.key().filter(|k| self.gate.shard_of_key(k) == shard)?;
-                let observed = s
-                    .object()
-                    .and_then(|set| set.status)
-                    .and_then(|st| st.observed_generation);
-                let state = match observed {
+                let state = match s.observed_generation {
                     None => Takeover::NeverReconciled,
                     Some(g) if Some(g) != s.generation => Takeover::Behind,
                     Some(_) => Takeover::UpToDate,
