@@ -221,6 +221,12 @@ pub struct Enqueue {
 
 /// Feeds `queue` from a watch until `shutdown`. Backpressure: when the queue is full the
 /// watch is not read until there is room.
+///
+/// The keys of a list (the first one, or a re-list after the watch could not resume) are
+/// queued only once the list is done: the reflector's cache swaps in a listed object only
+/// then, and a reconcile started earlier would read the cache as it was before the list (a
+/// set changed during an API server outage looked unchanged, and its change waited for the
+/// next resync).
 async fn pump<K, S, F>(
     stream: S,
     queue: Arc<WorkQueue>,
@@ -233,6 +239,7 @@ async fn pump<K, S, F>(
     F: FnMut(Event<K>) -> Option<Enqueue> + Send,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut listed: Vec<Enqueue> = Vec::new();
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -240,13 +247,24 @@ async fn pump<K, S, F>(
         };
         match next {
             Some(Ok(event)) => {
-                // Keys of shards held elsewhere are not queued here; a gained shard queues
-                // all its sets from the cache.
-                if let Some(e) = classify(event).filter(|e| gate.accepts(&e.key)) {
-                    if e.cut_backoff {
-                        queue.add_now(&e.key, e.priority, e.trigger).await;
-                    } else {
-                        queue.add(&e.key, e.priority, e.trigger).await;
+                let (listing, done) = match &event {
+                    Event::Init => {
+                        // A list that failed half-way starts over.
+                        listed.clear();
+                        (false, false)
+                    }
+                    Event::InitApply(_) => (true, false),
+                    Event::InitDone => (false, true),
+                    _ => (false, false),
+                };
+                match classify(event) {
+                    Some(e) if listing => listed.push(e),
+                    Some(e) => enqueue(&queue, &gate, e).await,
+                    None => {}
+                }
+                if done {
+                    for e in std::mem::take(&mut listed) {
+                        enqueue(&queue, &gate, e).await;
                     }
                 }
             }
@@ -255,6 +273,19 @@ async fn pump<K, S, F>(
             }
             None => return,
         }
+    }
+}
+
+/// Queues what a watch event asks for, unless the key's shard is held elsewhere (a gained
+/// shard queues all its sets from the cache).
+async fn enqueue(queue: &WorkQueue, gate: &ShardGate, e: Enqueue) {
+    if !gate.accepts(&e.key) {
+        return;
+    }
+    if e.cut_backoff {
+        queue.add_now(&e.key, e.priority, e.trigger).await;
+    } else {
+        queue.add(&e.key, e.priority, e.trigger).await;
     }
 }
 
@@ -1008,6 +1039,53 @@ mod tests {
             (Priority::Normal, true),
             "a new set"
         );
+    }
+
+    /// A list's keys reach the queue only when the list is done (the cache shows the listed
+    /// objects only then).
+    #[tokio::test(start_paused = true)]
+    async fn a_list_is_queued_once_it_is_done() {
+        use std::time::Duration;
+
+        use futures::StreamExt as _;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::queue::{QueueConfig, WorkQueue};
+        use crate::shard::ShardGate;
+
+        let queue = WorkQueue::new(QueueConfig::default());
+        let (gate, _events) = ShardGate::new(1, Duration::from_secs(60));
+        gate.gain(0, tokio::time::Instant::now());
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let pumped = tokio::spawn(super::pump(
+            rx.map(Ok),
+            queue.clone(),
+            gate.clone(),
+            classify_sets(),
+            CancellationToken::new(),
+        ));
+        let settle = || tokio::time::sleep(Duration::from_millis(10));
+        for event in [Event::Init, Event::InitApply(named("a", 1))] {
+            tx.unbounded_send(event).unwrap();
+        }
+        settle().await;
+        assert!(queue.is_empty(), "nothing queued while the list goes on");
+        tx.unbounded_send(Event::InitDone).unwrap();
+        settle().await;
+        assert_eq!(queue.len(), 1, "the listed set, once the list is done");
+        // Outside a list, events are queued at once.
+        tx.unbounded_send(Event::Apply(named("b", 1))).unwrap();
+        settle().await;
+        assert_eq!(queue.len(), 2);
+        // A list interrupted by an error starts over with Init: what it had is dropped.
+        for event in [Event::Init, Event::InitApply(named("c", 1)), Event::Init] {
+            tx.unbounded_send(event).unwrap();
+        }
+        tx.unbounded_send(Event::InitDone).unwrap();
+        settle().await;
+        assert_eq!(queue.len(), 2, "c was listed by the abandoned list only");
+        drop(tx);
+        pumped.await.unwrap();
     }
 
     fn named(name: &str, generation: i64) -> Stored<VecodexSet> {
