@@ -431,6 +431,9 @@ impl Churner {
         };
         let own_cpu = || cluster::proc_stats(std::process::id()).map_or(0.0, |(_, cpu)| cpu);
         for &rate in rates {
+            // Each rate starts on a quiet control plane: after the cold start the replicas
+            // list their standby shards' children, which is not churn's to pay for.
+            cluster.wait_quiet(Duration::from_secs(120)).await;
             let scenario = format!("{prefix}-{rate}");
             let cpu_before = cluster.cpu_seconds();
             let (operator_before, own_before) = (operator_cpu(), own_cpu());
@@ -462,8 +465,8 @@ impl Churner {
             summary["requests"] = json!(cluster::requests_delta(&requests_before, &requests));
             eprintln!("loadtest: {scenario}: {summary}");
             out.push(summary);
-            cluster.wait_quiet(Duration::from_secs(60)).await;
         }
+        cluster.wait_quiet(Duration::from_secs(60)).await;
         out
     }
 }
