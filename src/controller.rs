@@ -21,6 +21,7 @@ use crate::api::Writer;
 use crate::cache::{Cache, Stored};
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
+use crate::echo::Echoes;
 use crate::events::{EventSender, Recorder};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -293,8 +294,11 @@ async fn enqueue(queue: &WorkQueue, gate: &ShardGate, e: Enqueue) {
 /// backoff); the initial list and metadata or status updates are low priority. A re-list
 /// (the watch could not resume, as after an API server restart) is compared with what was
 /// known before it: the sets created or changed while the watch was down are real changes
-/// too, and must not wait behind the rest of the list or out a backoff.
-fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
+/// too, and must not wait behind the rest of the list or out a backoff. The echo of our own
+/// status write queues nothing (see `echo`).
+fn classify_sets(
+    echoes: Arc<Echoes>,
+) -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
     // Generation per key, as of the last event; during a re-list, the next map is built
     // beside it so that sets deleted meanwhile drop out when the list is done.
     let mut generations: HashMap<String, i64> = HashMap::new();
@@ -328,8 +332,11 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
             Event::Apply(set) => {
                 let key = set.key()?;
                 let generation = set.generation.unwrap_or(0);
-                let (priority, trigger) =
-                    change(generations.insert(key.clone(), generation), generation);
+                let previous = generations.insert(key.clone(), generation);
+                if previous == Some(generation) && is_echo(&echoes, &set) {
+                    return None;
+                }
+                let (priority, trigger) = change(previous, generation);
                 (key, priority, trigger)
             }
             Event::Delete(set) => {
@@ -353,8 +360,10 @@ fn classify_sets() -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> +
 /// three Deployments become ready one after another is then refreshed once, not three times.
 /// The first list of a shard's watch queues nothing: the shard's sets are all queued once its
 /// caches have listed; a later re-list (after a watch error) queues the owners it shows.
-fn classify_children<K: Resource<DynamicType = ()>>()
--> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
+/// The echo of our own apply queues nothing (see `echo`).
+fn classify_children<K: Resource<DynamicType = ()>>(
+    echoes: Arc<Echoes>,
+) -> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
     // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
     let mut managed: HashMap<u64, u64> = HashMap::new();
     let mut listed = false;
@@ -370,6 +379,9 @@ fn classify_children<K: Resource<DynamicType = ()>>()
             }
             Event::Apply(c) => {
                 let before = managed.insert(uid_key(c), c.digest);
+                if is_echo(&echoes, c) {
+                    return None;
+                }
                 if before.is_some_and(|b| b != c.digest) {
                     (c, Priority::Normal, Trigger::ChildDrift)
                 } else {
@@ -393,6 +405,15 @@ fn classify_children<K: Resource<DynamicType = ()>>()
             cut_backoff: false,
         })
     }
+}
+
+fn is_echo<K: Resource<DynamicType = ()>>(echoes: &Echoes, obj: &Stored<K>) -> bool {
+    echoes.is_echo(
+        &K::kind(&()),
+        obj.namespace(),
+        obj.name(),
+        obj.resource_version(),
+    )
 }
 
 fn uid_key<K>(obj: &Stored<K>) -> u64 {
@@ -478,9 +499,12 @@ pub async fn run(
         gate: &gate,
         shutdown: &shutdown,
     };
+    let echoes = Arc::new(Echoes::default());
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
-        feed.watch(&mut tasks, list_config(), Stored::new, classify_sets),
+        feed.watch(&mut tasks, list_config(), Stored::new, || {
+            classify_sets(echoes.clone())
+        }),
         config.sharding.shards,
     );
     // A shard can be taken only once the set cache can tell which sets it holds.
@@ -509,6 +533,7 @@ pub async fn run(
             queue: queue.clone(),
             gate: gate.clone(),
             stores: stores.clone(),
+            echoes: echoes.clone(),
             shutdown: shutdown.clone(),
         },
         config.sharding.lease_duration,
@@ -548,6 +573,7 @@ pub async fn run(
         events,
         limits: config.limits.clone(),
         recent: Default::default(),
+        echoes,
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
@@ -602,6 +628,7 @@ struct ShardWatches {
     queue: Arc<WorkQueue>,
     gate: Arc<ShardGate>,
     stores: Stores,
+    echoes: Arc<Echoes>,
     shutdown: CancellationToken,
 }
 
@@ -737,7 +764,7 @@ impl ShardWatches {
             stream,
             self.queue.clone(),
             self.gate.clone(),
-            classify_children::<K>(),
+            classify_children::<K>(self.echoes.clone()),
             stop.clone(),
         ));
         cache.insert(shard, generation, ns.clone(), store.clone());
@@ -785,13 +812,16 @@ async fn follow_shards(
                 None => return,
             },
             _ = check.tick() => {
-                let idle = standby_since.elapsed() >= settle && watches.caught_up();
                 let missing: Vec<u32> = wanted_standby
                     .iter()
                     .copied()
                     .filter(|s| !running.contains_key(s))
                     .collect();
-                if idle && !missing.is_empty() {
+                // `caught_up` reads the whole set cache: only when there is a watch to start.
+                if !missing.is_empty()
+                    && standby_since.elapsed() >= settle
+                    && watches.caught_up()
+                {
                     info!(shards = ?missing, "keeping the caches of standby shards warm");
                     for shard in missing {
                         generation += 1;
@@ -960,8 +990,11 @@ async fn work(
                     ..
                 } = report
                 {
-                    // Normal priority: this finishes work someone is waiting for.
-                    queue.add_after(&item.key, after, Priority::Normal, Trigger::ChildStatus);
+                    // Low priority, as every status refresh: under load the next spec
+                    // change (someone waits for its children) goes first, and the status
+                    // follows when a worker is free. Until then observedGeneration says the
+                    // set is not done.
+                    queue.add_after(&item.key, after, Priority::Low, Trigger::ChildStatus);
                 }
                 match report {
                     Report::Applied {
@@ -991,11 +1024,14 @@ async fn work(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use kube::runtime::watcher::Event;
 
     use super::{classify_children, classify_sets};
     use crate::cache::Stored;
     use crate::crd::VecodexSet;
+    use crate::echo::Echoes;
     use crate::queue::{Priority, Trigger};
 
     fn set(generation: i64) -> VecodexSet {
@@ -1012,7 +1048,8 @@ mod tests {
 
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
-        let mut classify = classify_sets();
+        let echoes = Arc::new(Echoes::default());
+        let mut classify = classify_sets(echoes.clone());
         assert!(classify(Event::Init).is_none());
         let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
         assert_eq!(
@@ -1025,6 +1062,13 @@ mod tests {
             (echo.priority, echo.cut_backoff),
             (Priority::Low, false),
             "status or metadata update"
+        );
+        let mut written = set(1);
+        written.metadata.resource_version = Some("5".into());
+        echoes.record("VecodexSet", "t", "s", Some("5"));
+        assert!(
+            classify(Event::Apply(Stored::new(written))).is_none(),
+            "the echo of our own status write"
         );
         let edit = classify(Event::Apply(Stored::new(set(2)))).unwrap();
         assert_eq!(
@@ -1061,7 +1105,7 @@ mod tests {
             rx.map(Ok),
             queue.clone(),
             gate.clone(),
-            classify_sets(),
+            classify_sets(Default::default()),
             CancellationToken::new(),
         ));
         let settle = || tokio::time::sleep(Duration::from_millis(10));
@@ -1096,7 +1140,7 @@ mod tests {
 
     #[test]
     fn a_relist_finds_what_changed_while_the_watch_was_down() {
-        let mut classify = classify_sets();
+        let mut classify = classify_sets(Default::default());
         classify(Event::Init);
         for name in ["same", "edited", "deleted"] {
             classify(Event::InitApply(named(name, 1)));
@@ -1136,6 +1180,7 @@ mod tests {
     #[test]
     fn children_map_to_their_controlling_set() {
         let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+        cm.metadata.name = Some("s-config".into());
         cm.metadata.namespace = Some("t".into());
         cm.metadata.owner_references = Some(vec![
             k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
@@ -1147,7 +1192,8 @@ mod tests {
                 block_owner_deletion: None,
             },
         ]);
-        let mut classify = classify_children();
+        let echoes = Arc::new(Echoes::default());
+        let mut classify = classify_children(echoes.clone());
         assert!(
             classify(Event::InitApply(Stored::new(cm.clone()))).is_none(),
             "the first list queues nothing: the shard's sets are queued once it is done"
@@ -1173,6 +1219,20 @@ mod tests {
             (drift.priority, drift.trigger),
             (Priority::Normal, Trigger::ChildDrift),
             "a managed field changed"
+        );
+        cm.data = Some([("k".to_owned(), "ours".to_owned())].into());
+        cm.metadata.resource_version = Some("3".into());
+        echoes.record("ConfigMap", "t", "s-config", Some("3"));
+        assert!(
+            classify(Event::Apply(Stored::new(cm.clone()))).is_none(),
+            "the echo of our own apply: the reconcile that made it knew all it carries"
+        );
+        cm.metadata.resource_version = Some("4".into());
+        cm.data = Some([("k".to_owned(), "theirs".to_owned())].into());
+        assert_eq!(
+            classify(Event::Apply(Stored::new(cm.clone()))).map(|e| e.trigger),
+            Some(Trigger::ChildDrift),
+            "a change after our own is someone else's"
         );
         let deleted = classify(Event::Delete(Stored::new(cm.clone()))).unwrap();
         assert_eq!(deleted.priority, Priority::Normal);

@@ -6,6 +6,7 @@ pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod diff;
+pub mod echo;
 pub mod events;
 pub mod http;
 pub mod kube_metrics;

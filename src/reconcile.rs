@@ -103,6 +103,8 @@ pub struct Context {
     pub events: EventSender,
     pub limits: Limits,
     pub recent: RecentWrites,
+    /// What our writes produced, so their watch events queue nothing.
+    pub echoes: Arc<crate::echo::Echoes>,
 }
 
 /// Writes this process made whose watch events may not have reached the caches yet.
@@ -505,6 +507,12 @@ where
         .await
         .map_err(|e| Error::write("apply", &kind, &name, e))?;
     ctx.recent.record(recent_key, seen, digest);
+    ctx.echoes.record(
+        &kind,
+        &ns,
+        &name,
+        applied.meta().resource_version.as_deref(),
+    );
     debug!(kind, name, created = live.is_none(), "applied");
     let change = Change {
         verb: if live.is_some() { "updated" } else { "created" },
@@ -597,11 +605,18 @@ async fn write_status(
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(false);
     }
-    ctx.writer
+    let written = ctx
+        .writer
         .apply_status::<VecodexSet, _>(&ns, &set_name, &status)
         .await
         .map_err(|e| Error::write("apply status of", "VecodexSet", &set_name, e))?;
     ctx.recent.record(recent_key, seen, digest);
+    ctx.echoes.record(
+        crate::crd::KIND,
+        &ns,
+        &set_name,
+        written.metadata.resource_version.as_deref(),
+    );
     Ok(true)
 }
 
