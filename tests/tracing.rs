@@ -346,7 +346,8 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
             .then_some(refresh)
     })
     .await;
-    assert_eq!(refresh.attributes["vecodex.priority"], "Normal");
+    // Low: under churn the next spec change goes before an earlier one's status refresh.
+    assert_eq!(refresh.attributes["vecodex.priority"], "Low");
     assert!(
         children
             .iter()
