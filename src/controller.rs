@@ -21,12 +21,11 @@ use crate::api::Writer;
 use crate::cache::{Cache, Stored};
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
-use crate::echo::Echoes;
 use crate::events::{EventSender, Recorder};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
-use crate::reconcile::{Context, Report, Stores, reconcile};
+use crate::reconcile::{Context, RecentWrites, Report, Stores, reconcile};
 use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager, WorkGuard, shard_of};
 use crate::validate::Limits;
 
@@ -295,9 +294,9 @@ async fn enqueue(queue: &WorkQueue, gate: &ShardGate, e: Enqueue) {
 /// (the watch could not resume, as after an API server restart) is compared with what was
 /// known before it: the sets created or changed while the watch was down are real changes
 /// too, and must not wait behind the rest of the list or out a backoff. The echo of our own
-/// status write queues nothing (see `echo`).
+/// status write queues nothing (see `RecentWrites`).
 fn classify_sets(
-    echoes: Arc<Echoes>,
+    echoes: Arc<RecentWrites>,
 ) -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
     // Generation per key, as of the last event; during a re-list, the next map is built
     // beside it so that sets deleted meanwhile drop out when the list is done.
@@ -360,9 +359,9 @@ fn classify_sets(
 /// three Deployments become ready one after another is then refreshed once, not three times.
 /// The first list of a shard's watch queues nothing: the shard's sets are all queued once its
 /// caches have listed; a later re-list (after a watch error) queues the owners it shows.
-/// The echo of our own apply queues nothing (see `echo`).
+/// The echo of our own apply queues nothing (see `RecentWrites`).
 fn classify_children<K: Resource<DynamicType = ()>>(
-    echoes: Arc<Echoes>,
+    echoes: Arc<RecentWrites>,
 ) -> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
     // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
     let mut managed: HashMap<u64, u64> = HashMap::new();
@@ -407,13 +406,14 @@ fn classify_children<K: Resource<DynamicType = ()>>(
     }
 }
 
-fn is_echo<K: Resource<DynamicType = ()>>(echoes: &Echoes, obj: &Stored<K>) -> bool {
-    echoes.is_echo(
-        &K::kind(&()),
-        obj.namespace(),
-        obj.name(),
-        obj.resource_version(),
-    )
+fn is_echo<K: Resource<DynamicType = ()>>(echoes: &RecentWrites, obj: &Stored<K>) -> bool {
+    let key = format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name()
+    );
+    echoes.is_echo(&key, obj.resource_version())
 }
 
 fn uid_key<K>(obj: &Stored<K>) -> u64 {
@@ -499,7 +499,7 @@ pub async fn run(
         gate: &gate,
         shutdown: &shutdown,
     };
-    let echoes = Arc::new(Echoes::default());
+    let echoes = Arc::new(RecentWrites::default());
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
         feed.watch(&mut tasks, list_config(), Stored::new, || {
@@ -572,8 +572,7 @@ pub async fn run(
         stores,
         events,
         limits: config.limits.clone(),
-        recent: Default::default(),
-        echoes,
+        recent: echoes,
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
@@ -628,7 +627,7 @@ struct ShardWatches {
     queue: Arc<WorkQueue>,
     gate: Arc<ShardGate>,
     stores: Stores,
-    echoes: Arc<Echoes>,
+    echoes: Arc<RecentWrites>,
     shutdown: CancellationToken,
 }
 
@@ -1040,8 +1039,8 @@ mod tests {
     use super::{classify_children, classify_sets};
     use crate::cache::Stored;
     use crate::crd::VecodexSet;
-    use crate::echo::Echoes;
     use crate::queue::{Priority, Trigger};
+    use crate::reconcile::RecentWrites;
 
     fn set(generation: i64) -> VecodexSet {
         let mut set: VecodexSet = serde_json::from_value(serde_json::json!({
@@ -1057,7 +1056,7 @@ mod tests {
 
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
-        let echoes = Arc::new(Echoes::default());
+        let echoes = Arc::new(RecentWrites::default());
         let mut classify = classify_sets(echoes.clone());
         assert!(classify(Event::Init).is_none());
         let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
@@ -1074,7 +1073,7 @@ mod tests {
         );
         let mut written = set(1);
         written.metadata.resource_version = Some("5".into());
-        echoes.record("VecodexSet", "t", "s", Some("5"));
+        echoes.record("VecodexSet/t/s".into(), None, 0, Some("5".into()));
         assert!(
             classify(Event::Apply(Stored::new(written))).is_none(),
             "the echo of our own status write"
@@ -1201,7 +1200,7 @@ mod tests {
                 block_owner_deletion: None,
             },
         ]);
-        let echoes = Arc::new(Echoes::default());
+        let echoes = Arc::new(RecentWrites::default());
         let mut classify = classify_children(echoes.clone());
         assert!(
             classify(Event::InitApply(Stored::new(cm.clone()))).is_none(),
@@ -1231,7 +1230,7 @@ mod tests {
         );
         cm.data = Some([("k".to_owned(), "ours".to_owned())].into());
         cm.metadata.resource_version = Some("3".into());
-        echoes.record("ConfigMap", "t", "s-config", Some("3"));
+        echoes.record("ConfigMap/t/s-config".into(), None, 0, Some("3".into()));
         assert!(
             classify(Event::Apply(Stored::new(cm.clone()))).is_none(),
             "the echo of our own apply: the reconcile that made it knew all it carries"

@@ -6,7 +6,6 @@ pub mod children;
 pub mod controller;
 pub mod crd;
 pub mod diff;
-pub mod echo;
 pub mod events;
 pub mod http;
 pub mod kube_metrics;

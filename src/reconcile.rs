@@ -102,24 +102,33 @@ pub struct Context {
     pub stores: Stores,
     pub events: EventSender,
     pub limits: Limits,
-    pub recent: RecentWrites,
-    /// What our writes produced, so their watch events queue nothing.
-    pub echoes: Arc<crate::echo::Echoes>,
+    /// Shared with the watch classifiers, which drop the echoes of these writes.
+    pub recent: Arc<RecentWrites>,
 }
 
-/// Writes this process made whose watch events may not have reached the caches yet.
+/// Writes this process made whose watch events may not have reached the caches yet, keyed
+/// `kind/namespace/name`.
 ///
 /// A reconcile that runs right after another one can read a cache that does not show the
 /// first one's write; without this it would send the same write again. An entry only counts
 /// while the cache still shows exactly the version the write was decided on.
+///
+/// The version each write produced also tells its watch event (its echo) apart from someone
+/// else's change: the reconcile that wrote already knew everything the echo carries, so the
+/// echo queues nothing. Without that, a Deployment the operator had just changed looked like
+/// drift and cost a second, normal-priority reconcile, and every status write a low-priority
+/// one. An echo that arrives before the response (the watch can win) is queued as before.
 #[derive(Default)]
 pub struct RecentWrites {
     entries: Mutex<HashMap<String, RecentWrite>>,
 }
 
 struct RecentWrite {
-    seen_version: String,
+    /// The cached version the write was decided on (`None` for a create).
+    seen_version: Option<String>,
     digest: u64,
+    /// The version the write produced.
+    written_version: Option<String>,
     at: Instant,
 }
 
@@ -134,12 +143,28 @@ impl RecentWrites {
     fn covers(&self, key: &str, seen: Option<&str>, digest: u64) -> bool {
         let Some(seen) = seen else { return false };
         self.lock().get(key).is_some_and(|w| {
-            w.seen_version == seen && w.digest == digest && w.at.elapsed() < RECENT_TTL
+            w.seen_version.as_deref() == Some(seen)
+                && w.digest == digest
+                && w.at.elapsed() < RECENT_TTL
         })
     }
 
-    fn record(&self, key: String, seen: Option<String>, digest: u64) {
-        let Some(seen_version) = seen else { return };
+    /// Whether a watch event of `key` at `version` is the echo of our own write.
+    pub fn is_echo(&self, key: &str, version: Option<&str>) -> bool {
+        version.is_some()
+            && self
+                .lock()
+                .get(key)
+                .is_some_and(|w| w.written_version.as_deref() == version)
+    }
+
+    pub(crate) fn record(
+        &self,
+        key: String,
+        seen_version: Option<String>,
+        digest: u64,
+        written_version: Option<String>,
+    ) {
         let mut entries = self.lock();
         if entries.len() % 256 == 255 {
             entries.retain(|_, w| w.at.elapsed() < RECENT_TTL);
@@ -149,6 +174,7 @@ impl RecentWrites {
             RecentWrite {
                 seen_version,
                 digest,
+                written_version,
                 at: Instant::now(),
             },
         );
@@ -506,12 +532,11 @@ where
         .apply(desired, live.is_none())
         .await
         .map_err(|e| Error::write("apply", &kind, &name, e))?;
-    ctx.recent.record(recent_key, seen, digest);
-    ctx.echoes.record(
-        &kind,
-        &ns,
-        &name,
-        applied.meta().resource_version.as_deref(),
+    ctx.recent.record(
+        recent_key,
+        seen,
+        digest,
+        applied.meta().resource_version.clone(),
     );
     debug!(kind, name, created = live.is_none(), "applied");
     let change = Change {
@@ -599,7 +624,8 @@ async fn write_status(
         .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
         .collect();
     debug!(generation = ?status.observed_generation, ?conditions, "status changed");
-    let recent_key = format!("status/{ns}/{set_name}");
+    // The set's own key: the operator writes only its status, and its watch sees the echo.
+    let recent_key = format!("{}/{ns}/{set_name}", crate::crd::KIND);
     let digest = digest(&serde_json::to_value(&status).unwrap_or_default());
     let seen = set.metadata.resource_version.clone();
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
@@ -610,13 +636,8 @@ async fn write_status(
         .apply_status::<VecodexSet, _>(&ns, &set_name, &status)
         .await
         .map_err(|e| Error::write("apply status of", "VecodexSet", &set_name, e))?;
-    ctx.recent.record(recent_key, seen, digest);
-    ctx.echoes.record(
-        crate::crd::KIND,
-        &ns,
-        &set_name,
-        written.metadata.resource_version.as_deref(),
-    );
+    ctx.recent
+        .record(recent_key, seen, digest, written.metadata.resource_version);
     Ok(true)
 }
 
@@ -627,4 +648,34 @@ fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: 
         (type_ == EventType::Warning).then(|| crate::telemetry::ids(&tracing::Span::current()).0);
     ctx.events
         .send(set.object_ref(&()), type_, reason, note, trace_id);
+}
+
+#[cfg(test)]
+mod recent_writes_tests {
+    use super::RecentWrites;
+
+    #[test]
+    fn only_the_version_a_write_produced_is_its_echo() {
+        let recent = RecentWrites::default();
+        recent.record("Deployment/t/a".into(), None, 1, Some("7".into()));
+        assert!(recent.is_echo("Deployment/t/a", Some("7")));
+        assert!(
+            !recent.is_echo("Deployment/t/a", Some("8")),
+            "someone else's change"
+        );
+        assert!(!recent.is_echo("Service/t/a", Some("7")));
+        assert!(!recent.is_echo("Deployment/t/a", None));
+        assert!(
+            !recent.covers("Deployment/t/a", None, 1),
+            "a create covers no cached version"
+        );
+        recent.record(
+            "Deployment/t/a".into(),
+            Some("7".into()),
+            2,
+            Some("9".into()),
+        );
+        assert!(recent.covers("Deployment/t/a", Some("7"), 2));
+        assert!(!recent.covers("Deployment/t/a", Some("9"), 2));
+    }
 }
