@@ -4,6 +4,11 @@
 
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+# make builds jemalloc, the operator's allocator, from C source (the slim image has gcc only).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 
 # Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change.

@@ -6,6 +6,7 @@
 //! re-list replaces the whole store.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
@@ -13,8 +14,9 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::shard::shard_of;
 
@@ -155,7 +157,11 @@ where
     K: Resource + Serialize + DeserializeOwned,
 {
     pub fn new(obj: K) -> Self {
-        let value = serde_json::to_value(&obj).unwrap_or_default();
+        // One serialization, read back as an outline that borrows from it: building a
+        // `serde_json::Value` first (and printing it again) was the allocator's busiest
+        // caller under churn.
+        let json = serde_json::to_vec(&obj).unwrap_or_default();
+        let outline: Outline<'_> = serde_json::from_slice(&json).unwrap_or_default();
         let meta = obj.meta();
         let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
         let controller = meta
@@ -170,15 +176,15 @@ where
             })
             .map(|o| (Box::from(o.name.as_str()), Box::from(o.uid.as_str())));
         Stored {
-            digest: managed_digest(meta, &value),
+            digest: managed_digest(meta, &outline),
             name: meta.name.as_deref().unwrap_or_default().into(),
             namespace: boxed(&meta.namespace),
             uid: boxed(&meta.uid),
             resource_version: boxed(&meta.resource_version),
             generation: meta.generation,
-            observed_generation: value["status"]["observedGeneration"].as_i64(),
+            observed_generation: outline.observed_generation(),
             controller,
-            packed: lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into(),
+            packed: lz4_flex::compress_prepend_size(&json).into(),
             kind: PhantomData,
         }
     }
@@ -232,16 +238,36 @@ impl<K> Stored<K> {
     }
 }
 
+/// The top-level fields of an object's JSON, unparsed: `BTreeMap` so the digest sees them
+/// in one order whatever order they were printed in.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+struct Outline<'a>(#[serde(borrow)] BTreeMap<&'a str, &'a RawValue>);
+
+impl Outline<'_> {
+    /// `status.observedGeneration`, where the object has one.
+    fn observed_generation(&self) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Status {
+            #[serde(rename = "observedGeneration")]
+            observed_generation: Option<i64>,
+        }
+        let status = self.0.get("status")?;
+        serde_json::from_str::<Status>(status.get())
+            .ok()?
+            .observed_generation
+    }
+}
+
 /// A digest of what someone could change on a child that the operator cares about: its body
 /// (spec, or a ConfigMap's data), labels, annotations, owners and deletion; not its status,
-/// resourceVersion or managedFields.
-fn managed_digest(meta: &ObjectMeta, value: &serde_json::Value) -> u64 {
+/// resourceVersion or managedFields. The body is hashed as printed by serde from the typed
+/// object, which prints equal objects alike.
+fn managed_digest(meta: &ObjectMeta, outline: &Outline<'_>) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    if let Some(fields) = value.as_object() {
-        for (k, v) in fields {
-            if k != "metadata" && k != "status" {
-                (k, v.to_string()).hash(&mut hasher);
-            }
+    for (k, v) in &outline.0 {
+        if *k != "metadata" && *k != "status" {
+            (k, v.get()).hash(&mut hasher);
         }
     }
     meta.labels.hash(&mut hasher);
@@ -285,6 +311,7 @@ impl<K: Resource<DynamicType = ()>> Lookup for Stored<K> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::ConfigMap;
 
     use super::Stored;
@@ -314,5 +341,28 @@ mod tests {
         let mut status_only = cm;
         status_only.metadata.resource_version = Some("9".into());
         assert_eq!(Stored::new(status_only).digest, stored.digest);
+    }
+
+    #[test]
+    fn observed_generation_is_read_from_status_and_status_is_not_managed() {
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = Some("d".into());
+        deployment.metadata.generation = Some(3);
+        let unobserved = Stored::new(deployment.clone());
+        assert_eq!(unobserved.generation, Some(3));
+        assert_eq!(unobserved.observed_generation, None);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            ready_replicas: Some(1),
+            ..Default::default()
+        });
+        let observed = Stored::new(deployment.clone());
+        assert_eq!(observed.observed_generation, Some(2));
+        assert_eq!(observed.digest, unobserved.digest);
+        deployment.spec = Some(DeploymentSpec {
+            replicas: Some(2),
+            ..Default::default()
+        });
+        assert_ne!(Stored::new(deployment).digest, observed.digest);
     }
 }

@@ -6,8 +6,10 @@ set -euo pipefail
 readonly K8S_VERSION="v1.20.2"
 readonly K8S_MAJOR="1"
 readonly K8S_MINOR="20"
-readonly DEB_PACKAGES=(etcd-server openssl curl golang-go dpkg-dev golang-github-modern-go-reflect2-dev)
-readonly RUNTIME_COMMANDS=(etcd openssl curl)
+# make and gcc are not for the control plane but for the operator's build: jemalloc, its
+# allocator, is compiled from C source. This is the one place that apt-installs.
+readonly DEB_PACKAGES=(etcd-server openssl curl make gcc golang-go dpkg-dev golang-github-modern-go-reflect2-dev)
+readonly RUNTIME_COMMANDS=(etcd openssl curl make cc)
 # Room for the three Services of each of tens of thousands of VecodexSets (a /12 is the
 # largest range kube-apiserver accepts).
 readonly SERVICE_CIDR="${VECODEX_K8S_SERVICE_CIDR:-10.96.0.0/12}"
@@ -296,7 +298,7 @@ cmd_install() {
     binaries_ok && need_build=0
     [[ -f "$CACHE_DIR/src/.stamp-extracted" ]] && need_source=0
 
-    local pkgs=("etcd-server" "openssl" "curl")
+    local pkgs=("etcd-server" "openssl" "curl" "make" "gcc")
     ((need_build)) && pkgs=("${DEB_PACKAGES[@]}")
     local missing=()
     mapfile -t missing < <(missing_packages "${pkgs[@]}")
@@ -306,7 +308,7 @@ cmd_install() {
         DEBIAN_FRONTEND=noninteractive apt-get update </dev/null >&2 || die "apt-get update failed"
         apt_install "${missing[@]}"
     fi
-    runtime_commands_ok || die "etcd/openssl/curl still missing after apt-get install"
+    runtime_commands_ok || die "etcd/openssl/curl/make/cc still missing after apt-get install"
 
     if ((need_build)); then
         prepare_source
