@@ -296,7 +296,7 @@ async fn enqueue(queue: &WorkQueue, gate: &ShardGate, e: Enqueue) {
 /// too, and must not wait behind the rest of the list or out a backoff. The echo of our own
 /// status write queues nothing (see `RecentWrites`).
 fn classify_sets(
-    echoes: Arc<RecentWrites>,
+    recent: Arc<RecentWrites>,
 ) -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
     // Generation per key, as of the last event; during a re-list, the next map is built
     // beside it so that sets deleted meanwhile drop out when the list is done.
@@ -332,7 +332,7 @@ fn classify_sets(
                 let key = set.key()?;
                 let generation = set.generation.unwrap_or(0);
                 let previous = generations.insert(key.clone(), generation);
-                if previous == Some(generation) && is_echo(&echoes, &set) {
+                if previous == Some(generation) && is_echo(&recent, &set) {
                     return None;
                 }
                 let (priority, trigger) = change(previous, generation);
@@ -361,7 +361,7 @@ fn classify_sets(
 /// caches have listed; a later re-list (after a watch error) queues the owners it shows.
 /// The echo of our own apply queues nothing (see `RecentWrites`).
 fn classify_children<K: Resource<DynamicType = ()>>(
-    echoes: Arc<RecentWrites>,
+    recent: Arc<RecentWrites>,
 ) -> impl FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send {
     // uid -> digest of the managed part, hashed to keep the map small at 100,000 children.
     let mut managed: HashMap<u64, u64> = HashMap::new();
@@ -378,7 +378,7 @@ fn classify_children<K: Resource<DynamicType = ()>>(
             }
             Event::Apply(c) => {
                 let before = managed.insert(uid_key(c), c.digest);
-                if is_echo(&echoes, c) {
+                if is_echo(&recent, c) {
                     return None;
                 }
                 if before.is_some_and(|b| b != c.digest) {
@@ -406,14 +406,13 @@ fn classify_children<K: Resource<DynamicType = ()>>(
     }
 }
 
-fn is_echo<K: Resource<DynamicType = ()>>(echoes: &RecentWrites, obj: &Stored<K>) -> bool {
-    let key = format!(
-        "{}/{}/{}",
-        K::kind(&()),
+fn is_echo<K: Resource<DynamicType = ()>>(recent: &RecentWrites, obj: &Stored<K>) -> bool {
+    let key = RecentWrites::key(
+        &K::kind(&()),
         obj.namespace().unwrap_or_default(),
-        obj.name()
+        obj.name(),
     );
-    echoes.is_echo(&key, obj.resource_version())
+    recent.is_echo(&key, obj.resource_version())
 }
 
 fn uid_key<K>(obj: &Stored<K>) -> u64 {
@@ -499,11 +498,11 @@ pub async fn run(
         gate: &gate,
         shutdown: &shutdown,
     };
-    let echoes = Arc::new(RecentWrites::default());
+    let recent = Arc::new(RecentWrites::default());
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
         feed.watch(&mut tasks, list_config(), Stored::new, || {
-            classify_sets(echoes.clone())
+            classify_sets(recent.clone())
         }),
         config.sharding.shards,
     );
@@ -533,7 +532,7 @@ pub async fn run(
             queue: queue.clone(),
             gate: gate.clone(),
             stores: stores.clone(),
-            echoes: echoes.clone(),
+            recent: recent.clone(),
             shutdown: shutdown.clone(),
         },
         config.sharding.lease_duration,
@@ -572,7 +571,7 @@ pub async fn run(
         stores,
         events,
         limits: config.limits.clone(),
-        recent: echoes,
+        recent,
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
@@ -627,7 +626,7 @@ struct ShardWatches {
     queue: Arc<WorkQueue>,
     gate: Arc<ShardGate>,
     stores: Stores,
-    echoes: Arc<RecentWrites>,
+    recent: Arc<RecentWrites>,
     shutdown: CancellationToken,
 }
 
@@ -772,7 +771,7 @@ impl ShardWatches {
             stream,
             self.queue.clone(),
             self.gate.clone(),
-            classify_children::<K>(self.echoes.clone()),
+            classify_children::<K>(self.recent.clone()),
             stop.clone(),
         ));
         cache.insert(shard, generation, ns.clone(), store.clone());
@@ -1056,8 +1055,8 @@ mod tests {
 
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
-        let echoes = Arc::new(RecentWrites::default());
-        let mut classify = classify_sets(echoes.clone());
+        let recent = Arc::new(RecentWrites::default());
+        let mut classify = classify_sets(recent.clone());
         assert!(classify(Event::Init).is_none());
         let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
         assert_eq!(
@@ -1073,7 +1072,12 @@ mod tests {
         );
         let mut written = set(1);
         written.metadata.resource_version = Some("5".into());
-        echoes.record("VecodexSet/t/s".into(), None, 0, Some("5".into()));
+        recent.record(
+            RecentWrites::key("VecodexSet", "t", "s"),
+            None,
+            0,
+            Some("5".into()),
+        );
         assert!(
             classify(Event::Apply(Stored::new(written))).is_none(),
             "the echo of our own status write"
@@ -1200,8 +1204,8 @@ mod tests {
                 block_owner_deletion: None,
             },
         ]);
-        let echoes = Arc::new(RecentWrites::default());
-        let mut classify = classify_children(echoes.clone());
+        let recent = Arc::new(RecentWrites::default());
+        let mut classify = classify_children(recent.clone());
         assert!(
             classify(Event::InitApply(Stored::new(cm.clone()))).is_none(),
             "the first list queues nothing: the shard's sets are queued once it is done"
@@ -1230,7 +1234,12 @@ mod tests {
         );
         cm.data = Some([("k".to_owned(), "ours".to_owned())].into());
         cm.metadata.resource_version = Some("3".into());
-        echoes.record("ConfigMap/t/s-config".into(), None, 0, Some("3".into()));
+        recent.record(
+            RecentWrites::key("ConfigMap", "t", "s-config"),
+            None,
+            0,
+            Some("3".into()),
+        );
         assert!(
             classify(Event::Apply(Stored::new(cm.clone()))).is_none(),
             "the echo of our own apply: the reconcile that made it knew all it carries"

@@ -10,14 +10,14 @@ use vecodex_operator::http::{self, Health};
 use vecodex_operator::kube_metrics::RequestMetricsLayer;
 use vecodex_operator::metrics::Metrics;
 use vecodex_operator::queue::QueueConfig;
+use vecodex_operator::shard::{ShardConfig, default_identity};
+use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
+use vecodex_operator::validate::Limits;
 
 /// jemalloc instead of glibc's malloc: under churn glibc's allocator took over a third of
 /// the operator's CPU (loadtest/README.md, "What limits churn").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use vecodex_operator::shard::{ShardConfig, default_identity};
-use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
-use vecodex_operator::validate::Limits;
 
 /// Kubernetes operator for Vecodex vector-search clusters.
 #[derive(Parser)]

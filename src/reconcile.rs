@@ -149,6 +149,11 @@ impl RecentWrites {
         })
     }
 
+    /// The key of an object's writes.
+    pub fn key(kind: &str, ns: &str, name: &str) -> String {
+        format!("{kind}/{ns}/{name}")
+    }
+
     /// Whether a watch event of `key` at `version` is the echo of our own write.
     pub fn is_echo(&self, key: &str, version: Option<&str>) -> bool {
         version.is_some()
@@ -505,7 +510,7 @@ where
         return Ok(None);
     }
     // Only now, on the way to a write, is the digest worth computing.
-    let recent_key = format!("{kind}/{ns}/{name}");
+    let recent_key = RecentWrites::key(&kind, &ns, &name);
     let digest = digest(&desired_value);
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(None);
@@ -625,7 +630,7 @@ async fn write_status(
         .collect();
     debug!(generation = ?status.observed_generation, ?conditions, "status changed");
     // The set's own key: the operator writes only its status, and its watch sees the echo.
-    let recent_key = format!("{}/{ns}/{set_name}", crate::crd::KIND);
+    let recent_key = RecentWrites::key(crate::crd::KIND, &ns, &set_name);
     let digest = digest(&serde_json::to_value(&status).unwrap_or_default());
     let seen = set.metadata.resource_version.clone();
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {

@@ -6,9 +6,11 @@ set -euo pipefail
 readonly K8S_VERSION="v1.20.2"
 readonly K8S_MAJOR="1"
 readonly K8S_MINOR="20"
-# make and gcc are not for the control plane but for the operator's build: jemalloc, its
-# allocator, is compiled from C source. This is the one place that apt-installs.
-readonly DEB_PACKAGES=(etcd-server openssl curl make gcc golang-go dpkg-dev golang-github-modern-go-reflect2-dev)
+# What a run needs. make and gcc are not for the control plane but for the operator's build:
+# jemalloc, its allocator, is compiled from C source. This is the one place that apt-installs.
+readonly RUNTIME_PACKAGES=(etcd-server openssl curl make gcc)
+# What building the control plane needs besides.
+readonly DEB_PACKAGES=("${RUNTIME_PACKAGES[@]}" golang-go dpkg-dev golang-github-modern-go-reflect2-dev)
 readonly RUNTIME_COMMANDS=(etcd openssl curl make cc)
 # Room for the three Services of each of tens of thousands of VecodexSets (a /12 is the
 # largest range kube-apiserver accepts).
@@ -298,7 +300,7 @@ cmd_install() {
     binaries_ok && need_build=0
     [[ -f "$CACHE_DIR/src/.stamp-extracted" ]] && need_source=0
 
-    local pkgs=("etcd-server" "openssl" "curl" "make" "gcc")
+    local pkgs=("${RUNTIME_PACKAGES[@]}")
     ((need_build)) && pkgs=("${DEB_PACKAGES[@]}")
     local missing=()
     mapfile -t missing < <(missing_packages "${pkgs[@]}")
