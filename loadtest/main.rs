@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     shards: u32,
     /// Reconcile concurrency per replica, and the plain client's concurrency.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Spec updates per second in the churn and failover scenarios.
     #[arg(long, default_value_t = 50.0)]

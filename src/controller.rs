@@ -54,7 +54,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             namespaces: Vec::new(),
-            concurrency: 8,
+            concurrency: 16,
             limits: Limits::default(),
             queue: QueueConfig::default(),
             instance: None,

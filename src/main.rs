@@ -62,7 +62,7 @@ struct RunArgs {
     #[arg(long, env = "VECODEX_NAMESPACE", value_delimiter = ',')]
     namespace: Vec<String>,
     /// Reconciles running at once.
-    #[arg(long, default_value_t = 8, env = "VECODEX_CONCURRENCY")]
+    #[arg(long, default_value_t = 16, env = "VECODEX_CONCURRENCY")]
     concurrency: usize,
     /// Largest replicas a component may ask for; more is reported as InvalidSpec.
     #[arg(long, default_value_t = 100, env = "VECODEX_MAX_REPLICAS")]

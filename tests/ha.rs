@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{assert_no_overlap, assert_takeovers_after_expiry, record_leases};
 use common::{
-    LEASE_DURATION_S, RETRY_PERIOD_S, Replica, client, seed_example, shard_holders, wait_for,
+    LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, wait_for,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -122,7 +122,7 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     })
     .await;
 
-    // 2. kill -9 r1: survivors hold its shards within lease duration + retry period + 2 s,
+    // 2. kill -9 r1: survivors hold its shards within lease duration + 5 s,
     //    and a set changed during the outage converges. First the survivors warm the caches
     //    of the shards a failure would bring them (a Lease duration after the members last
     //    changed).
@@ -162,7 +162,7 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
         )
         .await
         .unwrap();
-    let bound = Duration::from_secs(LEASE_DURATION_S + RETRY_PERIOD_S + 2);
+    let bound = failover_bound(LEASE_DURATION_S);
     wait_balanced(&client, &["r2", "r3"], 4, 4, bound + Duration::from_secs(5)).await;
     let failover = killed.elapsed();
     eprintln!("failover after kill -9 took {failover:?} (bound {bound:?})");

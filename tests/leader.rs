@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    LEASE_DURATION_S, RETRY_PERIOD_S, Replica, client, seed_example, shard_holders, wait_for,
+    LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, wait_for,
 };
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -167,7 +167,7 @@ async fn one_shard_is_classic_leader_election() {
 
     leader_replica.signal(libc::SIGKILL);
     let killed = Instant::now();
-    let bound = Duration::from_secs(LEASE_DURATION_S + RETRY_PERIOD_S + 2);
+    let bound = failover_bound(LEASE_DURATION_S);
     wait_for(
         "the standby to lead",
         bound + Duration::from_secs(5),

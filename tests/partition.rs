@@ -185,7 +185,7 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
     )
     .await;
     let takeover = cut.elapsed();
-    let bound = Duration::from_secs(opts.lease_duration_s + opts.retry_period_s + 2);
+    let bound = common::failover_bound(opts.lease_duration_s);
     eprintln!("c1 and c2 hold c3's shards {takeover:?} after the cut (bound {bound:?})");
     assert!(takeover <= bound, "takeover took {takeover:?}");
     wait_for(

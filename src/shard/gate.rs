@@ -187,6 +187,13 @@ impl ShardGate {
         }
     }
 
+    /// Start of the last successful renewal (or acquisition) of a held shard's Lease.
+    pub fn renewed_at(&self, shard: u32) -> Option<Instant> {
+        let slots = self.lock();
+        let slot = &slots[shard as usize];
+        (slot.state != SlotState::Idle).then_some(slot.renewed_at)
+    }
+
     /// The Lease was renewed with a request started at `at`.
     pub fn renewed(&self, shard: u32, at: Instant) {
         let mut slots = self.lock();

@@ -40,6 +40,29 @@ impl ShardConfig {
     pub fn member_lease(&self, identity: &str) -> String {
         format!("{}-member-{}", self.group, identity)
     }
+
+    /// How old a held Lease's last renewal may get before the next one: half the renew
+    /// deadline, so a failed renewal still has the other half to be retried once per retry
+    /// period before fencing. client-go renews every retry period; at 16 shards and 3
+    /// replicas that was 9.5 etcd writes per second, which the load test's churn felt.
+    pub fn renew_interval(&self) -> Duration {
+        (self.renew_deadline / 2).max(self.retry_period)
+    }
+
+    /// Whether a Lease last renewed `age` ago is renewed at this tick. Ticks come a retry
+    /// period apart, so a renewal is sent every `renew_interval / retry_period` ticks; the
+    /// threshold sits half a tick early, so that a tick a few milliseconds early does not
+    /// put the renewal off by a whole period (by default: every 4 s, ticks every 2 s).
+    pub fn renewal_due(&self, age: Duration) -> bool {
+        let retry = self.retry_period.as_secs_f64();
+        if retry <= 0.0 {
+            return true;
+        }
+        let ticks = (self.renew_interval().as_secs_f64() / retry)
+            .floor()
+            .max(1.0);
+        age.as_secs_f64() >= (ticks - 0.5) * retry
+    }
 }
 
 /// `<group>-shard-07`: zero-padded so the Leases sort by shard.
@@ -91,14 +114,17 @@ pub struct ShardManager {
     wanted_since: HashMap<u32, Instant>,
     /// Whether the Leases were listed at least once.
     listed: bool,
+    /// Start of the last successful write of our heartbeat Lease.
+    member_renewed_at: Option<Instant>,
 }
 
 /// What an operation of a tick is for.
 #[derive(Clone, Copy)]
 enum Role {
-    Renew,
-    Take,
-    Release,
+    Member,
+    Renew(u32),
+    Take(u32),
+    Release(u32),
 }
 
 impl ShardManager {
@@ -122,6 +148,7 @@ impl ShardManager {
             metrics,
             wanted_since: HashMap::new(),
             listed: false,
+            member_renewed_at: None,
         }
     }
 
@@ -233,8 +260,15 @@ impl ShardManager {
         // keep up with the renew deadline whatever the number of shards.
         let me = self.config.identity.clone();
         let owners = assign(self.config.shards, &self.live_members());
-        let mut ops = vec![(self.config.member_lease(&me), Op::Acquire("member"))];
-        let mut roles = vec![None];
+        let now = Instant::now();
+        let due = |renewed_at: Option<Instant>| {
+            renewed_at.is_none_or(|at| self.config.renewal_due(now.saturating_duration_since(at)))
+        };
+        let (mut ops, mut roles) = (Vec::new(), Vec::new());
+        if due(self.member_renewed_at) {
+            ops.push((self.config.member_lease(&me), Op::Acquire("member")));
+            roles.push(Role::Member);
+        }
         for shard in 0..self.config.shards {
             let preferred = owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
             if !self.gate.is_held(shard) {
@@ -250,10 +284,10 @@ impl ShardManager {
             }
             if self.gate.is_draining(shard) && self.gate.in_flight(shard) == 0 {
                 ops.push((name, Op::Release));
-                roles.push(Some((shard, Role::Release)));
-            } else {
+                roles.push(Role::Release(shard));
+            } else if due(self.gate.renewed_at(shard)) {
                 ops.push((name, Op::Acquire("shard")));
-                roles.push(Some((shard, Role::Renew)));
+                roles.push(Role::Renew(shard));
             }
         }
         self.plan_takes(&owners, &mut ops, &mut roles);
@@ -280,7 +314,7 @@ impl ShardManager {
         &mut self,
         owners: &[String],
         ops: &mut Vec<(String, Op)>,
-        roles: &mut Vec<Option<(u32, Role)>>,
+        roles: &mut Vec<Role>,
     ) {
         let me = self.config.identity.as_str();
         let now = Instant::now();
@@ -300,21 +334,25 @@ impl ShardManager {
                 .is_none_or(|o| o.is_free(now) || o.holder() == Some(me));
             if obtainable {
                 ops.push((name, Op::Acquire("shard")));
-                roles.push(Some((shard, Role::Take)));
+                roles.push(Role::Take(shard));
             }
         }
     }
 
     /// Sends `ops` with a read of the Leases and applies the outcomes; whether the read
     /// succeeded.
-    async fn send(&mut self, ops: &[(String, Op)], roles: Vec<Option<(u32, Role)>>) -> bool {
+    async fn send(&mut self, ops: &[(String, Op)], roles: Vec<Role>) -> bool {
         let started = Instant::now();
         let (refreshed, results) = self.leases.exchange(ops, self.call_timeout()).await;
         for (role, result) in roles.into_iter().zip(results) {
             match role {
-                None => {}
-                Some((shard, Role::Renew)) => self.renewed(shard, started, result),
-                Some((shard, Role::Take)) => {
+                Role::Member => {
+                    if let Some(Ok(Attempt::Held)) = result {
+                        self.member_renewed_at = Some(started);
+                    }
+                }
+                Role::Renew(shard) => self.renewed(shard, started, result),
+                Role::Take(shard) => {
                     if let Some(Ok(Attempt::Held)) = result {
                         info!(shard, lease = %self.config.shard_lease(shard), "acquired shard");
                         self.gate.gain(shard, started);
@@ -323,7 +361,7 @@ impl ShardManager {
                             .acquired(started.saturating_duration_since(since));
                     }
                 }
-                Some((shard, Role::Release)) => {
+                Role::Release(shard) => {
                     // Whether or not the write got through, we stop serving the shard.
                     self.gate.lose(shard);
                     info!(
@@ -434,5 +472,69 @@ async fn bounded<T>(
             warn!(what, "lease request timed out");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ShardConfig;
+
+    fn config(lease: u64, deadline: u64, retry: u64) -> ShardConfig {
+        ShardConfig {
+            shards: 16,
+            namespace: "default".into(),
+            group: "g".into(),
+            identity: "me".into(),
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(deadline),
+            retry_period: Duration::from_secs(retry),
+        }
+    }
+
+    /// The ages at which ticks a retry period apart renew a Lease renewed at age 0, give or
+    /// take a few milliseconds of timer slack either way.
+    fn renewal_ages(config: &ShardConfig, slack_ms: i64) -> Vec<u64> {
+        let retry = config.retry_period.as_millis() as i64;
+        let mut renewed = 0i64;
+        let mut ages = Vec::new();
+        for tick in 1..=12i64 {
+            let now = tick * retry + slack_ms;
+            let age = Duration::from_millis((now - renewed).max(0) as u64);
+            if config.renewal_due(age) {
+                ages.push(age.as_secs_f64().round() as u64);
+                renewed = now;
+            }
+        }
+        ages
+    }
+
+    #[test]
+    fn leases_are_renewed_every_half_renew_deadline_rounded_down_to_ticks() {
+        // Defaults (client-go's timings): every second tick, 4 s, so that a failed renewal
+        // is retried at 6 s and 8 s before the 10 s deadline.
+        let defaults = config(15, 10, 2);
+        assert_eq!(defaults.renew_interval(), Duration::from_secs(5));
+        for slack in [-5, 0, 5] {
+            assert_eq!(
+                renewal_ages(&defaults, slack),
+                vec![4; 6],
+                "slack {slack} ms"
+            );
+        }
+        // The tests' timings: every second tick of 1 s.
+        assert_eq!(renewal_ages(&config(6, 4, 1), -5), vec![2; 6]);
+        // A renew deadline under two retry periods: every tick, as client-go.
+        assert_eq!(renewal_ages(&config(6, 3, 2), 5), vec![2; 12]);
+        assert!(config(15, 10, 0).renewal_due(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_renewal_late_by_a_slow_tick_is_sent_at_once() {
+        let defaults = config(15, 10, 2);
+        assert!(!defaults.renewal_due(Duration::from_millis(2_900)));
+        assert!(defaults.renewal_due(Duration::from_millis(3_000)));
+        assert!(defaults.renewal_due(Duration::from_secs(9)));
     }
 }
