@@ -530,6 +530,9 @@ fn latency_summary(tracker: &Tracker, scenario: &str, sent: usize, lost: &[Strin
         "p95_seconds": percentile(&l, 0.95),
         "p99_seconds": percentile(&l, 0.99),
         "max_seconds": l.last().copied().unwrap_or(f64::NAN),
+        // The tail, with the wall-clock time each update was sent, to look it up in the
+        // replicas' logs (`--log-level info`) and the API server's slow-request traces.
+        "slowest": tracker.slowest(scenario, 10),
     })
 }
 

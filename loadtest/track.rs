@@ -30,10 +30,20 @@ struct State {
     owner_of: HashMap<String, String>,
     /// owner uid -> children
     children: HashMap<String, usize>,
-    /// ns/deployment -> (wanted replicas, since, scenario)
-    pending: HashMap<String, (i32, Instant, String)>,
-    /// scenario -> latencies (s)
-    latencies: BTreeMap<String, Vec<f64>>,
+    /// ns/deployment -> (wanted replicas, since, sent at (wall clock), scenario)
+    pending: HashMap<String, (i32, Instant, jiff::Timestamp, String)>,
+    /// scenario -> every applied update
+    latencies: BTreeMap<String, Vec<Applied>>,
+}
+
+/// An expected change that landed: which Deployment, when it was sent (wall clock, to find
+/// it in the replicas' and the API server's logs) and how long it took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Applied {
+    pub deployment: String,
+    /// RFC 3339, UTC.
+    pub sent: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Default)]
@@ -165,13 +175,13 @@ impl Tracker {
         let replicas = d.spec.as_ref().and_then(|s| s.replicas);
         let mut state = self.lock();
         if state.pending.get(&k).is_some_and(|p| replicas == Some(p.0))
-            && let Some((_, since, scenario)) = state.pending.remove(&k)
+            && let Some((_, since, sent, scenario)) = state.pending.remove(&k)
         {
-            state
-                .latencies
-                .entry(scenario)
-                .or_default()
-                .push(since.elapsed().as_secs_f64());
+            state.latencies.entry(scenario).or_default().push(Applied {
+                deployment: k,
+                sent: sent.to_string(),
+                seconds: since.elapsed().as_secs_f64(),
+            });
         }
     }
 
@@ -180,7 +190,12 @@ impl Tracker {
     pub fn expect(&self, deployment: &str, replicas: i32, scenario: &str) {
         self.lock().pending.insert(
             deployment.to_owned(),
-            (replicas, Instant::now(), scenario.to_owned()),
+            (
+                replicas,
+                Instant::now(),
+                jiff::Timestamp::now(),
+                scenario.to_owned(),
+            ),
         );
     }
 
@@ -193,19 +208,33 @@ impl Tracker {
         self.lock()
             .pending
             .iter()
-            .filter(|(_, p)| p.2 == scenario)
+            .filter(|(_, p)| p.3 == scenario)
             .map(|(k, _)| k.clone())
             .collect()
     }
 
+    /// The scenario's latencies (s), sorted.
     pub fn latencies(&self, scenario: &str) -> Vec<f64> {
+        let mut l: Vec<f64> = self
+            .lock()
+            .latencies
+            .get(scenario)
+            .map(|a| a.iter().map(|a| a.seconds).collect())
+            .unwrap_or_default();
+        l.sort_by(f64::total_cmp);
+        l
+    }
+
+    /// The scenario's `n` slowest updates, slowest first: what its tail is made of.
+    pub fn slowest(&self, scenario: &str, n: usize) -> Vec<Applied> {
         let mut l = self
             .lock()
             .latencies
             .get(scenario)
             .cloned()
             .unwrap_or_default();
-        l.sort_by(f64::total_cmp);
+        l.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        l.truncate(n);
         l
     }
 
