@@ -1,7 +1,8 @@
-//! The shard manager: every retry period it reads the group's Leases, renews its heartbeat,
-//! works out the live replicas and each shard's preferred owner (rendezvous hashing with
-//! bounded loads), acquires the shards it is preferred for, renews the ones it holds, and
-//! hands over the ones another live replica is preferred for (drain, then release).
+//! The shard manager: every retry period it reads the group's Leases, works out the live
+//! replicas and each shard's preferred owner (rendezvous hashing with bounded loads),
+//! acquires the shards it is preferred for, hands over the ones another live replica is
+//! preferred for (drain, then release), and renews its heartbeat and the shards it holds
+//! once their last renewal is half a renew deadline old (see `ShardConfig::renewal_due`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
