@@ -25,6 +25,14 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// How the control planes' kube-apiserver collects its garbage (Go's GOGC and GOMEMLIMIT).
+#[derive(Debug, Clone)]
+pub struct ApiServerGc {
+    pub gogc: u32,
+    /// Go's syntax (`8GiB`); empty for none.
+    pub memory_limit: String,
+}
+
 /// A control plane started for the load test; `down` stops it, and a watchdog stops it if
 /// this process dies first.
 pub struct LocalCluster {
@@ -39,7 +47,10 @@ impl LocalCluster {
     /// and an EndpointSlice per Service at the controller-manager's 20 requests/s: at 30,000
     /// Services a backlog of half an hour, which landed on whatever scenario came next. So
     /// they are off too.
-    pub fn up() -> anyhow::Result<LocalCluster> {
+    ///
+    /// `gc` is the API server's GOGC and GOMEMLIMIT (`--apiserver-gogc`,
+    /// `--apiserver-memory-limit`).
+    pub fn up(gc: &ApiServerGc) -> anyhow::Result<LocalCluster> {
         let out = Command::new("bash")
             .arg(repo_root().join("deploy/local/cluster.sh"))
             .args(["up", "--owner-pid", &std::process::id().to_string()])
@@ -47,6 +58,8 @@ impl LocalCluster {
                 "VECODEX_KCM_CONTROLLERS",
                 "*,-deployment,-replicaset,-endpoint,-endpointslice,-endpointslicemirroring",
             )
+            .env("VECODEX_APISERVER_GOGC", gc.gogc.to_string())
+            .env("VECODEX_APISERVER_GOMEMLIMIT", &gc.memory_limit)
             .stderr(Stdio::inherit())
             .output()
             .context("run deploy/local/cluster.sh")?;
@@ -224,6 +237,32 @@ pub async fn requests(client: &Client) -> anyhow::Result<std::collections::BTree
     Ok(crate::shared::apiserver_requests(
         &client.request_text(req).await?,
     ))
+}
+
+/// Makes the API server collect its garbage now, so that a timed window starts on a fresh
+/// heap: `/debug/pprof/heap?gc=1` runs a full GC before it answers. At 10,000 sets the API
+/// server's live heap is 1.5-2.5 GB and a collection's mark phase takes 2-8 s on two busy
+/// cores; every request it overlaps is slowed, the plain client's as much as the operator's
+/// (those were the 2-3 s tails at 50 updates/s). With `--apiserver-gogc` 400 the next
+/// collection is then 30-60 s of churn away. Returns the API server's GC cycles counted after
+/// it (`gc_cycles`), so that the window can report how many fell inside it.
+pub async fn collect_apiserver_garbage(client: &Client) -> anyhow::Result<f64> {
+    let req = http::Request::get("/debug/pprof/heap?gc=1&debug=1").body(Vec::new())?;
+    client
+        .request_text(req)
+        .await
+        .context("GET /debug/pprof/heap?gc=1 (kube-apiserver --profiling)")?;
+    gc_cycles(client).await
+}
+
+/// The API server's completed GC cycles (`go_gc_duration_seconds_count`).
+pub async fn gc_cycles(client: &Client) -> anyhow::Result<f64> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("go_gc_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("go_gc_duration_seconds_count not in the API server's /metrics")
 }
 
 pub fn requests_delta(

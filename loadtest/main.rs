@@ -56,9 +56,10 @@ struct Args {
     /// and by the plain client: the highest rate this machine sustains with p99 <= 1 s.
     #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0])]
     churn_sweep: Vec<f64>,
-    /// Updates per second during the failover scenario. Default: the highest churn rate the
-    /// operator kept within a p99 of 1 s in this run (else the lowest rate measured), so that
-    /// the scenario measures the failover and not a backlog the machine cannot absorb.
+    /// Updates per second during the failover scenario. Default: the highest rate of the
+    /// sweep the operator kept within a p99 of 1 s in this run (else the lowest rate
+    /// measured), so that the scenario measures the failover and not a backlog the machine
+    /// cannot absorb (see `default_failover_rate`).
     #[arg(long)]
     failover_churn_rate: Option<f64>,
     /// How long the idle scenario measures.
@@ -76,6 +77,19 @@ struct Args {
     /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
     #[arg(long)]
     skip_fresh: bool,
+    /// GOGC of the control planes' kube-apiserver. At 10,000 sets its live heap is 1.1-2.9
+    /// GB; with Go's default (100) it collects every 6 s or so, and each mark phase (1-4 s on
+    /// two busy cores) slows every request it overlaps: those were the 2-3 s tails at 50
+    /// updates/s, of the plain client as much as the operator's. With 400 it collects about
+    /// five times less often. Both sides of every ratio run with it.
+    #[arg(long, default_value_t = 400)]
+    apiserver_gogc: u32,
+    /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none): with
+    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. At 8 GiB
+    /// the operator's churn window at 50/s (about 250 MB/s allocated, 2.5-3 GB live after
+    /// the forced collection) still held a collection; 12 GiB leaves it 35-40 s of runway.
+    #[arg(long, default_value = "12GiB")]
+    apiserver_memory_limit: String,
     /// Give up on a convergence after this long.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
@@ -90,6 +104,13 @@ impl Args {
         let mut rates = self.churn_sweep.clone();
         rates.push(self.churn_rate);
         rates
+    }
+
+    fn apiserver_gc(&self) -> cluster::ApiServerGc {
+        cluster::ApiServerGc {
+            gogc: self.apiserver_gogc,
+            memory_limit: self.apiserver_memory_limit.clone(),
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -124,7 +145,7 @@ fn is_tenant(ns: &str) -> bool {
 /// not land on the operator's cold start.
 async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
     eprintln!("loadtest: limit: fresh control plane, {} sets", args.sets);
-    let cluster = LocalCluster::up()?;
+    let cluster = LocalCluster::up(&args.apiserver_gc())?;
     let result = async {
         let client = cluster::client_for(&cluster.kubeconfig()).await?;
         cluster::install_crd(&client).await?;
@@ -434,6 +455,7 @@ impl Churner {
             // Each rate starts on a quiet control plane: after the cold start the replicas
             // list their standby shards' children, which is not churn's to pay for.
             cluster.wait_quiet(Duration::from_secs(120)).await;
+            let gc_before = cluster::collect_apiserver_garbage(client).await;
             let scenario = format!("{prefix}-{rate}");
             let cpu_before = cluster.cpu_seconds();
             let (operator_before, own_before) = (operator_cpu(), own_cpu());
@@ -455,6 +477,7 @@ impl Churner {
             summary["seconds"] = json!(args.churn_seconds);
             summary["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
             summary["loadtest_cpu_seconds"] = json!(own_cpu() - own_before);
+            summary["apiserver_gc_cycles"] = gc_cycles_since(client, gc_before).await;
             if !replicas.is_empty() {
                 summary["operator_cpu_seconds"] = json!(operator_cpu() - operator_before);
                 summary["reconciles"] = json!(reconciles(replicas).await - reconciles_before);
@@ -691,6 +714,7 @@ async fn failover(
     args: &Args,
     rate: f64,
 ) -> anyhow::Result<Value> {
+    let gc_before = cluster::collect_apiserver_garbage(client).await;
     let before = 5.0_f64.min(args.churn_seconds as f64);
     let mut sent = churner
         .run(client, tracker, args, rate, "failover", before)
@@ -718,7 +742,38 @@ async fn failover(
     result["churn_rate_per_second"] = json!(rate);
     result["lease_seconds"] = json!(args.lease_seconds);
     result["converged_after_kill_seconds"] = json!(recovered);
+    result["apiserver_gc_cycles"] = gc_cycles_since(client, gc_before).await;
     Ok(result)
+}
+
+/// The API server's GC cycles since `before` (from `collect_apiserver_garbage`), or null
+/// with the reason printed when either count could not be read.
+async fn gc_cycles_since(client: &Client, before: anyhow::Result<f64>) -> Value {
+    match (before, cluster::gc_cycles(client).await) {
+        (Ok(before), Ok(after)) => json!(after - before),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("loadtest: API server GC cycles unknown: {e:#}");
+            Value::Null
+        }
+    }
+}
+
+/// The failover's churn rate when `--failover-churn-rate` is not given: the highest rate of
+/// the sweep (below `--churn-rate`) the operator kept within a p99 of 1 s, else the lowest
+/// measured. Not `--churn-rate` itself: that is the stress rate, at which the machine has no
+/// headroom left to absorb the backlog of a Lease duration's outage on top of the ongoing
+/// churn, so the scenario would measure the backlog and not the failover.
+fn default_failover_rate(args: &Args, operator_churn: &[Value]) -> f64 {
+    let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
+    operator_churn
+        .iter()
+        .filter(|c| {
+            let rate = c["rate_per_second"].as_f64().unwrap_or(f64::INFINITY);
+            rate < args.churn_rate && c["p99_seconds"].as_f64().is_some_and(|p| p <= 1.0)
+        })
+        .filter_map(|c| c["rate_per_second"].as_f64())
+        .reduce(f64::max)
+        .unwrap_or(lowest)
 }
 
 /// Scale-out and tracing cost: a cold start on a fresh control plane.
@@ -732,7 +787,7 @@ async fn fresh_cold_start(
     let sets = args.scale_sets.unwrap_or(args.sets);
     let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
     eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
-    let cluster = LocalCluster::up()?;
+    let cluster = LocalCluster::up(&args.apiserver_gc())?;
     let result = async {
         let client = cluster::client_for(&cluster.kubeconfig()).await?;
         cluster::install_crd(&client).await?;
@@ -853,7 +908,7 @@ async fn main() -> anyhow::Result<()> {
     // is gone before the main one starts.
     let limit = limit(&args, &spec).await?;
     eprintln!("loadtest: limit: {limit}");
-    let main = LocalCluster::up()?;
+    let main = LocalCluster::up(&args.apiserver_gc())?;
     let outcome = main_cluster(&args, &spec, &main, limit).await;
     main.down();
     let MainRun {
@@ -1031,13 +1086,9 @@ async fn main_cluster(
         .await;
     let churn = operator_churn.last().cloned().unwrap_or_default();
     let churn_limit = churn_limit(&operator_churn, &limit["churn"]);
-    let failover_rate = args.failover_churn_rate.unwrap_or_else(|| {
-        let sustained = churn_limit["operator_highest_rate_within_p99_1s"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
-        if sustained > 0.0 { sustained } else { lowest }
-    });
+    let failover_rate = args
+        .failover_churn_rate
+        .unwrap_or_else(|| default_failover_rate(args, &operator_churn));
 
     // 6. Failover; the killed replica comes back before the idle measurement.
     let failover = failover(
@@ -1116,7 +1167,8 @@ async fn main_cluster(
             "churn_sweep": args.churn_sweep, "failover_churn_rate": failover_rate,
             "idle_seconds": args.idle_seconds, "lease_seconds": args.lease_seconds,
             "scale_sets": args.scale_sets.unwrap_or(args.sets),
-            "sampling_ratio": args.sampling_ratio,
+            "sampling_ratio": args.sampling_ratio, "apiserver_gogc": args.apiserver_gogc,
+            "apiserver_memory_limit": args.apiserver_memory_limit,
         },
         "limit": limit,
         "cold_start": cold,

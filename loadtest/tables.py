@@ -21,13 +21,19 @@ def ops(r):
     if r.get('operator_cpu_seconds') is None:
         return ''
     return f"; operator {r['operator_cpu_seconds']:.1f} CPU s, {r['reconciles']:.0f} reconciles"
+def gcs(i):
+    # API server GC cycles within the operator's and the plain client's window of rate i.
+    o = cl['operator'][i].get('apiserver_gc_cycles') if i < len(cl['operator']) else None
+    pl = li['churn'][i].get('apiserver_gc_cycles') if i < len(li['churn']) else None
+    return '' if o is None or pl is None else f"; API server GC cycles in the window {o:.0f} against {pl:.0f}"
 cl=d.get('churn_limit')
 if cl:
-    for r in cl['rates']:
-        print(f"| churn {r['rate_per_second']:.0f}/s: operator against plain client | p99 {r['operator_p99_seconds']:.3f} s against {r['plain_p99_seconds']:.3f} s (p50 {r['operator_p50_seconds']:.3f} against {r['plain_p50_seconds']:.3f} s); control plane CPU {r['operator_control_plane_cpu_seconds']:.0f} against {r['plain_control_plane_cpu_seconds']:.0f} s{ops(r)} |")
+    for i, r in enumerate(cl['rates']):
+        print(f"| churn {r['rate_per_second']:.0f}/s: operator against plain client | p99 {r['operator_p99_seconds']:.3f} s against {r['plain_p99_seconds']:.3f} s (p50 {r['operator_p50_seconds']:.3f} against {r['plain_p50_seconds']:.3f} s); control plane CPU {r['operator_control_plane_cpu_seconds']:.0f} against {r['plain_control_plane_cpu_seconds']:.0f} s{ops(r)}{gcs(i)} |")
     print(f"| highest churn rate with p99 <= 1 s | operator {cl['operator_highest_rate_within_p99_1s']:.0f}/s, plain client {cl['plain_highest_rate_within_p99_1s']:.0f}/s (of those measured) |")
 f=d['failover']
-print(f"| failover under {f.get('churn_rate_per_second', p['churn_rate']):.0f}/s churn | {lat(f)}; converged {f['converged_after_kill_seconds']:.1f} s after `kill -9` of {f['killed']} |")
+fg = '' if f.get('apiserver_gc_cycles') is None else f"; API server GC cycles {f['apiserver_gc_cycles']:.0f}"
+print(f"| failover under {f.get('churn_rate_per_second', p['churn_rate']):.0f}/s churn | {lat(f)}; converged {f['converged_after_kill_seconds']:.1f} s after `kill -9` of {f['killed']}{fg} |")
 i=d['idle']
 print(f"| idle | {i['write_requests_per_minute']:.1f} write requests per minute over {i['seconds']} s |")
 w=d['whole_run_per_replica']

@@ -827,6 +827,24 @@ async fn a_name_collision_is_retried_with_growing_delays_while_others_converge()
         message.contains("cl-searcher") && message.contains("not controlled"),
         "{message}"
     );
+    // Refused, not half-taken: the squatter carries no owner and no field of ours.
+    let live = services.get("cl-searcher").await.unwrap();
+    assert!(
+        live.metadata.owner_references.is_none(),
+        "{:?}",
+        live.metadata.owner_references
+    );
+    let managers: Vec<_> = live
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.as_deref())
+        .collect();
+    assert!(
+        !managers.contains(&"vecodex-operator"),
+        "the operator wrote to the squatter: {managers:?}"
+    );
     let key = format!("key={ns}/cl");
     let delays = wait_for(
         "backoff to grow past 2 s",

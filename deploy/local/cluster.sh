@@ -56,6 +56,12 @@ Environment:
                                   default fills up in a 10,000-set load test)
   VECODEX_KCM_CONTROLLERS         kube-controller-manager --controllers (default '*'); the load
                                   test turns the deployment controller off and simulates it
+  VECODEX_ETCD_LOG_LEVEL          etcd --log-level (default warn; info logs each compaction)
+  VECODEX_APISERVER_GOGC          GOGC of kube-apiserver (default Go's 100). The load test
+                                  raises it: at 10,000 sets the API server's heap is 1.5 GB
+                                  and each GC's mark phase stalls requests for 2-4 s
+  VECODEX_APISERVER_GOMEMLIMIT    GOMEMLIMIT of kube-apiserver (default none), e.g. 8GiB: a
+                                  cap on the heap that a high GOGC would otherwise let grow
 EOF
 }
 
@@ -341,15 +347,23 @@ pid_matches() {
     cat "/proc/$pid/cmdline" 2>/dev/null | cmp -s - "$dir/pids/$name.cmdline"
 }
 
+# Environment (NAME=VALUE words) for the next start_detached; kept with the command line so
+# that 'start' restarts a component as 'up' started it.
+DETACHED_ENV=()
+
 # start_detached DIR NAME LOGFILE CMD...: start CMD in its own session, record PID + command line.
 start_detached() {
     local dir="$1" name="$2" logfile="$3"
     shift 3
     mkdir -p "$dir/pids"
     printf '%s\0' "$@" >"$dir/pids/$name.cmdline"
+    local -a envs=("${DETACHED_ENV[@]}")
+    DETACHED_ENV=()
+    : >"$dir/pids/$name.env"
+    ((${#envs[@]} == 0)) || printf '%s\0' "${envs[@]}" >"$dir/pids/$name.env"
     (
         close_fds
-        exec setsid nohup "$@" </dev/null >>"$logfile" 2>&1
+        exec setsid nohup env "${envs[@]}" "$@" </dev/null >>"$logfile" 2>&1
     ) &
     local pid=$!
     printf '%s\n' "$pid" >"$dir/pids/$name.pid"
@@ -672,13 +686,16 @@ EOF
         --initial-cluster-state=new \
         --initial-cluster-token="$etcd_name-$$" \
         --logger=zap \
-        --log-level=warn \
+        --log-level="${VECODEX_ETCD_LOG_LEVEL:-warn}" \
         --quota-backend-bytes="${VECODEX_ETCD_QUOTA_BYTES:-8589934592}"
     log "etcd started (pid $(<"$dir/pids/etcd.pid")); waiting for /health"
     wait_for etcd "etcd /health" check_etcd
 
     # kube-apiserver
     local issuer="https://kubernetes.default.svc.cluster.local"
+    DETACHED_ENV=("GOGC=${VECODEX_APISERVER_GOGC:-100}")
+    [[ -z "${VECODEX_APISERVER_GOMEMLIMIT:-}" ]] ||
+        DETACHED_ENV+=("GOMEMLIMIT=$VECODEX_APISERVER_GOMEMLIMIT")
     start_detached "$dir" kube-apiserver "$dir/kube-apiserver.log" "$BIN_DIR/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
         --bind-address=127.0.0.1 \
@@ -788,6 +805,8 @@ cmd_start() {
     pid_matches "$dir" "$name" && { log "$name is already running"; return 0; }
     local -a args=()
     mapfile -d '' args <"$dir/pids/$name.cmdline"
+    DETACHED_ENV=()
+    [[ ! -s "$dir/pids/$name.env" ]] || mapfile -d '' DETACHED_ENV <"$dir/pids/$name.env"
     start_detached "$dir" "$name" "$dir/$name.log" "${args[@]}"
     log "started $name again (pid $(<"$dir/pids/$name.pid"))"
 }
