@@ -29,7 +29,7 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
 #[derive(Debug, Clone)]
 pub struct ApiServerGc {
     pub gogc: u32,
-    /// Go's syntax (`8GiB`); empty for none.
+    /// Go's syntax (`12GiB`); empty for none.
     pub memory_limit: String,
 }
 
@@ -239,13 +239,14 @@ pub async fn requests(client: &Client) -> anyhow::Result<std::collections::BTree
     ))
 }
 
-/// Makes the API server collect its garbage now, so that a timed window starts on a fresh
-/// heap: `/debug/pprof/heap?gc=1` runs a full GC before it answers. At 10,000 sets the API
-/// server's live heap is 1.5-2.5 GB and a collection's mark phase takes 2-8 s on two busy
-/// cores; every request it overlaps is slowed, the plain client's as much as the operator's
-/// (those were the 2-3 s tails at 50 updates/s). With `--apiserver-gogc` 400 the next
-/// collection is then 30-60 s of churn away. Returns the API server's GC cycles counted after
-/// it (`gc_cycles`), so that the window can report how many fell inside it.
+/// Makes the API server collect its garbage now, so that every timed window (the plain
+/// client's and the operator's alike) starts at the same point of its GC cycle:
+/// `/debug/pprof/heap?gc=1` runs a full GC before it answers. At 10,000 sets the API server's
+/// live heap is 1.5-3 GB and a collection's mark phase takes 2-8 s on two busy cores; every
+/// request it overlaps is slowed (those were the 2-4 s tails at 50 updates/s). With
+/// `--apiserver-gogc` 400 the next collection is then some 30 s of churn at 50/s away, which
+/// a 30-s window may or may not reach. Returns the API server's GC cycles counted after it
+/// (`gc_cycles`), so that the window can report how many fell inside it.
 pub async fn collect_apiserver_garbage(client: &Client) -> anyhow::Result<f64> {
     let req = http::Request::get("/debug/pprof/heap?gc=1&debug=1").body(Vec::new())?;
     client

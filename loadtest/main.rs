@@ -85,9 +85,9 @@ struct Args {
     #[arg(long, default_value_t = 400)]
     apiserver_gogc: u32,
     /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none): with
-    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. At 8 GiB
-    /// the operator's churn window at 50/s (about 250 MB/s allocated, 2.5-3 GB live after
-    /// the forced collection) still held a collection; 12 GiB leaves it 35-40 s of runway.
+    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. Under
+    /// churn at 50/s it allocates about 250 MB/s, so with 2-3 GB live even 12 GiB means a
+    /// collection every 30-40 s; 8 GiB meant one every 20-25 s.
     #[arg(long, default_value = "12GiB")]
     apiserver_memory_limit: String,
     /// Give up on a convergence after this long.

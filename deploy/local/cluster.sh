@@ -58,9 +58,9 @@ Environment:
                                   test turns the deployment controller off and simulates it
   VECODEX_ETCD_LOG_LEVEL          etcd --log-level (default warn; info logs each compaction)
   VECODEX_APISERVER_GOGC          GOGC of kube-apiserver (default Go's 100). The load test
-                                  raises it: at 10,000 sets the API server's heap is 1.5 GB
-                                  and each GC's mark phase stalls requests for 2-4 s
-  VECODEX_APISERVER_GOMEMLIMIT    GOMEMLIMIT of kube-apiserver (default none), e.g. 8GiB: a
+                                  raises it: at 10,000 sets the API server holds 1-3 GB live
+                                  and each GC's mark phase slows requests for seconds
+  VECODEX_APISERVER_GOMEMLIMIT    GOMEMLIMIT of kube-apiserver (default none), e.g. 12GiB: a
                                   cap on the heap that a high GOGC would otherwise let grow
 EOF
 }
