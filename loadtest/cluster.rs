@@ -231,11 +231,16 @@ pub async fn create_set(
     Ok(())
 }
 
+/// The API server's `/metrics` text.
+async fn apiserver_metrics(client: &Client) -> anyhow::Result<String> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    Ok(client.request_text(req).await?)
+}
+
 /// Every request the API server has counted, by "VERB resource[/subresource]".
 pub async fn requests(client: &Client) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
     Ok(crate::shared::apiserver_requests(
-        &client.request_text(req).await?,
+        &apiserver_metrics(client).await?,
     ))
 }
 
@@ -258,9 +263,9 @@ pub async fn collect_apiserver_garbage(client: &Client) -> anyhow::Result<f64> {
 
 /// The API server's completed GC cycles (`go_gc_duration_seconds_count`).
 pub async fn gc_cycles(client: &Client) -> anyhow::Result<f64> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    text.lines()
+    apiserver_metrics(client)
+        .await?
+        .lines()
         .find_map(|l| l.strip_prefix("go_gc_duration_seconds_count "))
         .and_then(|v| v.trim().parse().ok())
         .context("go_gc_duration_seconds_count not in the API server's /metrics")

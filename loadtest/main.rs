@@ -767,11 +767,9 @@ fn default_failover_rate(args: &Args, operator_churn: &[Value]) -> f64 {
     let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
     operator_churn
         .iter()
-        .filter(|c| {
-            let rate = c["rate_per_second"].as_f64().unwrap_or(f64::INFINITY);
-            rate < args.churn_rate && c["p99_seconds"].as_f64().is_some_and(|p| p <= 1.0)
-        })
+        .filter(|c| c["p99_seconds"].as_f64().is_some_and(|p| p <= 1.0))
         .filter_map(|c| c["rate_per_second"].as_f64())
+        .filter(|&rate| rate < args.churn_rate)
         .reduce(f64::max)
         .unwrap_or(lowest)
 }
