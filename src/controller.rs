@@ -95,7 +95,7 @@ fn trim<K: Resource>(obj: &mut K) {
 /// How long a failed watch waits before it retries: 0.5 s doubling up to 5 s, and back to
 /// 0.5 s once a retry works. kube-runtime's default grows to 30 s, which after an API server
 /// restart kept the caches stale (and reconciles waiting) for half a minute.
-struct WatchBackoff {
+pub(crate) struct WatchBackoff {
     next: Duration,
 }
 
@@ -677,14 +677,26 @@ impl ShardWatches {
     /// start early must not list a third of all children while its peers still converge
     /// theirs on the same API server (it cost the cold start a tenth of its throughput).
     fn caught_up(&self) -> bool {
-        if !self.queue.is_idle()
-            || !self
-                .gate
-                .held()
-                .iter()
-                .all(|s| self.stores.children_synced(*s))
-        {
-            return false;
+        self.behind().is_none()
+    }
+
+    /// Why this replica has not caught up (see [`caught_up`](Self::caught_up)), if it has not.
+    fn behind(&self) -> Option<String> {
+        if !self.queue.is_idle() {
+            return Some(format!(
+                "{} sets queued, {} being reconciled",
+                self.queue.len(),
+                self.queue.in_progress()
+            ));
+        }
+        let unlisted: Vec<u32> = self
+            .gate
+            .held()
+            .into_iter()
+            .filter(|s| !self.stores.children_synced(*s))
+            .collect();
+        if !unlisted.is_empty() {
+            return Some(format!("held shards {unlisted:?} not listed yet"));
         }
         let sets = self.stores.sets.state();
         let (mut behind, mut never) = (0, 0);
@@ -699,7 +711,12 @@ impl ShardWatches {
         // most 0.1 % of them, since the last 1 % of a cold start of 10,000 sets took 80 s of
         // its 676 when the standby lists started with them. Sets behind by a spec change are
         // what churn is made of, and churn must not keep standby caches away for ever.
-        never * 1000 <= sets.len() && (behind + never) * 100 <= sets.len()
+        (never * 1000 > sets.len() || (behind + never) * 100 > sets.len()).then(|| {
+            format!(
+                "{never} of {} sets never reconciled, {behind} behind their spec",
+                sets.len()
+            )
+        })
     }
 
     /// Queues the sets of a held shard whose caches have listed. Sets whose spec changed
@@ -804,6 +821,8 @@ async fn follow_shards(
     let mut standby_since = tokio::time::Instant::now();
     // Whether "every standby shard's children are cached" was said for `wanted_standby`.
     let mut announced = false;
+    // When it was last said why standby shards wait (every 10 s while they do).
+    let mut said_why: Option<tokio::time::Instant> = None;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = |running: &mut HashMap<u32, (u64, CancellationToken)>, shard: u32| {
@@ -824,11 +843,16 @@ async fn follow_shards(
                     .copied()
                     .filter(|s| !running.contains_key(s))
                     .collect();
-                // `caught_up` reads the whole set cache: only when there is a watch to start.
-                if !missing.is_empty()
-                    && standby_since.elapsed() >= settle
-                    && watches.caught_up()
-                {
+                // `behind` reads the whole set cache: only when there is a watch to start.
+                let behind = (!missing.is_empty() && standby_since.elapsed() >= settle)
+                    .then(|| watches.behind());
+                if let Some(Some(reason)) = behind {
+                    if said_why.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        info!(shards = ?missing, %reason, "standby shards wait until this replica has caught up");
+                        said_why = Some(tokio::time::Instant::now());
+                    }
+                } else if let Some(None) = behind {
+                    said_why = None;
                     info!(shards = ?missing, "keeping the caches of standby shards warm");
                     for shard in missing {
                         generation += 1;

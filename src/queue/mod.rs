@@ -493,6 +493,11 @@ impl WorkQueue {
         self.metrics.depth(&self.config.name, s.queued.len());
     }
 
+    /// Keys being reconciled now.
+    pub fn in_progress(&self) -> usize {
+        self.lock().processing.len()
+    }
+
     /// Keys ready to be handed out.
     pub fn len(&self) -> usize {
         self.lock().queued.len()

@@ -12,9 +12,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{ListParams, ObjectList, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
@@ -53,6 +55,12 @@ impl Observed {
 
     fn version(&self) -> Option<&str> {
         self.lease.metadata.resource_version.as_deref()
+    }
+
+    /// The resourceVersion as the number etcd makes it. The API server calls versions
+    /// opaque; where one is not a number, no two reads are ordered by it.
+    fn version_number(lease: &Lease) -> Option<u64> {
+        lease.metadata.resource_version.as_deref()?.parse().ok()
     }
 
     /// The parts of the record whose change means the holder is alive.
@@ -129,6 +137,17 @@ impl LeaseClient {
         let Some(name) = lease.metadata.name.clone() else {
             return;
         };
+        // A read older than what is known (a list that crossed a watch event) must not
+        // bring an old record back.
+        if let Some(known) = self.observed.get(&name)
+            && let (Some(old), Some(new)) = (
+                Observed::version_number(&known.lease),
+                Observed::version_number(&lease),
+            )
+            && new < old
+        {
+            return;
+        }
         let changed = self
             .observed
             .get(&name)
@@ -145,6 +164,43 @@ impl LeaseClient {
                 );
             }
         }
+    }
+
+    /// A Lease from the watch, received at `at`. The watch sees a renewal as it happens, where
+    /// the list of the next tick sees it up to a retry period later, and expiry counts from
+    /// when a renewal was seen: without it, a dead replica's shards were taken up to a retry
+    /// period after they expired. Still never earlier: `at` comes after the write.
+    /// Only known Leases count (the lists decide which exist, so an event that arrives after
+    /// a deletion cannot bring a Lease back), and only versions at least as new as known.
+    pub fn observe_event(&mut self, lease: Lease, at: Instant) {
+        let Some(name) = lease.metadata.name.as_deref() else {
+            return;
+        };
+        let Some(known) = self.observed.get_mut(name) else {
+            return;
+        };
+        let (Some(old), Some(new)) = (
+            Observed::version_number(&known.lease),
+            Observed::version_number(&lease),
+        ) else {
+            return;
+        };
+        if new > old {
+            self.note(lease, at);
+        } else if new == old && at < known.observed_at {
+            // The list saw this version first, but the watch brought it earlier.
+            known.observed_at = at;
+        }
+    }
+
+    /// Every version of this group's Leases the API server sends (a watch that re-lists
+    /// after errors, see [`observe_event`](Self::observe_event)).
+    pub fn watch(&self) -> impl Stream<Item = Lease> + Send + 'static {
+        let config = watcher::Config::default().labels(&selector(&self.labels));
+        watcher::watcher(self.api.clone(), config)
+            .backoff(crate::controller::WatchBackoff::default())
+            .applied_objects()
+            .filter_map(|lease| std::future::ready(lease.ok()))
     }
 
     /// Lists this group's Leases (a consistent read) and updates the observations.
@@ -353,11 +409,18 @@ async fn list(
     api: &Api<Lease>,
     labels: &BTreeMap<String, String>,
 ) -> Result<ObjectList<Lease>, kube::Error> {
-    let selector = format!(
+    api.list(&ListParams::default().labels(&selector(labels)))
+        .await
+}
+
+/// The label selector of one group's Leases.
+fn selector(labels: &BTreeMap<String, String>) -> String {
+    format!(
         "app.kubernetes.io/name={}",
-        labels["app.kubernetes.io/name"]
-    );
-    api.list(&ListParams::default().labels(&selector)).await
+        labels
+            .get("app.kubernetes.io/name")
+            .map_or("", String::as_str)
+    )
 }
 
 /// Sends a [`Plan`]: the written Lease, or `None` when someone else holds it or won the race.
@@ -371,5 +434,90 @@ async fn send(api: &Api<Lease>, name: &str, plan: Plan) -> Result<Option<Lease>,
         Ok(written) => Ok(Some(written)),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::{Client, Config};
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::LeaseClient;
+
+    fn lease(name: &str, holder: &str, version: &str, renewed: &str) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "resourceVersion": version},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": format!("2026-11-28T10:00:{renewed}.000000Z"),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn leases() -> LeaseClient {
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        LeaseClient::new(client, "default", "me", Duration::from_secs(15), "g")
+    }
+
+    #[tokio::test]
+    async fn the_watch_dates_a_renewal_from_its_arrival_never_earlier() {
+        let mut leases = leases();
+        let t0 = Instant::now();
+        leases.note(lease("g-shard-00", "other", "10", "00"), t0);
+        assert_eq!(leases.next_expiry(t0), Some(t0 + Duration::from_secs(15)));
+
+        // A renewal arrives by the watch at t0 + 1 s.
+        let t1 = t0 + Duration::from_secs(1);
+        leases.observe_event(lease("g-shard-00", "other", "11", "01"), t1);
+        assert_eq!(leases.next_expiry(t1), Some(t1 + Duration::from_secs(15)));
+
+        // The list of the next tick (t0 + 2 s) shows the same version: it changes nothing.
+        let t2 = t0 + Duration::from_secs(2);
+        leases.note(lease("g-shard-00", "other", "11", "01"), t2);
+        assert_eq!(leases.next_expiry(t2), Some(t1 + Duration::from_secs(15)));
+
+        // A list older than the watch (it crossed the event) does not bring version 10 back.
+        leases.note(lease("g-shard-00", "other", "10", "00"), t2);
+        let seen = leases.observed("g-shard-00").unwrap();
+        assert_eq!(seen.version(), Some("11"));
+        assert_eq!(seen.observed_at, t1);
+
+        // A late event of an older version is ignored, and so is its arrival time.
+        leases.observe_event(lease("g-shard-00", "other", "10", "00"), t2);
+        assert_eq!(leases.observed("g-shard-00").unwrap().version(), Some("11"));
+    }
+
+    #[tokio::test]
+    async fn the_watch_refines_what_a_list_saw_first() {
+        let mut leases = leases();
+        let t0 = Instant::now();
+        leases.note(lease("g-shard-00", "other", "10", "00"), t0);
+        // The list at t0 + 2 s saw the renewal before its watch event (sent at t0 + 1 s) was
+        // handled: the event's earlier arrival counts.
+        let t2 = t0 + Duration::from_secs(2);
+        leases.note(lease("g-shard-00", "other", "11", "01"), t2);
+        let t1 = t0 + Duration::from_secs(1);
+        leases.observe_event(lease("g-shard-00", "other", "11", "01"), t1);
+        assert_eq!(leases.observed("g-shard-00").unwrap().observed_at, t1);
+    }
+
+    #[tokio::test]
+    async fn the_watch_never_brings_a_lease_the_lists_do_not_show() {
+        let mut leases = leases();
+        let t0 = Instant::now();
+        leases.observe_event(lease("g-member-gone", "gone", "12", "00"), t0);
+        assert!(leases.observed("g-member-gone").is_none());
+        // Nor one whose version is not a number: no order between two reads is known.
+        leases.note(lease("g-shard-01", "other", "abc", "00"), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        leases.observe_event(lease("g-shard-01", "other", "abd", "01"), t1);
+        assert_eq!(leases.observed("g-shard-01").unwrap().observed_at, t0);
     }
 }

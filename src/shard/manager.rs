@@ -3,11 +3,15 @@
 //! acquires the shards it is preferred for, hands over the ones another live replica is
 //! preferred for (drain, then release), and renews its heartbeat and the shards it holds
 //! once their last renewal is half a renew deadline old (see `ShardConfig::renewal_due`).
+//! A watch of the same Leases dates each renewal from the moment it arrives, so that another
+//! replica's Lease expires, as seen here, a lease duration after its last renewal rather than
+//! up to a retry period later (see `LeaseClient::observe_event`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -181,21 +185,42 @@ impl ShardManager {
                 }
             }
         });
-        loop {
+        // Renewals as they happen (see `LeaseClient::observe_event`), stamped on arrival by a
+        // task of their own so that a slow tick does not delay the stamp.
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let watch = tokio::spawn({
+            let changes = self.leases.watch();
+            async move {
+                let mut changes = std::pin::pin!(changes);
+                while let Some(lease) = changes.next().await {
+                    if seen_tx.send((lease, Instant::now())).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        'ticks: loop {
             let started = Instant::now();
+            while let Ok((lease, at)) = seen.try_recv() {
+                self.leases.observe_event(lease, at);
+            }
             self.tick().await;
             // Tick again at the next retry period, or as soon as another replica's Lease
             // expires if that is earlier: a dead replica's shards are taken without waiting
             // for the tick after.
-            let mut next = started + self.config.retry_period;
-            if let Some(expiry) = self.leases.next_expiry(Instant::now()) {
-                next = next.min(expiry + Duration::from_millis(10));
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(next) => {}
+            loop {
+                let mut next = started + self.config.retry_period;
+                if let Some(expiry) = self.leases.next_expiry(Instant::now()) {
+                    next = next.min(expiry + Duration::from_millis(10));
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break 'ticks,
+                    _ = tokio::time::sleep_until(next) => break,
+                    Some((lease, at)) = seen.recv() => self.leases.observe_event(lease, at),
+                }
             }
         }
+        watch.abort();
         fencer.abort();
         self.shut_down(drain_timeout).await;
     }

@@ -31,6 +31,8 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static OPERATOR: OnceLock<()> = OnceLock::new();
+/// The logs of every [`Replica`] this test binary started, for the summary of a timeout.
+static REPLICA_LOGS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -277,23 +279,34 @@ pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<Strin
 /// The shared operator's warnings, errors and shard changes (the last 40), for a failure
 /// message; empty when this test binary did not start it.
 fn operator_log_summary() -> String {
-    if OPERATOR.get().is_none() {
-        return String::new();
+    // Warnings, errors and shard changes: what a timed-out wait usually turns on.
+    let notable = |log: &str, last: usize| {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+                    || (l.contains("shard") && !l.contains("reconcile{"))
+            })
+            .collect();
+        lines[lines.len().saturating_sub(last)..].join("\n")
+    };
+    let mut summary = String::new();
+    if OPERATOR.get().is_some() {
+        summary += &format!(
+            "\nshared operator's log (warnings, errors, shards; last 40):\n{}",
+            notable(&operator_log(), 40)
+        );
     }
-    let log = operator_log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains(" WARN ")
-                || l.contains(" ERROR ")
-                || (l.contains("shard") && !l.contains("reconcile{"))
-        })
-        .collect();
-    let tail = &lines[lines.len().saturating_sub(40)..];
-    format!(
-        "\nshared operator's log (warnings, errors, shards; last 40):\n{}",
-        tail.join("\n")
-    )
+    let replicas = REPLICA_LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+    for log in replicas {
+        summary += &format!(
+            "\n{} (warnings, errors, shards; last 20):\n{}",
+            log.display(),
+            notable(&std::fs::read_to_string(&log).unwrap_or_default(), 20)
+        );
+    }
+    summary
 }
 
 /// The operator log of this test binary.
@@ -403,6 +416,11 @@ impl Replica {
         ];
         args.extend(opts.extra_args.iter().map(String::as_str));
         let child = spawn_operator(&opts.kubeconfig, &log, &args);
+        if let Ok(mut logs) = REPLICA_LOGS.lock()
+            && !logs.contains(&log)
+        {
+            logs.push(log.clone());
+        }
         Replica {
             identity: identity.to_owned(),
             child,
