@@ -279,13 +279,14 @@ pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<Strin
 /// The shared operator's warnings, errors and shard changes (the last 40), for a failure
 /// message; empty when this test binary did not start it.
 fn operator_log_summary() -> String {
-    // Warnings, errors and shard changes: what a timed-out wait usually turns on.
+    // Warnings, errors, panics and shard changes: what a timed-out wait usually turns on.
     let notable = |log: &str, last: usize| {
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| {
                 l.contains(" WARN ")
                     || l.contains(" ERROR ")
+                    || l.contains("panicked")
                     || (l.contains("shard") && !l.contains("reconcile{"))
             })
             .collect();
