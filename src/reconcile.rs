@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,10 +186,22 @@ impl RecentWrites {
     }
 }
 
-fn digest(value: &serde_json::Value) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
-    hasher.finish()
+/// A digest of `value` as serde_json prints it, streamed into the hasher: no `Value` and no
+/// string is built for it.
+fn digest<T: Serialize + ?Sized>(value: &T) -> u64 {
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    let _ = serde_json::to_writer(&mut writer, value);
+    writer.0.finish()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -500,18 +512,21 @@ where
     let ns = desired.meta().namespace.clone().unwrap_or_default();
     let kind = K::kind(&()).into_owned();
     let live = store.get(&ObjectRef::new(&name).within(&ns));
-    let desired_value = serde_json::to_value(desired).unwrap_or_default();
+    let digest = digest(desired);
     let seen = live
         .as_ref()
         .and_then(|l| l.resource_version().map(str::to_owned));
-    if let Some(live) = &live
-        && is_subset(&desired_value, &live.value())
-    {
-        return Ok(None);
+    if let Some(live) = &live {
+        if live.verified(digest) {
+            return Ok(None);
+        }
+        let desired_value = serde_json::to_value(desired).unwrap_or_default();
+        if is_subset(&desired_value, &live.value()) {
+            live.mark_verified(digest);
+            return Ok(None);
+        }
     }
-    // Only now, on the way to a write, is the digest worth computing.
     let recent_key = RecentWrites::key(&kind, &ns, &name);
-    let digest = digest(&desired_value);
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(None);
     }
@@ -631,7 +646,7 @@ async fn write_status(
     debug!(generation = ?status.observed_generation, ?conditions, "status changed");
     // The set's own key: the operator writes only its status, and its watch sees the echo.
     let recent_key = RecentWrites::key(crate::crd::KIND, &ns, &set_name);
-    let digest = digest(&serde_json::to_value(&status).unwrap_or_default());
+    let digest = digest(&status);
     let seen = set.metadata.resource_version.clone();
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
         return Ok(false);
