@@ -137,17 +137,6 @@ impl LeaseClient {
         let Some(name) = lease.metadata.name.clone() else {
             return;
         };
-        // A read older than what is known (a list that crossed a watch event) must not
-        // bring an old record back.
-        if let Some(known) = self.observed.get(&name)
-            && let (Some(old), Some(new)) = (
-                Observed::version_number(&known.lease),
-                Observed::version_number(&lease),
-            )
-            && new < old
-        {
-            return;
-        }
         let changed = self
             .observed
             .get(&name)
@@ -172,6 +161,10 @@ impl LeaseClient {
     /// period after they expired. Still never earlier: `at` comes after the write.
     /// Only known Leases count (the lists decide which exist, so an event that arrives after
     /// a deletion cannot bring a Lease back), and only versions at least as new as known.
+    /// The lists stay authoritative: one that crossed a newer watch event notes its older
+    /// version as seen now, which only puts an expiry later, until the next read; comparing
+    /// versions there too would leave a replica blind to every Lease if etcd were restored
+    /// from a backup with older versions.
     pub fn observe_event(&mut self, lease: Lease, at: Instant) {
         let Some(name) = lease.metadata.name.as_deref() else {
             return;
@@ -483,15 +476,17 @@ mod tests {
         leases.note(lease("g-shard-00", "other", "11", "01"), t2);
         assert_eq!(leases.next_expiry(t2), Some(t1 + Duration::from_secs(15)));
 
-        // A list older than the watch (it crossed the event) does not bring version 10 back.
-        leases.note(lease("g-shard-00", "other", "10", "00"), t2);
+        // A late event of an older version is ignored, and so is its arrival time.
+        leases.observe_event(lease("g-shard-00", "other", "10", "00"), t2);
         let seen = leases.observed("g-shard-00").unwrap();
         assert_eq!(seen.version(), Some("11"));
         assert_eq!(seen.observed_at, t1);
 
-        // A late event of an older version is ignored, and so is its arrival time.
-        leases.observe_event(lease("g-shard-00", "other", "10", "00"), t2);
-        assert_eq!(leases.observed("g-shard-00").unwrap().version(), Some("11"));
+        // A list is authoritative even when it crossed a newer event: its older version
+        // counts as seen now, which only puts the expiry later.
+        let t3 = t0 + Duration::from_secs(3);
+        leases.note(lease("g-shard-00", "other", "10", "00"), t3);
+        assert_eq!(leases.next_expiry(t3), Some(t3 + Duration::from_secs(15)));
     }
 
     #[tokio::test]
