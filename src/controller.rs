@@ -844,19 +844,22 @@ async fn follow_shards(
                     .filter(|s| !running.contains_key(s))
                     .collect();
                 // `behind` reads the whole set cache: only when there is a watch to start.
-                let behind = (!missing.is_empty() && standby_since.elapsed() >= settle)
-                    .then(|| watches.behind());
-                if let Some(Some(reason)) = behind {
-                    if said_why.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                        info!(shards = ?missing, %reason, "standby shards wait until this replica has caught up");
-                        said_why = Some(tokio::time::Instant::now());
-                    }
-                } else if let Some(None) = behind {
-                    said_why = None;
-                    info!(shards = ?missing, "keeping the caches of standby shards warm");
-                    for shard in missing {
-                        generation += 1;
-                        running.insert(shard, (generation, watches.start(shard, generation)));
+                if !missing.is_empty() && standby_since.elapsed() >= settle {
+                    match watches.behind() {
+                        Some(reason) => {
+                            if said_why.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                                info!(shards = ?missing, %reason, "standby shards wait until this replica has caught up");
+                                said_why = Some(tokio::time::Instant::now());
+                            }
+                        }
+                        None => {
+                            said_why = None;
+                            info!(shards = ?missing, "keeping the caches of standby shards warm");
+                            for shard in missing {
+                                generation += 1;
+                                running.insert(shard, (generation, watches.start(shard, generation)));
+                            }
+                        }
                     }
                 } else if !announced
                     && missing.is_empty()

@@ -238,7 +238,7 @@ where
         if start.elapsed() > timeout {
             panic!(
                 "timed out after {timeout:?} waiting for {what}{}",
-                operator_log_summary()
+                logs_summary()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -276,9 +276,10 @@ pub async fn write_requests(client: &Client) -> std::collections::BTreeMap<Strin
         .collect()
 }
 
-/// The shared operator's warnings, errors and shard changes (the last 40), for a failure
-/// message; empty when this test binary did not start it.
-fn operator_log_summary() -> String {
+/// For a failure message: the warnings, errors, panics and shard changes of the shared
+/// operator (the last 40, if this test binary started it) and of every replica it started
+/// (the last 20 each).
+fn logs_summary() -> String {
     // Warnings, errors, panics and shard changes: what a timed-out wait usually turns on.
     let notable = |log: &str, last: usize| {
         let lines: Vec<&str> = log
