@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::cache::Raw;
 use crate::children::FIELD_MANAGER;
 
 #[derive(Clone)]
@@ -114,7 +115,9 @@ impl Writer {
     /// Server-side apply with our field manager; `force` takes back fields another manager
     /// changed, which is how drift is repaired. `creates` says whether the object is new
     /// (the API server answers 201 then, 200 otherwise), for the span's status code.
-    pub async fn apply<K>(&self, obj: &K, creates: bool) -> Result<K, kube::Error>
+    /// The answer is read as [`Raw`] (as the watches read objects): its managedFields are
+    /// never decoded.
+    pub async fn apply<K>(&self, obj: &K, creates: bool) -> Result<Raw<K>, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Serialize
@@ -124,7 +127,7 @@ impl Writer {
     {
         let name = obj.meta().name.clone().unwrap_or_default();
         let ns = obj.meta().namespace.clone().unwrap_or_default();
-        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<Raw<K>> = Api::namespaced(self.client.clone(), &ns);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let code = if creates { 201 } else { 200 };
         traced(
@@ -175,7 +178,7 @@ impl Writer {
         ns: &str,
         name: &str,
         status: &S,
-    ) -> Result<K, kube::Error>
+    ) -> Result<Raw<K>, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + DeserializeOwned
@@ -183,7 +186,7 @@ impl Writer {
             + Debug,
         S: Serialize + Debug,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Raw<K>> = Api::namespaced(self.client.clone(), ns);
         let body = serde_json::json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
@@ -218,7 +221,7 @@ impl Writer {
         series: &EventSeries,
         note: &str,
     ) -> Result<(), kube::Error> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Raw<Event>> = Api::namespaced(self.client.clone(), ns);
         let body = serde_json::json!({ "series": series, "note": note });
         let call = async {
             api.patch(name, &PatchParams::default(), &Patch::Merge(&body))

@@ -168,15 +168,32 @@ impl Clone for Verified {
 
 impl<K> Stored<K>
 where
-    K: Resource + Serialize + DeserializeOwned,
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
 {
+    /// Stores a typed object (as the watches store what the API server sends: see [`Raw`]).
     pub fn new(obj: K) -> Self {
-        // One serialization, read back as an outline that borrows from it: building a
-        // `serde_json::Value` first (and printing it again) was the allocator's busiest
-        // caller under churn.
-        let json = serde_json::to_vec(&obj).unwrap_or_default();
-        let outline: Outline<'_> = serde_json::from_slice(&json).unwrap_or_default();
-        let meta = obj.meta();
+        let json = serde_json::to_string(&obj).unwrap_or_default();
+        match Raw::<K>::from_json(&json) {
+            Ok(raw) => Stored::from_raw(raw),
+            // Not reached: serde_json reads back what it printed.
+            Err(_) => Stored::from_raw(Raw {
+                metadata: obj.meta().clone(),
+                json: json.into_bytes(),
+                digest: 0,
+                observed_generation: None,
+                kind: PhantomData,
+            }),
+        }
+    }
+}
+
+impl<K> Stored<K>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    /// Stores an object as a watch delivered it.
+    pub fn from_raw(raw: Raw<K>) -> Self {
+        let meta = &raw.metadata;
         let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
         let controller = meta
             .owner_references
@@ -186,19 +203,20 @@ where
                 o.controller == Some(true)
                     && o.kind == crate::crd::KIND
                     && o.api_version
-                        .starts_with(&format!("{}/", crate::crd::GROUP))
+                        .strip_prefix(crate::crd::GROUP)
+                        .is_some_and(|v| v.starts_with('/'))
             })
             .map(|o| (Box::from(o.name.as_str()), Box::from(o.uid.as_str())));
         Stored {
-            digest: managed_digest(meta, &outline),
+            digest: raw.digest,
             name: meta.name.as_deref().unwrap_or_default().into(),
             namespace: boxed(&meta.namespace),
             uid: boxed(&meta.uid),
             resource_version: boxed(&meta.resource_version),
             generation: meta.generation,
-            observed_generation: outline.observed_generation(),
+            observed_generation: raw.observed_generation,
             controller,
-            packed: lz4_flex::compress_prepend_size(&json).into(),
+            packed: lz4_flex::compress_prepend_size(&raw.json).into(),
             verified: Verified::default(),
             kind: PhantomData,
         }
@@ -217,6 +235,11 @@ where
     pub fn value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.json()).unwrap_or_default()
     }
+
+    /// The object's `status` alone, parsed as `S`.
+    pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
+        status_of(&self.json())
+    }
 }
 
 impl<K> Stored<K> {
@@ -231,6 +254,19 @@ impl<K> Stored<K> {
     /// Remembers that the desired object with digest `desired` is a subset of this version.
     pub fn mark_verified(&self, desired: u64) {
         self.verified.0.store(desired, Ordering::Relaxed);
+    }
+
+    /// Keeps what was verified on `older`, the version this one replaces, if what the
+    /// operator manages is the same on both (see [`managed_digest`]): a change of status
+    /// alone (every Deployment gets two after each change of its spec) then needs no new
+    /// comparison.
+    pub fn inherit_verified(&self, older: &Stored<K>) {
+        if older.digest == self.digest {
+            let desired = older.verified.0.load(Ordering::Relaxed);
+            if desired != 0 {
+                self.mark_verified(desired);
+            }
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -266,43 +302,160 @@ impl<K> Stored<K> {
     }
 }
 
-/// The top-level fields of an object's JSON, unparsed: `BTreeMap` so the digest sees them
-/// in one order whatever order they were printed in.
-#[derive(Default, Deserialize)]
-#[serde(transparent)]
-struct Outline<'a>(#[serde(borrow)] BTreeMap<&'a str, &'a RawValue>);
+/// An object as a watch or list delivered it: its metadata parsed, the rest kept as the API
+/// server printed it, without `managedFields` and the last-applied annotation. The watches
+/// read this instead of the typed object: decoding a whole Deployment (its managedFields
+/// into trees of `serde_json::Value` that were then dropped) and printing it again for the
+/// cache was most of what a replica spent on each child event, and every child event
+/// reaches two replicas, every set event all of them.
+#[derive(Clone, Debug)]
+pub struct Raw<K> {
+    metadata: ObjectMeta,
+    /// The whole object as JSON, metadata trimmed.
+    json: Vec<u8>,
+    /// See [`managed_digest`].
+    digest: u64,
+    /// `status.observedGeneration`, where the object has one (sets, Deployments).
+    observed_generation: Option<i64>,
+    kind: PhantomData<fn() -> K>,
+}
 
-impl Outline<'_> {
-    /// `status.observedGeneration`, where the object has one.
-    fn observed_generation(&self) -> Option<i64> {
-        #[derive(Deserialize)]
-        struct Status {
-            #[serde(rename = "observedGeneration")]
-            observed_generation: Option<i64>,
-        }
-        let status = self.0.get("status")?;
-        serde_json::from_str::<Status>(status.get())
-            .ok()?
-            .observed_generation
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A key of a JSON object, borrowed from the text unless it has escapes.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(transparent)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Key<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
     }
+}
+
+/// The fields of a JSON object, their values unparsed: `BTreeMap` so the digest sees them in
+/// one order whatever order they were printed in.
+type Fields<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+
+impl<K: Resource<DynamicType = ()>> Raw<K> {
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        let mut fields: Fields<'_> = serde_json::from_str(text)?;
+        let mut meta_fields: Fields<'_> = match fields.get("metadata") {
+            Some(meta) => serde_json::from_str(meta.get())?,
+            None => Fields::new(),
+        };
+        meta_fields.remove("managedFields");
+        let mut meta_json = serde_json::to_string(&meta_fields)?;
+        let mut metadata: ObjectMeta = serde_json::from_str(&meta_json)?;
+        if let Some(annotations) = metadata.annotations.as_mut()
+            && annotations.remove(LAST_APPLIED).is_some()
+        {
+            meta_json = serde_json::to_string(&metadata)?;
+        }
+        let meta_value = RawValue::from_string(meta_json)?;
+        fields.insert(Key("metadata".into()), &meta_value);
+        // The items of a list come without their kind: put it back, so the object compares
+        // with a desired one (which has them) whichever way it arrived.
+        let (api_version, kind) = (
+            serde_json::value::to_raw_value(&K::api_version(&()))?,
+            serde_json::value::to_raw_value(&K::kind(&()))?,
+        );
+        fields
+            .entry(Key("apiVersion".into()))
+            .or_insert(&api_version);
+        fields.entry(Key("kind".into())).or_insert(&kind);
+        Ok(Raw {
+            digest: managed_digest(&metadata, &fields),
+            observed_generation: observed_generation(&fields),
+            json: serde_json::to_vec(&fields)?,
+            metadata,
+            kind: PhantomData,
+        })
+    }
+}
+
+impl<K> Raw<K> {
+    /// The object's `status` alone, parsed as `S`.
+    pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
+        status_of(&self.json)
+    }
+}
+
+/// The `status` of an object's JSON, parsed as `S` (the rest is skipped, not built).
+fn status_of<S: DeserializeOwned>(json: &[u8]) -> Option<S> {
+    #[derive(Deserialize)]
+    struct StatusOf<S> {
+        status: Option<S>,
+    }
+    serde_json::from_slice::<StatusOf<S>>(json).ok()?.status
+}
+
+/// Takes the object's JSON as it is (a watch event's or a list item's), which only
+/// `serde_json` can hand over; kube reads both with it.
+impl<'de, K: Resource<DynamicType = ()>> Deserialize<'de> for Raw<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Box::<RawValue>::deserialize(deserializer)?;
+        Raw::from_json(text.get()).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Raw<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// `status.observedGeneration`, where the object has one.
+fn observed_generation(fields: &Fields<'_>) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(rename = "observedGeneration")]
+        observed_generation: Option<i64>,
+    }
+    let status = fields.get("status")?;
+    serde_json::from_str::<Status>(status.get())
+        .ok()?
+        .observed_generation
 }
 
 /// A digest of what someone could change on a child that the operator cares about: its body
 /// (spec, or a ConfigMap's data), labels, annotations, owners and deletion; not its status,
-/// resourceVersion or managedFields. The body is hashed as printed by serde from the typed
-/// object, which prints equal objects alike.
-fn managed_digest(meta: &ObjectMeta, outline: &Outline<'_>) -> u64 {
+/// resourceVersion or managedFields. The body is hashed as the API server printed it, which
+/// prints equal objects alike. It covers every field the operator sets on a child (the
+/// metadata it sets are name, namespace, labels, annotations and the owner reference), so
+/// a desired object that is a subset of one version is a subset of the next if their digests
+/// are equal (see [`Stored::inherit_verified`]).
+fn managed_digest(meta: &ObjectMeta, fields: &Fields<'_>) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for (k, v) in &outline.0 {
-        if *k != "metadata" && *k != "status" {
-            (k, v.get()).hash(&mut hasher);
+    for (k, v) in fields {
+        if !matches!(&*k.0, "metadata" | "status" | "apiVersion" | "kind") {
+            (&*k.0, v.get()).hash(&mut hasher);
         }
     }
     meta.labels.hash(&mut hasher);
     meta.annotations.hash(&mut hasher);
     meta.deletion_timestamp.is_some().hash(&mut hasher);
-    for owner in meta.owner_references.iter().flatten() {
-        (&owner.uid, owner.controller).hash(&mut hasher);
+    for o in meta.owner_references.iter().flatten() {
+        (&o.api_version, &o.kind, &o.name, &o.uid).hash(&mut hasher);
+        (o.controller, o.block_owner_deletion).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -341,8 +494,10 @@ impl<K: Resource<DynamicType = ()>> Lookup for Stored<K> {
 mod tests {
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Resource;
+    use kube::core::{ObjectList, WatchEvent};
 
-    use super::Stored;
+    use super::{Raw, Stored};
 
     #[test]
     fn a_verified_desired_digest_belongs_to_one_cached_version() {
@@ -358,8 +513,82 @@ mod tests {
             "another desired object is compared again"
         );
         assert!(stored.clone().verified(42), "a clone is the same version");
-        // The next watch event of the object is a new `Stored`: compared again.
-        assert!(!Stored::new(cm).verified(42));
+        // The next watch event of the object is a new `Stored`: compared again, unless it
+        // inherits from the version before with the same managed fields.
+        let next = Stored::new(cm.clone());
+        assert!(!next.verified(42));
+        next.inherit_verified(&stored);
+        assert!(next.verified(42));
+        let mut changed = cm;
+        changed.data = Some([("k".to_owned(), "v".to_owned())].into());
+        let changed = Stored::new(changed);
+        changed.inherit_verified(&stored);
+        assert!(!changed.verified(42), "what the operator manages changed");
+    }
+
+    /// A Deployment as kube-apiserver prints it in a watch event: managedFields, the
+    /// last-applied annotation, fields the typed object does not print (`creationTimestamp:
+    /// null` in the template).
+    const WATCHED: &str = r#"{"type":"MODIFIED","object":{"kind":"Deployment","apiVersion":"apps/v1","metadata":{"name":"s-searcher","namespace":"t","uid":"d1","resourceVersion":"42","generation":3,"labels":{"app":"s"},"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"secret\":1}","note":"kept"},"ownerReferences":[{"apiVersion":"apps.vecodex.link/v1alpha1","kind":"VecodexSet","name":"s","uid":"u1","controller":true}],"managedFields":[{"manager":"vecodex-operator","operation":"Apply","apiVersion":"apps/v1","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:replicas":{}}}}]},"spec":{"replicas":2,"selector":{"matchLabels":{"app":"s"}},"template":{"metadata":{"creationTimestamp":null,"labels":{"app":"s"}},"spec":{"containers":[{"name":"searcher","image":"vecodex/searcher:1"}]}}},"status":{"observedGeneration":2,"replicas":2,"readyReplicas":1}}}"#;
+
+    #[test]
+    fn a_watched_object_is_kept_as_printed_without_managed_fields() {
+        let event: WatchEvent<Raw<Deployment>> = serde_json::from_str(WATCHED).unwrap();
+        let WatchEvent::Modified(raw) = event else {
+            panic!("not a MODIFIED event")
+        };
+        assert_eq!(raw.meta().resource_version.as_deref(), Some("42"));
+        assert_eq!(raw.meta().managed_fields, None);
+        let stored = Stored::from_raw(raw);
+        let json = String::from_utf8(stored.json()).unwrap();
+        assert!(!json.contains("managedFields"), "{json}");
+        assert!(!json.contains("last-applied"), "{json}");
+        assert!(json.contains(r#""note":"kept""#), "{json}");
+        assert_eq!(stored.key().as_deref(), Some("t/s-searcher"));
+        assert_eq!(stored.controller_key().as_deref(), Some("t/s"));
+        assert!(stored.controlled_by(Some("u1")));
+        assert_eq!(
+            (stored.generation, stored.observed_generation),
+            (Some(3), Some(2))
+        );
+        let status: DeploymentStatus = stored.status().unwrap();
+        assert_eq!(status.ready_replicas, Some(1));
+        let typed = stored.object().unwrap();
+        assert_eq!(typed.spec.unwrap().replicas, Some(2));
+        assert_eq!(stored.value()["spec"]["replicas"], 2);
+    }
+
+    #[test]
+    fn a_listed_object_gets_its_kind_back() {
+        // List items come without apiVersion and kind; a desired object has both, and must
+        // still be found a subset of the live one.
+        let list = r#"{"kind":"DeploymentList","apiVersion":"apps/v1","metadata":{"resourceVersion":"7"},"items":[{"metadata":{"name":"d","namespace":"t","resourceVersion":"5"},"spec":{"replicas":1}}]}"#;
+        let list: ObjectList<Raw<Deployment>> = serde_json::from_str(list).unwrap();
+        let stored = Stored::from_raw(list.items.into_iter().next().unwrap());
+        let live = stored.value();
+        assert_eq!(live["apiVersion"], "apps/v1");
+        assert_eq!(live["kind"], "Deployment");
+        assert_eq!(live["spec"]["replicas"], 1);
+        assert_eq!(stored.observed_generation, None);
+        assert_eq!(stored.status::<DeploymentStatus>(), None);
+    }
+
+    #[test]
+    fn the_digest_ignores_status_versions_and_managed_fields() {
+        let base: serde_json::Value =
+            serde_json::from_str::<serde_json::Value>(WATCHED).unwrap()["object"].clone();
+        let digest =
+            |v: &serde_json::Value| Raw::<Deployment>::from_json(&v.to_string()).unwrap().digest;
+        let mut other = base.clone();
+        other["status"]["readyReplicas"] = 2.into();
+        other["metadata"]["resourceVersion"] = "43".into();
+        other["metadata"]["managedFields"] = serde_json::json!([]);
+        assert_eq!(digest(&other), digest(&base));
+        other["spec"]["replicas"] = 3.into();
+        assert_ne!(digest(&other), digest(&base));
+        let mut relabelled = base.clone();
+        relabelled["metadata"]["labels"]["app"] = "x".into();
+        assert_ne!(digest(&relabelled), digest(&base));
     }
 
     #[test]

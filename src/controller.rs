@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Lookup, Store};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::Writer;
-use crate::cache::{Cache, Stored};
+use crate::cache::{Cache, Raw, Stored};
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
 use crate::events::{EventSender, Recorder};
@@ -84,14 +84,6 @@ where
     }
 }
 
-/// Drops what the reconcile never reads, so the stores stay small.
-fn trim<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-    if let Some(a) = obj.meta_mut().annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
 /// How long a failed watch waits before it retries: 0.5 s doubling up to 5 s, and back to
 /// 0.5 s once a retry works. kube-runtime's default grows to 30 s, which after an API server
 /// restart kept the caches stale (and reconciles waiting) for half a minute.
@@ -126,36 +118,58 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// A reflected, trimmed watch of `K`, kept in the store as `S` (see `cache::Stored`).
-fn reflected<K, S>(
-    api: Api<K>,
+/// What a reflected watch yields.
+type WatchedEvent<K> = Result<Event<Stored<K>>, watcher::Error>;
+
+/// A reflected watch of `K`, kept in the store as [`Stored`] (read as [`Raw`]).
+/// `recent`, for children: this replica's writes, to carry the subset memo to new versions
+/// (see [`carry_verified`]).
+fn reflected<K>(
+    api: Api<Raw<K>>,
     config: watcher::Config,
-    store_as: fn(K) -> S,
-) -> (
-    Store<S>,
-    impl Stream<Item = Result<Event<S>, watcher::Error>> + Send,
-)
+    recent: Option<Arc<RecentWrites>>,
+) -> (Store<Stored<K>>, impl Stream<Item = WatchedEvent<K>> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    S: Lookup<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
     let (store, mut writer) = reflector::store();
+    let cached = store.clone();
     let stream = watcher::watcher(api, config)
         .backoff(WatchBackoff::default())
-        .modify(trim::<K>)
-        .map_ok(move |event| match event {
-            Event::Apply(o) => Event::Apply(store_as(o)),
-            Event::Delete(o) => Event::Delete(store_as(o)),
-            Event::InitApply(o) => Event::InitApply(store_as(o)),
-            Event::Init => Event::Init,
-            Event::InitDone => Event::InitDone,
-        })
         // What `WatchStreamExt::reflect` does, for a store of `Lookup` (not `Resource`) items.
         .map_ok(move |event| {
+            let event = match event {
+                Event::Apply(o) => Event::Apply(Stored::from_raw(o)),
+                Event::Delete(o) => Event::Delete(Stored::from_raw(o)),
+                Event::InitApply(o) => Event::InitApply(Stored::from_raw(o)),
+                Event::Init => Event::Init,
+                Event::InitDone => Event::InitDone,
+            };
+            if let (Event::Apply(new), Some(recent)) = (&event, &recent) {
+                carry_verified(recent, &cached, new);
+            }
             writer.apply_watcher_event(&event);
             event
         });
     (store, stream)
+}
+
+/// Gives a new version of a child what is known to be a subset of it without comparing: the
+/// echo of our own apply holds what it wrote, and a version that changes nothing the operator
+/// manages (a status update) holds what the version before it held. Each spec change of a set
+/// brings three versions of its Deployment (our apply, then two status updates); the status
+/// refresh that follows compared the last one in full before.
+fn carry_verified<K>(recent: &RecentWrites, cached: &Store<Stored<K>>, new: &Stored<K>)
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let ns = new.namespace().unwrap_or_default();
+    let key = RecentWrites::key(&K::kind(&()), ns, new.name());
+    if let Some(written) = recent.echo_digest(&key, new.resource_version()) {
+        new.mark_verified(written);
+    } else if let Some(older) = cached.get(&ObjectRef::new(new.name()).within(ns)) {
+        new.inherit_verified(&older);
+    }
 }
 
 /// Starts reflected watches that feed the queue: one per watched namespace and kind.
@@ -168,13 +182,12 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    fn watch<K, S, C, F>(
+    fn watch<K, C, F>(
         &self,
         tasks: &mut tokio::task::JoinSet<()>,
         config: watcher::Config,
-        store_as: fn(K) -> S,
         classify: C,
-    ) -> Cache<S>
+    ) -> Cache<Stored<K>>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -183,18 +196,17 @@ impl Feed<'_> {
             + Send
             + Sync
             + 'static,
-        S: Lookup<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
         C: Fn() -> F,
-        F: FnMut(Event<S>) -> Option<Enqueue> + Send + 'static,
+        F: FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send + 'static,
     {
         let stores = self
             .watched
             .iter()
             .map(|ns| {
                 let (store, stream) = reflected(
-                    api::<K>(self.client, ns.as_deref()),
+                    api::<Raw<K>>(self.client, ns.as_deref()),
                     config.clone(),
-                    store_as,
+                    None,
                 );
                 tasks.spawn(pump(
                     stream,
@@ -501,9 +513,7 @@ pub async fn run(
     let recent = Arc::new(RecentWrites::default());
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
-        feed.watch(&mut tasks, list_config(), Stored::new, || {
-            classify_sets(recent.clone())
-        }),
+        feed.watch(&mut tasks, list_config(), || classify_sets(recent.clone())),
         config.sharding.shards,
     );
     // A shard can be taken only once the set cache can tell which sets it holds.
@@ -780,9 +790,9 @@ impl ShardWatches {
             + 'static,
     {
         let (store, stream) = reflected(
-            api::<K>(&self.client, ns.as_deref()),
+            api::<Raw<K>>(&self.client, ns.as_deref()),
             config.clone(),
-            Stored::new,
+            Some(self.recent.clone()),
         );
         tokio::spawn(pump(
             stream,
@@ -1062,11 +1072,49 @@ mod tests {
 
     use kube::runtime::watcher::Event;
 
-    use super::{classify_children, classify_sets};
+    use super::{carry_verified, classify_children, classify_sets};
     use crate::cache::Stored;
     use crate::crd::VecodexSet;
     use crate::queue::{Priority, Trigger};
     use crate::reconcile::RecentWrites;
+
+    #[test]
+    fn new_versions_of_a_child_carry_what_was_verified() {
+        use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+        use kube::runtime::reflector::store;
+        let (cached, mut writer) = store::<Stored<Deployment>>();
+        let recent = RecentWrites::default();
+        let version = |rv: &str, replicas: i32, ready: i32| {
+            let mut d = Deployment::default();
+            d.metadata.name = Some("s-searcher".into());
+            d.metadata.namespace = Some("t".into());
+            d.metadata.resource_version = Some(rv.into());
+            d.spec = Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            });
+            d.status = Some(DeploymentStatus {
+                ready_replicas: Some(ready),
+                ..Default::default()
+            });
+            Stored::new(d)
+        };
+        let mut arrive = |new: Stored<Deployment>| {
+            carry_verified(&recent, &cached, &new);
+            writer.apply_watcher_event(&Event::Apply(new.clone()));
+            new
+        };
+        // Our apply of desired digest 7 produced version 2: its echo holds 7.
+        recent.record("Deployment/t/s-searcher".into(), None, 7, Some("2".into()));
+        assert!(arrive(version("2", 2, 0)).verified(7));
+        // A status update keeps it; so does the next one.
+        assert!(arrive(version("3", 2, 1)).verified(7));
+        assert!(arrive(version("4", 2, 2)).verified(7));
+        // Someone else's change of the spec does not.
+        assert!(!arrive(version("5", 3, 2)).verified(7));
+        // Nor does a status update after it: nothing was verified on the version before.
+        assert!(!arrive(version("6", 3, 3)).verified(7));
+    }
 
     fn set(generation: i64) -> VecodexSet {
         let mut set: VecodexSet = serde_json::from_value(serde_json::json!({

@@ -1,7 +1,7 @@
 //! The status a set should report, computed from its spec, what the reconcile did and the live
 //! Deployments (pure: the reconcile patches it only when it differs from the current status).
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 
 use crate::crd::{Component, ComponentStatus, Condition, VecodexSet, VecodexSetStatus};
 
@@ -36,11 +36,16 @@ pub struct DeploymentState {
 
 impl DeploymentState {
     pub fn from_deployment(d: Option<&Deployment>) -> Self {
-        let Some(d) = d else {
-            return Self::default();
-        };
-        let status = d.status.clone().unwrap_or_default();
-        let generation = d.metadata.generation.unwrap_or(0);
+        match d {
+            Some(d) => Self::new(d.metadata.generation, d.status.clone()),
+            None => Self::default(),
+        }
+    }
+
+    /// The state of an existing Deployment from its generation and status.
+    pub fn new(generation: Option<i64>, status: Option<DeploymentStatus>) -> Self {
+        let status = status.unwrap_or_default();
+        let generation = generation.unwrap_or(0);
         let failure = status.conditions.iter().flatten().find_map(|c| {
             let failed = (c.type_ == "Progressing"
                 && c.status == "False"
