@@ -227,15 +227,19 @@ impl Tracker {
 
     /// The scenario's `n` slowest updates, slowest first: what its tail is made of.
     pub fn slowest(&self, scenario: &str, n: usize) -> Vec<Applied> {
-        let mut l = self
-            .lock()
-            .latencies
-            .get(scenario)
-            .cloned()
-            .unwrap_or_default();
+        let mut l = self.applied(scenario);
         l.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         l.truncate(n);
         l
+    }
+
+    /// Every update of the scenario that landed, in the order they landed.
+    pub fn applied(&self, scenario: &str) -> Vec<Applied> {
+        self.lock()
+            .latencies
+            .get(scenario)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// (converged sets, known sets), counting only sets in namespaces `in_ns` accepts.

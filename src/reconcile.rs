@@ -159,6 +159,13 @@ impl RecentWrites {
         self.echo_digest(key, version).is_some()
     }
 
+    /// Whether this process wrote `key` less than `within` ago.
+    pub fn written_within(&self, key: &str, within: Duration) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|w| w.at.elapsed() < within)
+    }
+
     /// The digest of what our write of `key` that produced `version` wrote, if one did.
     pub fn echo_digest(&self, key: &str, version: Option<&str>) -> Option<u64> {
         version?;
@@ -317,7 +324,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             .join("; ");
         info!(%message, "spec is invalid; no child is changed");
         let outcome = Outcome::Invalid(message.clone());
-        if write_status(ctx, &set, &outcome, &[]).await? {
+        if write_status(ctx, &set, &outcome, &[]).await? == StatusWrite::Written {
             // Only on a new verdict, so an unchanged invalid set costs no write.
             event(ctx, &set, EventType::Warning, "InvalidSpec", message);
         }
@@ -379,16 +386,43 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             status_after: Some(STATUS_SETTLE),
         });
     }
-    let status_patched = write_status(ctx, &set, &Outcome::Applied, &applied).await?;
+    let (status_patched, status_after) =
+        match write_status(ctx, &set, &Outcome::Applied, &applied).await? {
+            StatusWrite::Written => (true, None),
+            StatusWrite::Unchanged => (false, None),
+            StatusWrite::AwaitingController => (false, Some(STATUS_SETTLE)),
+        };
     Ok(Report::Applied {
         writes: changes.len(),
         status_patched,
-        status_after: None,
+        status_after,
     })
 }
 
 /// How long after applying Deployments a set's status is written (see `reconcile`).
 pub const STATUS_SETTLE: Duration = Duration::from_secs(2);
+
+/// How long after this replica changed a Deployment the set's status waits for the
+/// Deployment's controller to report on it (see [`StatusWrite::AwaitingController`]). Past
+/// it the status is written as it is: a cluster whose deployment controller is down or far
+/// behind still sees its sets' observedGeneration move.
+pub const CONTROLLER_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`write_status`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusWrite {
+    Written,
+    /// The status already says it.
+    Unchanged,
+    /// The status would change, but a Deployment this replica changed less than
+    /// [`CONTROLLER_WAIT`] ago has not been seen by its controller yet: its report (a status
+    /// update of the Deployment, which queues the set) changes the status again within
+    /// moments. The status is written once then, instead of now and again then. Under load
+    /// the deployment controller (or the load test's kubelet) reports later than
+    /// [`STATUS_SETTLE`], and the interim write cost every third spec change a second
+    /// status write, on a control plane already at its limit.
+    AwaitingController,
+}
 
 fn describe(changes: &[Change]) -> String {
     changes
@@ -614,16 +648,18 @@ where
     Ok(())
 }
 
-/// Patches the status if it differs from the current one; returns whether it wrote.
+/// Patches the status if it differs from the current one, unless (for an applied set) a
+/// Deployment's controller is about to report on our change of it (see
+/// [`StatusWrite::AwaitingController`]).
 async fn write_status(
     ctx: &Context,
     set: &Arc<VecodexSet>,
     outcome: &Outcome,
     applied: &[Raw<Deployment>],
-) -> Result<bool, Error> {
+) -> Result<StatusWrite, Error> {
     let set_name = set.name_any();
     let ns = set.namespace().unwrap_or_default();
-    let deployments: Vec<(Component, DeploymentState)> = Component::ALL
+    let deployments: Vec<(Component, String, DeploymentState)> = Component::ALL
         .iter()
         .map(|c| {
             let name = child_name(&set_name, c.as_str());
@@ -641,15 +677,32 @@ async fn write_status(
                     .map(|d| DeploymentState::new(d.generation, d.status()))
                     .unwrap_or_default(),
             };
-            (*c, state)
+            (*c, name, state)
         })
         .collect();
     let now = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let status = summarize(set, &deployments, outcome, &now);
+    let states: Vec<(Component, DeploymentState)> = deployments
+        .iter()
+        .map(|(c, _, state)| (*c, state.clone()))
+        .collect();
+    let status = summarize(set, &states, outcome, &now);
     if set.status.as_ref() == Some(&status) {
-        return Ok(false);
+        return Ok(StatusWrite::Unchanged);
+    }
+    let recently_written = |name: &str| {
+        ctx.recent.written_within(
+            &RecentWrites::key(&Deployment::kind(&()), &ns, name),
+            CONTROLLER_WAIT,
+        )
+    };
+    let named = deployments
+        .iter()
+        .map(|(_, name, state)| (name.as_str(), state));
+    if awaiting_controller(outcome, named, recently_written) {
+        debug!("a Deployment's controller has yet to report on our change; status follows it");
+        return Ok(StatusWrite::AwaitingController);
     }
     // The condition types, statuses and reasons only: no object contents in logs.
     let conditions: Vec<String> = status
@@ -663,7 +716,7 @@ async fn write_status(
     let digest = digest(&status);
     let seen = set.metadata.resource_version.clone();
     if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
-        return Ok(false);
+        return Ok(StatusWrite::Unchanged);
     }
     let written = ctx
         .writer
@@ -676,7 +729,23 @@ async fn write_status(
         digest,
         written.meta().resource_version.clone(),
     );
-    Ok(true)
+    Ok(StatusWrite::Written)
+}
+
+/// Whether an applied set's status should wait for a Deployment's controller: some
+/// Deployment (by name) exists, its controller has not yet seen its newest spec, and this
+/// replica wrote it moments ago (`recently_written`), so the controller's report is on its
+/// way. Someone else's change, or one older than [`CONTROLLER_WAIT`], does not hold the
+/// status back.
+fn awaiting_controller<'a>(
+    outcome: &Outcome,
+    deployments: impl IntoIterator<Item = (&'a str, &'a DeploymentState)>,
+    recently_written: impl Fn(&str) -> bool,
+) -> bool {
+    *outcome == Outcome::Applied
+        && deployments
+            .into_iter()
+            .any(|(name, state)| state.exists && !state.observed && recently_written(name))
 }
 
 /// Publishes an Event about the set; failing to do so never fails the reconcile.
@@ -690,7 +759,58 @@ fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: 
 
 #[cfg(test)]
 mod recent_writes_tests {
-    use super::RecentWrites;
+    use std::time::Duration;
+
+    use super::{RecentWrites, awaiting_controller};
+    use crate::status::{DeploymentState, Outcome};
+
+    #[test]
+    fn the_status_waits_only_for_a_controller_reporting_on_our_recent_change() {
+        let observed = DeploymentState {
+            exists: true,
+            observed: true,
+            ..DeploymentState::default()
+        };
+        let behind = DeploymentState {
+            observed: false,
+            ..observed.clone()
+        };
+        let missing = DeploymentState::default();
+        let ours = |name: &str| name == "s-searcher";
+        let applied = Outcome::Applied;
+        assert!(awaiting_controller(
+            &applied,
+            [("s-writer", &observed), ("s-searcher", &behind)],
+            ours
+        ));
+        assert!(
+            !awaiting_controller(&applied, [("s-writer", &behind)], ours),
+            "a Deployment we did not just change: its controller may never report"
+        );
+        assert!(
+            !awaiting_controller(&applied, [("s-searcher", &observed)], ours),
+            "the controller has reported"
+        );
+        assert!(
+            !awaiting_controller(&applied, [("s-searcher", &missing)], ours),
+            "a missing Deployment has no controller to wait for"
+        );
+        for reported_at_once in [Outcome::Failed("x".into()), Outcome::Invalid("x".into())] {
+            assert!(
+                !awaiting_controller(&reported_at_once, [("s-searcher", &behind)], ours),
+                "{reported_at_once:?} is reported at once"
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_is_recent_for_as_long_as_asked() {
+        let recent = RecentWrites::default();
+        recent.record("Deployment/t/a".into(), None, 1, Some("7".into()));
+        assert!(recent.written_within("Deployment/t/a", Duration::from_secs(10)));
+        assert!(!recent.written_within("Deployment/t/a", Duration::ZERO));
+        assert!(!recent.written_within("Deployment/t/b", Duration::from_secs(10)));
+    }
 
     #[test]
     fn only_the_version_a_write_produced_is_its_echo() {
