@@ -990,9 +990,14 @@ async fn main() -> anyhow::Result<()> {
         let ((on, on_curve), (on_2, _)) = traced?;
         let (base_2, _) =
             fresh_cold_start(&args, &spec, "tracing-off-2", args.replicas, None).await?;
-        let collector_lines = std::fs::read_to_string(args.out.join("rotel.log"))
-            .map(|t| t.lines().count())
+        // One line per batch received: a tracing-on run that exported nothing measured no
+        // tracing (as when the log level turned the spans off, before 2026-12-02).
+        let collector_batches = std::fs::read_to_string(args.out.join("rotel.log"))
+            .map(|t| t.matches("Received traces").count())
             .unwrap_or(0);
+        if collector_batches == 0 {
+            bail!("tracing cost: the collector received no trace from the tracing-on runs");
+        }
         let sps = |v: &Value| v["sets_per_second"].as_f64().unwrap_or(0.0);
         results["scale_out"] = json!({
             "one_replica": one,
@@ -1003,7 +1008,7 @@ async fn main() -> anyhow::Result<()> {
         let on = pooled(&[on, on_2]);
         results["tracing"] = json!({
             "sampling_ratio": args.sampling_ratio,
-            "collector_log_lines": collector_lines,
+            "collector_batches": collector_batches,
             "cost": 1.0 - sps(&on) / sps(&off).max(1e-9),
             "off": off,
             "on": on,

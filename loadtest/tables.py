@@ -46,7 +46,9 @@ if so:
     print(f"| scale-out | 1 replica {o['sets_per_second']:.1f} sets/s (peak RSS {o['per_replica'][0]['peak_rss_mib']:.0f} MiB); {r['replicas']} replicas {r['sets_per_second']:.1f} sets/s (peak RSS {rr} MiB): ×{r['sets_per_second']/o['sets_per_second']:.2f} |")
 t=d.get('tracing')
 if t:
-    print(f"| tracing cost | off {t['off']['sets_per_second']:.1f} sets/s, sampling 1.0 {t['on']['sets_per_second']:.1f} sets/s: cost {t['cost']*100:.1f} % (CPU per set {t['off']['cpu_seconds_per_set']:.3f} → {t['on']['cpu_seconds_per_set']:.3f} s) |")
+    runs=lambda side: ', '.join('%.1f' % r['sets_per_second'] for r in t[side].get('runs', []))
+    order='' if 'runs' not in t['off'] else f"; runs in the order off {runs('off').split(', ')[0]}, on {runs('on')}, off {runs('off').split(', ')[-1]} sets/s"
+    print(f"| tracing cost | off {t['off']['sets_per_second']:.1f} sets/s, sampling {t['sampling_ratio']} {t['on']['sets_per_second']:.1f} sets/s: cost {t['cost']*100:.1f} % (CPU per set {t['off']['cpu_seconds_per_set']:.3f} → {t['on']['cpu_seconds_per_set']:.3f} s){order} |")
 print()
 print("| bar | wanted | measured | |\n|---|---|---|---|")
 for b in d['bars']:

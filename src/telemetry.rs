@@ -17,7 +17,9 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporte
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Metadata;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, FilterFn};
 use tracing_subscriber::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,7 +169,7 @@ pub fn init(
     traces: &TraceConfig,
     dropped: Counter,
 ) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env()
+    let log_filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
 
@@ -204,9 +206,19 @@ pub fn init(
     // Without an endpoint the provider still makes trace ids, so logs and Events carry them.
     let provider = builder.build();
     let tracer = provider.tracer("vecodex-operator");
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // The log level filters logs only. Traces always have the same shape (the operator's
+    // spans, all at info), whatever the log level: with one filter for both, `--log-level
+    // warn` turned every span off, so nothing was exported and Warning Events and logs
+    // carried the all-zero trace id.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(FilterFn::new(operator_span));
+    // The log layer sees the operator's spans at any log level too, so that a warning
+    // logged inside a reconcile still names its trace. (Spans are context for the log
+    // lines, never printed themselves.)
+    let log_filter = log_filter.or(FilterFn::new(operator_span));
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     // Logs go to stderr; stdout is kept for command output such as `crd`.
     let result = match format {
         LogFormat::Json => registry
@@ -216,14 +228,16 @@ pub fn init(
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
             )
             .try_init(),
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter),
             )
             .try_init(),
     };
@@ -235,6 +249,13 @@ pub fn init(
         exporter: exporter_task,
         stop,
     })
+}
+
+/// A span of the operator's own (reconcile, API call, Event), whatever the log level.
+fn operator_span(meta: &Metadata<'_>) -> bool {
+    meta.is_span()
+        && meta.target().starts_with(env!("CARGO_CRATE_NAME"))
+        && *meta.level() <= tracing::Level::INFO
 }
 
 /// The trace and span id of `span` (hex), for logs, Events and exemplars.

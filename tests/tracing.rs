@@ -502,6 +502,81 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
     );
 }
 
+/// The log level filters logs, not traces: an operator logging only warnings still exports
+/// every reconcile's trace, and its Warning Events name a real trace. (With one filter for
+/// both, `--log-level warn` exported nothing and the load test's tracing cost measured no
+/// tracing at all.)
+#[tokio::test]
+async fn traces_are_exported_whatever_the_log_level() {
+    let cluster = common::cluster();
+    let client = client().await;
+    let ns = namespace(&client, "quiet").await;
+    let grpc = free_port();
+    let collector = Collector::start(grpc, cluster.dir.join("rotel-quiet.out"));
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let endpoint = format!("http://127.0.0.1:{grpc}");
+    // Its own Leases and namespace, beside the other tests' operator.
+    let mut operator = common::spawn_operator_with_env(
+        &cluster.kubeconfig,
+        &cluster.dir.join("quiet-operator.log"),
+        &[
+            "--namespace",
+            &ns,
+            "--lease-group",
+            "quiet",
+            "--shards",
+            "1",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+        // RUST_LOG overrides the harness's --log-level, as it does the operator's flag.
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("RUST_LOG", "warn")],
+    );
+    create(&client, &ns, seed_example(&ns, "quiet")).await;
+    let root = wait_for("the new set's reconcile trace", WAIT, || async {
+        reconcile_of(&collector.spans(), "quiet", "applied").cloned()
+    })
+    .await;
+    assert_ne!(root.trace_id, "0".repeat(32));
+    // An invalid spec: the Warning Event names a trace that is not all zeros.
+    sets(&client, &ns)
+        .patch(
+            "quiet",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"searcher": {"image": "bad image!"}}})),
+        )
+        .await
+        .unwrap();
+    let note = wait_for("the InvalidSpec Warning Event", WAIT, || async {
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("InvalidSpec"))?
+            .note
+    })
+    .await;
+    let trace = note
+        .rsplit_once("(trace ")
+        .and_then(|(_, t)| t.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("the Event names its trace: {note}"));
+    assert_eq!(trace.len(), 32, "{note}");
+    assert_ne!(trace, "0".repeat(32), "{note}");
+    wait_for("the invalid reconcile's trace", WAIT, || async {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.name == "reconcile" && s.trace_id == trace)
+            .then_some(())
+    })
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+}
+
 #[test]
 fn rotel_output_parses() {
     let text = "ResourceSpans #0\nScopeSpans #0\nSpan #0\n    Trace ID       : abc\n    Parent ID      : \n    ID             : def\n    Name           : reconcile\n    Kind           : SPAN_KIND_INTERNAL\n    Status code    : STATUS_CODE_ERROR\nAttributes:\n     -> vecodex.outcome: Str(invalid)\n     -> vecodex.attempt: Int(1)\nEvents:\nSpanEvent #0\n     -> Name: x\n";
