@@ -530,7 +530,10 @@ async fn traces_are_exported_whatever_the_log_level() {
             &metrics_addr,
         ],
         // RUST_LOG overrides the harness's --log-level, as it does the operator's flag.
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("RUST_LOG", "warn")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("RUST_LOG", "warn"),
+        ],
     );
     create(&client, &ns, seed_example(&ns, "quiet")).await;
     let root = wait_for("the new set's reconcile trace", WAIT, || async {
