@@ -864,6 +864,11 @@ async fn follow_shards(
                         }
                         None => {
                             said_why = None;
+                            // Said again once these have listed too: a shard handed over
+                            // before the replica caught up had its caches stopped (see
+                            // Lost), after "every standby shard's children are cached" may
+                            // already have been said while it was held.
+                            announced = false;
                             info!(shards = ?missing, "keeping the caches of standby shards warm");
                             for shard in missing {
                                 generation += 1;
