@@ -528,6 +528,8 @@ async fn traces_are_exported_whatever_the_log_level() {
             "1",
             "--metrics-addr",
             &metrics_addr,
+            "--instance",
+            "quiet-op",
         ],
         // RUST_LOG overrides the harness's --log-level, as it does the operator's flag.
         &[
@@ -541,7 +543,9 @@ async fn traces_are_exported_whatever_the_log_level() {
     })
     .await;
     assert_ne!(root.trace_id, "0".repeat(32));
-    // An invalid spec: the Warning Event names a trace that is not all zeros.
+    // An invalid spec: the Warning Event names a trace that is not all zeros. (Only this
+    // operator's: the other test's operator, watching every namespace, reports on this set
+    // too, to its own collector.)
     sets(&client, &ns)
         .patch(
             "quiet",
@@ -558,7 +562,10 @@ async fn traces_are_exported_whatever_the_log_level() {
             .ok()?
             .items
             .into_iter()
-            .find(|e| e.reason.as_deref() == Some("InvalidSpec"))?
+            .find(|e| {
+                e.reason.as_deref() == Some("InvalidSpec")
+                    && e.reporting_instance.as_deref() == Some("quiet-op")
+            })?
             .note
     })
     .await;
