@@ -2,13 +2,16 @@
 //! names. `# expect: schema <text>`: the API server rejects it with that text.
 //! `# expect: invalid <field>`: it is accepted, the operator sets `Ready=False/InvalidSpec`
 //! naming the field, emits a Warning Event and creates no child; with the seed spec put back
-//! it converges.
+//! it converges. `# expect: unknown <path>`: an unknown field; `kubectl apply` rejects it
+//! naming the field and creates nothing, and sent past kubectl (a client, or
+//! `--validate=false`) the API server prunes it: the stored set lacks it and converges.
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{client, operator, repo_root, seed_example, wait_for};
+use common::{client, kubectl, operator, repo_root, seed_example, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
@@ -23,9 +26,10 @@ const WAIT: Duration = Duration::from_secs(60);
 enum Expect {
     Schema(String),
     Invalid(String),
+    Unknown(String),
 }
 
-fn corpus() -> Vec<(String, Expect, Value)> {
+fn corpus() -> Vec<(String, Expect, Value, PathBuf)> {
     let dir = repo_root().join("tests/bad-input");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -44,14 +48,17 @@ fn corpus() -> Vec<(String, Expect, Value)> {
                 Expect::Schema(t.trim().to_owned())
             } else if let Some(f) = header.strip_prefix("# expect: invalid ") {
                 Expect::Invalid(f.trim().to_owned())
+            } else if let Some(p) = header.strip_prefix("# expect: unknown ") {
+                Expect::Unknown(p.trim().to_owned())
             } else {
                 panic!(
-                    "{name}: the first line must be `# expect: schema …` or `# expect: invalid …`"
+                    "{name}: the first line must be `# expect: schema …`, `# expect: invalid …` \
+                     or `# expect: unknown …`"
                 );
             };
             let value: Value =
                 serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, expect, value)
+            (name, expect, value, path)
         })
         .collect()
 }
@@ -64,18 +71,21 @@ fn the_corpus_is_large_and_well_formed() {
         "at least 40 malformed objects, found {}",
         corpus.len()
     );
-    let schema = corpus
-        .iter()
-        .filter(|c| matches!(c.1, Expect::Schema(_)))
-        .count();
+    let count = |kind: fn(&Expect) -> bool| corpus.iter().filter(|c| kind(&c.1)).count();
+    let schema = count(|e| matches!(e, Expect::Schema(_)));
+    let invalid = count(|e| matches!(e, Expect::Invalid(_)));
+    let unknown = count(|e| matches!(e, Expect::Unknown(_)));
     assert!(
-        schema >= 10 && corpus.len() - schema >= 20,
-        "{schema} schema cases, {} semantic",
-        corpus.len() - schema
+        schema >= 10 && invalid >= 20 && unknown >= 3,
+        "{schema} schema cases, {invalid} semantic, {unknown} unknown fields"
     );
 }
 
-async fn check(client: Client, index: usize, file: String, expect: Expect, mut object: Value) {
+async fn check(
+    client: Client,
+    index: usize,
+    (file, expect, mut object, path): (String, Expect, Value, PathBuf),
+) {
     let ns = format!("bad-{index}-{}", std::process::id() % 10_000);
     let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -89,6 +99,27 @@ async fn check(client: Client, index: usize, file: String, expect: Expect, mut o
         .to_owned();
     let sets: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &ApiResource::erase::<VecodexSet>(&()));
+    if let Expect::Unknown(field) = &expect {
+        // kubectl first, as a user would: it must refuse and create nothing.
+        let out = kubectl([
+            "apply".as_ref(),
+            "-n".as_ref(),
+            ns.as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (parent, leaf) = field.rsplit_once('.').unwrap_or(("", field));
+        let named = format!("ValidationError(VecodexSet.{parent}): unknown field \"{leaf}\"");
+        assert!(
+            !out.status.success() && stderr.contains(&named),
+            "{file}: kubectl apply must refuse it with {named:?}; it said {stderr:?}"
+        );
+        assert!(
+            sets.get_opt(&name).await.unwrap().is_none(),
+            "{file}: kubectl created the set although it refused it"
+        );
+    }
     let dynamic: DynamicObject = serde_json::from_value(object).unwrap();
     let created = sets.create(&PostParams::default(), &dynamic).await;
     match expect {
@@ -98,6 +129,28 @@ async fn check(client: Client, index: usize, file: String, expect: Expect, mut o
                 err.to_string().contains(&text),
                 "{file}: rejection {err} should mention {text:?}"
             );
+        }
+        Expect::Unknown(field) => {
+            created.unwrap_or_else(|e| panic!("{file}: the API server must accept it: {e}"));
+            let stored = serde_json::to_value(sets.get(&name).await.unwrap()).unwrap();
+            let pointer = format!("/{}", field.replace('.', "/"));
+            assert!(
+                stored.pointer(&pointer).is_none(),
+                "{file}: the API server must prune {field}: {stored}"
+            );
+            let converged = format!("{file}: converged without {field}");
+            wait_for(&converged, WAIT, || async {
+                let v = serde_json::to_value(sets.get(&name).await.ok()?).ok()?;
+                let observed = v["status"]["observedGeneration"] == v["metadata"]["generation"];
+                let searcher = Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .get(&format!("{name}-searcher"))
+                    .await
+                    .ok()?;
+                // The seed's 3 searchers, not the 5 of a pruned field.
+                let replicas = searcher.spec?.replicas;
+                (observed && replicas == Some(3)).then_some(())
+            })
+            .await;
         }
         Expect::Invalid(field) => {
             created.unwrap_or_else(|e| panic!("{file}: the API server must accept it: {e}"));
@@ -168,9 +221,18 @@ async fn check(client: Client, index: usize, file: String, expect: Expect, mut o
 async fn every_malformed_object_gets_its_error() {
     operator();
     let client = client().await;
+    // The API server publishes a new CRD's schema for kubectl a few seconds after the CRD;
+    // before that kubectl has nothing to validate against and accepts anything.
+    wait_for("the CRD's schema in /openapi/v2", WAIT, || async {
+        let req = http::Request::get("/openapi/v2").body(Vec::new()).unwrap();
+        let text = client.request_text(req).await.ok()?;
+        text.contains("link.vecodex.apps.v1alpha1.VecodexSet")
+            .then_some(())
+    })
+    .await;
     let checks = corpus()
         .into_iter()
         .enumerate()
-        .map(|(i, (file, expect, object))| check(client.clone(), i, file, expect, object));
+        .map(|(i, case)| check(client.clone(), i, case));
     futures::future::join_all(checks).await;
 }

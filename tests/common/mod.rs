@@ -469,17 +469,28 @@ pub async fn shard_holders_in(
     out
 }
 
+/// `kubectl ARGS` against this binary's cluster.
+pub fn kubectl<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cluster().kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl is installed (tests/run.sh installs it)")
+}
+
 /// `kubectl apply -f <repo file>` against this binary's cluster; panics with kubectl's error.
 pub fn kubectl_apply(repo_file: &str) {
     let file = repo_root().join(repo_file);
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&cluster().kubeconfig)
-        .arg("apply")
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .expect("kubectl is installed (tests/run.sh installs it)");
+    let out = kubectl([
+        std::ffi::OsStr::new("apply"),
+        "-f".as_ref(),
+        file.as_os_str(),
+    ]);
     assert!(
         out.status.success(),
         "kubectl apply -f {repo_file}: {}",
