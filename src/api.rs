@@ -18,6 +18,10 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::cache::Raw;
 use crate::children::FIELD_MANAGER;
 
+/// The field manager that keeps a Deployment's replicas where they are when its set stops
+/// setting them (see [`Writer::hand_over_replicas`]).
+pub const HANDOVER_MANAGER: &str = "vecodex-operator-handover";
+
 #[derive(Clone)]
 pub struct Writer {
     client: Client,
@@ -139,6 +143,46 @@ impl Writer {
             api.patch(&name, &params, &Patch::Apply(obj)),
         )
         .await
+    }
+
+    /// Hands `spec.replicas` over before the operator stops applying them (a set left its
+    /// replicas unset): [`HANDOVER_MANAGER`] server-side applies the current value alone, so
+    /// it shares the field, and the operator's next apply without it then releases the field
+    /// instead of removing it (which would drop the Deployment to 1). Not forced: if someone
+    /// else changed the replicas meanwhile they own them already, and the API server answers
+    /// 409, which is success here.
+    pub async fn hand_over_replicas<K>(
+        &self,
+        ns: &str,
+        name: &str,
+        replicas: i64,
+    ) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let api: Api<Raw<K>> = Api::namespaced(self.client.clone(), ns);
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas},
+        });
+        let call = async {
+            match api
+                .patch(
+                    name,
+                    &PatchParams::apply(HANDOVER_MANAGER),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                other => other.map(|_| ()),
+            }
+        };
+        traced("PATCH", |_| 200, &K::kind(&()), ns, name, call).await
     }
 
     /// Deletes an object only if it is still the one we saw (same uid).

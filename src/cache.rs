@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -147,6 +147,8 @@ pub struct Stored<K> {
     pub observed_generation: Option<i64>,
     /// The VecodexSet controlling the object: (its name, its uid).
     controller: Option<(Box<str>, Box<str>)>,
+    /// See [`Stored::applies_replicas`].
+    applies_replicas: bool,
     packed: Arc<[u8]>,
     /// A digest of what the operator manages on the object (see `managed_digest`).
     pub digest: u64,
@@ -207,6 +209,7 @@ where
             generation: meta.generation,
             observed_generation: raw.observed_generation,
             controller,
+            applies_replicas: raw.applies_replicas,
             packed: lz4_flex::compress_prepend_size(&raw.json).into(),
             verified: Verified::default(),
             kind: PhantomData,
@@ -230,6 +233,11 @@ where
     /// The object's `status` alone, parsed as `S`.
     pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
         status_of(&self.json())
+    }
+
+    /// The object's `spec` alone, parsed as `S`.
+    pub fn spec<S: DeserializeOwned>(&self) -> Option<S> {
+        spec_of(&self.json())
     }
 }
 
@@ -287,6 +295,13 @@ impl<K> Stored<K> {
         Some(format!("{}/{name}", self.namespace()?))
     }
 
+    /// Whether the operator's server-side apply owns `spec.replicas` (read from the
+    /// managedFields the cache does not keep): letting go of them when a set leaves its
+    /// replicas unset takes a hand-over, not just an apply without them.
+    pub fn applies_replicas(&self) -> bool {
+        self.applies_replicas
+    }
+
     /// Whether the VecodexSet with this uid controls the object.
     pub fn controlled_by(&self, set_uid: Option<&str>) -> bool {
         matches!((&self.controller, set_uid), (Some((_, uid)), Some(set)) if **uid == *set)
@@ -308,6 +323,8 @@ pub struct Raw<K> {
     digest: u64,
     /// `status.observedGeneration`, where the object has one (sets, Deployments).
     observed_generation: Option<i64>,
+    /// See [`Stored::applies_replicas`].
+    applies_replicas: bool,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -335,7 +352,9 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
             Some(meta) => serde_json::from_str(meta.get())?,
             None => Fields::new(),
         };
-        meta_fields.remove("managedFields");
+        let applies_replicas = meta_fields
+            .remove("managedFields")
+            .is_some_and(|m| K::kind(&()) == "Deployment" && applies_replicas(m));
         let mut meta_json = serde_json::to_string(&meta_fields)?;
         let mut metadata: ObjectMeta = serde_json::from_str(&meta_json)?;
         if let Some(annotations) = metadata.annotations.as_mut()
@@ -358,6 +377,7 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
         Ok(Raw {
             digest: managed_digest(&metadata, &fields),
             observed_generation: observed_generation(&fields),
+            applies_replicas,
             json: serde_json::to_vec(&fields)?,
             metadata,
             kind: PhantomData,
@@ -370,15 +390,31 @@ impl<K> Raw<K> {
     pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
         status_of(&self.json)
     }
+
+    /// The object's `spec` alone, parsed as `S`.
+    pub fn spec<S: DeserializeOwned>(&self) -> Option<S> {
+        spec_of(&self.json)
+    }
 }
 
-/// The `status` of an object's JSON, parsed as `S` (the rest is skipped, not built).
+/// The `spec` and `status` of an object's JSON, parsed as `Sp` and `St` (the rest is skipped,
+/// not built; `IgnoredAny` skips one of them too).
+#[derive(Deserialize)]
+struct Parts<Sp, St> {
+    spec: Option<Sp>,
+    status: Option<St>,
+}
+
 fn status_of<S: DeserializeOwned>(json: &[u8]) -> Option<S> {
-    #[derive(Deserialize)]
-    struct StatusOf<S> {
-        status: Option<S>,
-    }
-    serde_json::from_slice::<StatusOf<S>>(json).ok()?.status
+    serde_json::from_slice::<Parts<IgnoredAny, S>>(json)
+        .ok()?
+        .status
+}
+
+fn spec_of<S: DeserializeOwned>(json: &[u8]) -> Option<S> {
+    serde_json::from_slice::<Parts<S, IgnoredAny>>(json)
+        .ok()?
+        .spec
 }
 
 /// Takes the object's JSON as it is (a watch event's or a list item's), which only
@@ -412,6 +448,41 @@ impl<K: Resource<DynamicType = ()>> Resource for Raw<K> {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
     }
+}
+
+/// Whether managedFields give `spec.replicas` to the operator's server-side apply. Only the
+/// keys on that path are read; everything else is skipped unparsed.
+fn applies_replicas(managed_fields: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Entry<'a> {
+        #[serde(borrow)]
+        manager: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        operation: Option<Cow<'a, str>>,
+        #[serde(rename = "fieldsV1")]
+        fields: Option<Fields1>,
+    }
+    #[derive(Deserialize)]
+    struct Fields1 {
+        #[serde(rename = "f:spec")]
+        spec: Option<SpecFields>,
+    }
+    #[derive(Deserialize)]
+    struct SpecFields {
+        #[serde(rename = "f:replicas")]
+        replicas: Option<IgnoredAny>,
+    }
+    serde_json::from_str::<Vec<Entry<'_>>>(managed_fields.get())
+        .unwrap_or_default()
+        .iter()
+        .any(|e| {
+            e.manager.as_deref() == Some(crate::children::FIELD_MANAGER)
+                && e.operation.as_deref() == Some("Apply")
+                && e.fields
+                    .as_ref()
+                    .and_then(|f| f.spec.as_ref())
+                    .is_some_and(|s| s.replicas.is_some())
+        })
 }
 
 /// `status.observedGeneration`, where the object has one.
@@ -547,6 +618,46 @@ mod tests {
         let typed = stored.object().unwrap();
         assert_eq!(typed.spec.unwrap().replicas, Some(2));
         assert_eq!(stored.value()["spec"]["replicas"], 2);
+    }
+
+    #[test]
+    fn who_applies_the_replicas_is_read_from_managed_fields() {
+        let applies = |entries: &str| {
+            let json = WATCHED.replace(
+                r#"[{"manager":"vecodex-operator","operation":"Apply","apiVersion":"apps/v1","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:replicas":{}}}}]"#,
+                entries,
+            );
+            assert_ne!(json, WATCHED);
+            let WatchEvent::Modified(raw) =
+                serde_json::from_str::<WatchEvent<Raw<Deployment>>>(&json).unwrap()
+            else {
+                panic!("not a MODIFIED event")
+            };
+            Stored::from_raw(raw).applies_replicas()
+        };
+        let entry = |manager: &str, operation: &str, spec: &str| {
+            format!(
+                r#"{{"manager":"{manager}","operation":"{operation}","fieldsType":"FieldsV1","fieldsV1":{{"f:metadata":{{"f:labels":{{}}}},"f:spec":{spec}}}}}"#
+            )
+        };
+        let replicas = r#"{"f:replicas":{},"f:template":{"f:spec":{}}}"#;
+        let no_replicas = r#"{"f:template":{"f:spec":{}}}"#;
+        let ours = entry("vecodex-operator", "Apply", replicas);
+        assert!(applies(&format!("[{ours}]")));
+        let hpa = entry("kube-controller-manager", "Update", replicas);
+        assert!(applies(&format!("[{hpa},{ours}]")));
+        assert!(!applies(&format!("[{hpa}]")));
+        let released = entry("vecodex-operator", "Apply", no_replicas);
+        assert!(!applies(&format!("[{released}]")));
+        assert!(!applies(&format!(
+            "[{}]",
+            entry("vecodex-operator", "Update", replicas)
+        )));
+        assert!(!applies("[]"));
+        // A Service never has them, whatever its managedFields say.
+        let service = r#"{"kind":"Service","apiVersion":"v1","metadata":{"name":"s","managedFields":[{"manager":"vecodex-operator","operation":"Apply","fieldsV1":{"f:spec":{"f:replicas":{}}}}]}}"#;
+        let raw: Raw<k8s_openapi::api::core::v1::Service> = Raw::from_json(service).unwrap();
+        assert!(!Stored::from_raw(raw).applies_replicas());
     }
 
     #[test]

@@ -69,9 +69,6 @@ fn default_etcd_endpoint() -> String {
 fn default_s3_endpoint() -> String {
     DEFAULT_S3_ENDPOINT.to_owned()
 }
-fn default_replicas() -> i32 {
-    1
-}
 fn default_grpc_port() -> i32 {
     DEFAULT_GRPC_PORT
 }
@@ -86,10 +83,12 @@ pub struct ComponentSpec {
     /// Container image reference.
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
-    /// Number of pods.
-    #[serde(default = "default_replicas")]
+    /// Number of pods. Leave it unset to let another owner, such as a HorizontalPodAutoscaler,
+    /// set the Deployment's replicas: the operator then never writes them (a new Deployment
+    /// starts with Kubernetes' default of 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
     /// Compute resources, extended resources such as `nvidia.com/gpu` included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

@@ -24,6 +24,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeploymentState {
     pub exists: bool,
+    /// The Deployment's own `spec.replicas`: what the component wants when the set leaves its
+    /// replicas to another owner (read only then: see `summarize`).
+    pub spec_replicas: Option<i32>,
     /// The deployment controller has seen the newest Deployment spec.
     pub observed: bool,
     pub replicas: i32,
@@ -61,6 +64,7 @@ impl DeploymentState {
         });
         DeploymentState {
             exists: true,
+            spec_replicas: None,
             observed: status.observed_generation.unwrap_or(0) >= generation,
             replicas: status.replicas.unwrap_or(0),
             ready: status.ready_replicas.unwrap_or(0),
@@ -107,7 +111,14 @@ pub fn summarize(
     let mut rolling = Vec::new();
     let mut failures = Vec::new();
     for (component, state) in deployments {
-        let desired = set.spec.component(*component).replicas;
+        // Unset in the spec: whatever owns the Deployment's replicas (an autoscaler) decides,
+        // and a Deployment created without them has 1.
+        let desired = set
+            .spec
+            .component(*component)
+            .replicas
+            .or(state.spec_replicas)
+            .unwrap_or(1);
         *status.component_mut(*component) = Some(ComponentStatus {
             replicas: desired,
             ready_replicas: state.ready,

@@ -123,12 +123,14 @@ fn component_errors(errors: &mut Errors, path: &str, spec: &ComponentSpec, limit
             format!("{:?} is not a valid image reference: {why}", spec.image),
         );
     }
-    if spec.replicas > limits.max_replicas {
+    if let Some(replicas) = spec.replicas
+        && replicas > limits.max_replicas
+    {
         errors.push(
             format!("{path}.replicas"),
             format!(
-                "{} is above the operator's limit of {} (--max-replicas)",
-                spec.replicas, limits.max_replicas
+                "{replicas} is above the operator's limit of {} (--max-replicas)",
+                limits.max_replicas
             ),
         );
     }

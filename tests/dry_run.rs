@@ -71,7 +71,7 @@ fn resources() -> impl Strategy<Value = Option<ResourceRequirements>> {
 fn component() -> impl Strategy<Value = ComponentSpec> {
     (
         image(),
-        0i32..=20,
+        prop::option::of(0i32..=20),
         resources(),
         prop::option::of(prop_oneof![
             Just(ImagePullPolicy::Always),

@@ -3,7 +3,8 @@
 //!
 //! - (fault 1) the API server and (fault 2) etcd are restarted;
 //! - (fault 5) another field manager overwrites a field the operator manages and adds one
-//!   it does not;
+//!   it does not, and an autoscaler-style owner scales Deployments whose replicas the sets
+//!   leave unset;
 //! - (fault 6) sets are deleted while their reconciles are in flight, a namespace is deleted
 //!   with its sets, and children are deleted while every replica is down.
 //!
@@ -16,14 +17,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, sets};
-use common::{Replica, client, sa_replica_options, wait_for};
+use common::{Replica, client, sa_replica_options, seed_example, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use vecodex_operator::api::HANDOVER_MANAGER;
+use vecodex_operator::children::FIELD_MANAGER;
 
 const SETS: usize = 210;
 const NAMESPACES: usize = 30;
@@ -189,7 +192,7 @@ async fn foreign_field_manager(client: &Client, fleet: &Fleet) {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    autoscaled_replicas_stay(client).await;
     stop.cancel();
     churner.await.unwrap();
     let took = fleet
@@ -241,6 +244,167 @@ async fn foreign_field_manager(client: &Client, fleet: &Fleet) {
     );
     eprintln!(
         "foreign field manager: 20 Deployments put back in {took:?}, {restored_events} Restored Events checked"
+    );
+}
+
+/// Fault 5, the other half (called under the churn): replicas a set leaves unset belong to
+/// whoever sets them, here an autoscaler-style owner scaling through the scale subresource as
+/// the HPA controller does. The operator applies new generations without putting them back
+/// and holds no claim on them, the status reports them, and once the spec sets them again
+/// they are the operator's.
+async fn autoscaled_replicas_stay(client: &Client) {
+    const WAIT: Duration = Duration::from_secs(60);
+    let ns = common::namespace(client, "autoscaled").await;
+    let api = sets(client, &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let names: Vec<String> = (0..3).map(|i| format!("auto-{i}")).collect();
+    for name in &names {
+        let mut set = seed_example(&ns, name);
+        set["spec"]["searcher"]
+            .as_object_mut()
+            .unwrap()
+            .remove("replicas");
+        let set: DynamicObject = serde_json::from_value(set).unwrap();
+        api.create(&PostParams::default(), &set).await.unwrap();
+    }
+    let searcher_replicas = |name: &str| {
+        let (deployments, name) = (deployments.clone(), format!("{name}-searcher"));
+        async move { deployments.get_opt(&name).await.ok()??.spec?.replicas }
+    };
+    for name in &names {
+        wait_for(
+            &format!("{ns}/{name}: searcher created with the default 1"),
+            WAIT,
+            || async { (searcher_replicas(name).await == Some(1)).then_some(()) },
+        )
+        .await;
+    }
+    let hpa = PatchParams {
+        field_manager: Some("hpa-style".into()),
+        ..PatchParams::default()
+    };
+    for name in &names {
+        deployments
+            .patch_scale(
+                &format!("{name}-searcher"),
+                &hpa,
+                &Patch::Merge(json!({"spec": {"replicas": 4}})),
+            )
+            .await
+            .unwrap();
+        // A new generation: the operator applies every child again.
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"writer": {"replicas": 2}}})),
+        )
+        .await
+        .unwrap();
+    }
+    for name in &names {
+        let what =
+            format!("{ns}/{name}: new generation applied, the searchers' 4 kept and reported");
+        wait_for(&what, WAIT, || async {
+            let set = api.get(name).await.ok()?;
+            let writer = deployments.get(&format!("{name}-writer")).await.ok()?;
+            let status = &set.data["status"];
+            (status["observedGeneration"] == json!(set.metadata.generation)
+                && writer.spec?.replicas == Some(2)
+                && status["searcher"]["replicas"] == 4
+                && searcher_replicas(name).await == Some(4))
+            .then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in &names {
+        let searcher = deployments.get(&format!("{name}-searcher")).await.unwrap();
+        assert_eq!(
+            searcher.spec.as_ref().unwrap().replicas,
+            Some(4),
+            "{ns}/{name}"
+        );
+        let operator_claims_replicas = searcher.managed_fields().iter().any(|m| {
+            m.manager.as_deref() == Some(FIELD_MANAGER)
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+        });
+        assert!(
+            !operator_claims_replicas,
+            "{ns}/{name}: the operator owns no unset replicas"
+        );
+    }
+    // Set in the spec, they are the operator's again, over the autoscaler's.
+    api.patch(
+        &names[0],
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"searcher": {"replicas": 2}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &format!("{ns}/{}: the spec's 2 searchers", names[0]),
+        WAIT,
+        || async { (searcher_replicas(&names[0]).await == Some(2)).then_some(()) },
+    )
+    .await;
+    // Unset again, the operator lets go of them without moving them: they stay at 2, its
+    // apply no longer owns them (a hand-over manager keeps them), and the autoscaler can
+    // take them.
+    let first = names[0].clone();
+    api.patch(
+        &first,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"searcher": {"replicas": null}}})),
+    )
+    .await
+    .unwrap();
+    let released = format!("{ns}/{first}: unset again, released at 2");
+    wait_for(&released, WAIT, || async {
+        let set = api.get(&first).await.ok()?;
+        let searcher = deployments.get(&format!("{first}-searcher")).await.ok()?;
+        let owners: Vec<(String, String)> = searcher
+            .managed_fields()
+            .iter()
+            .filter(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+            })
+            .map(|m| {
+                let manager = m.manager.clone().unwrap_or_default();
+                (manager, m.operation.clone().unwrap_or_default())
+            })
+            .collect();
+        let handed_over = owners == [(HANDOVER_MANAGER.to_owned(), "Apply".to_owned())];
+        (set.data["status"]["observedGeneration"] == json!(set.metadata.generation)
+            && handed_over
+            && searcher.spec?.replicas == Some(2))
+        .then_some(())
+    })
+    .await;
+    deployments
+        .patch_scale(
+            &format!("{first}-searcher"),
+            &hpa,
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{ns}/{first}: the autoscaler's 5 reported"),
+        WAIT,
+        || async {
+            let set = api.get(&first).await.ok()?;
+            (set.data["status"]["searcher"]["replicas"] == 5
+                && searcher_replicas(&first).await == Some(5))
+            .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "autoscaled replicas: 3 sets kept their autoscaler's 4 searchers across a new generation"
     );
 }
 

@@ -165,7 +165,7 @@ pub fn deployment(
             Some(component),
         )?,
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            replicas: spec.replicas,
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&set_name, component)),
                 match_expressions: None,

@@ -64,6 +64,17 @@ fn every_child_is_controlled_by_the_set_and_labelled() {
 }
 
 #[test]
+fn replicas_left_unset_are_not_written() {
+    let mut set = seed_set();
+    set.spec.searcher.replicas = None;
+    let d = build(&set).unwrap();
+    assert_eq!(d.deployments[2].spec.as_ref().unwrap().replicas, None);
+    let json = serde_json::to_value(&d.deployments[2]).unwrap();
+    assert!(json["spec"].get("replicas").is_none(), "{}", json["spec"]);
+    assert_eq!(d.deployments[0].spec.as_ref().unwrap().replicas, Some(1));
+}
+
+#[test]
 fn containers_can_start() {
     let d = build(&seed_set()).unwrap();
     let searcher = &d.deployments[2];

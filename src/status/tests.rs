@@ -11,6 +11,7 @@ fn seed(generation: i64) -> VecodexSet {
 fn healthy(replicas: i32) -> DeploymentState {
     DeploymentState {
         exists: true,
+        spec_replicas: Some(replicas),
         observed: true,
         replicas,
         ready: replicas,
@@ -172,4 +173,38 @@ fn deployment_failures_make_the_set_degraded() {
     let degraded = cond(&s, DEGRADED);
     assert_eq!(degraded.status, "True");
     assert!(degraded.message.contains("ProgressDeadlineExceeded"));
+}
+
+#[test]
+fn replicas_left_unset_are_what_the_deployment_wants() {
+    let mut set = seed(2);
+    set.spec.searcher.replicas = None;
+    // An autoscaler set the searcher Deployment to 5, and it has 5 ready.
+    let s = summarize(
+        &set,
+        &all([healthy(1), healthy(1), healthy(5)]),
+        &Outcome::Applied,
+        "t1",
+    );
+    let searcher = s.searcher.as_ref().unwrap();
+    assert_eq!((searcher.replicas, searcher.ready.as_str()), (5, "5/5"));
+    assert_eq!(cond(&s, READY).status, "True");
+    // Before the Deployment exists: the 1 it will be created with.
+    let s = summarize(
+        &set,
+        &all([healthy(1), healthy(1), DeploymentState::default()]),
+        &Outcome::Applied,
+        "t1",
+    );
+    assert_eq!(s.searcher.as_ref().unwrap().replicas, 1);
+    // Set in the spec, the spec wins over what the Deployment has.
+    set.spec.searcher.replicas = Some(3);
+    let s = summarize(
+        &set,
+        &all([healthy(1), healthy(1), healthy(5)]),
+        &Outcome::Applied,
+        "t1",
+    );
+    assert_eq!(s.searcher.as_ref().unwrap().replicas, 3);
+    assert_eq!(cond(&s, READY).status, "False");
 }

@@ -41,7 +41,7 @@ fn each_invalid_field_is_named() {
         ["spec.searcher.resources.requests.cpu"]
     );
     assert_eq!(
-        errors_of(|s| s.searcher.replicas = 11),
+        errors_of(|s| s.searcher.replicas = Some(11)),
         ["spec.searcher.replicas"]
     );
     assert_eq!(
@@ -99,7 +99,7 @@ fn each_invalid_field_is_named() {
 fn several_errors_are_all_reported() {
     let errors = errors_of(|s| {
         s.writer.image = "upper/CASE".into();
-        s.searcher.replicas = 1000;
+        s.searcher.replicas = Some(1000);
     });
     assert_eq!(errors, ["spec.writer.image", "spec.searcher.replicas"]);
 }
@@ -182,7 +182,7 @@ mod arbitrary {
         let mut set = seed();
         let mut c = set.spec.writer.clone();
         c.image = image;
-        c.replicas = replicas;
+        c.replicas = Some(replicas);
         c.port = port;
         c.metrics_port = metrics;
         c.config = config;

@@ -138,7 +138,10 @@ impl Fleet {
             .await
             .map_err(|e| format!("list sets: {e}"))?;
         let mut uids: HashMap<(String, String), String> = HashMap::new();
-        let mut spec_replicas: HashMap<(String, String), i64> = HashMap::new();
+        // The searchers' replicas of each set's spec (None: left to another owner) and its
+        // status.
+        let mut spec_replicas: HashMap<(String, String), (Option<i64>, Option<i64>)> =
+            HashMap::new();
         let behind: Vec<(String, String)> = list
             .items
             .iter()
@@ -154,18 +157,19 @@ impl Fleet {
         for s in &list.items {
             let v = serde_json::to_value(s).unwrap();
             let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let want = v["spec"]["searcher"]["replicas"].as_i64().unwrap_or(1);
-            if v["status"]["searcher"]["replicas"].as_i64() != Some(want) {
-                return Err(format!("{key:?}: status.searcher.replicas != {want}"));
+            let want = v["spec"]["searcher"]["replicas"].as_i64();
+            let reported = v["status"]["searcher"]["replicas"].as_i64();
+            if want.is_some() && reported != want {
+                return Err(format!("{key:?}: status.searcher.replicas != {want:?}"));
             }
             uids.insert(key.clone(), s.uid().unwrap_or_default());
-            spec_replicas.insert(key, want);
+            spec_replicas.insert(key, (want, reported));
         }
         let desired = self.desired.lock().unwrap().clone();
         let removed = self.removed.lock().unwrap().clone();
         for i in 0..self.count {
             let key = self.place(i);
-            let spec = spec_replicas.get(&key);
+            let spec = spec_replicas.get(&key).map(|(spec, _)| spec.unwrap_or(1));
             if removed.contains(&i) {
                 match spec {
                     Some(_) => return Err(format!("{key:?}: deleted, but still there")),
@@ -176,7 +180,7 @@ impl Fleet {
                 return Err(format!("{key:?}: missing"));
             };
             let want = desired.get(&i).copied().unwrap_or(3);
-            if want >= 0 && *spec != want {
+            if want >= 0 && spec != want {
                 return Err(format!(
                     "{key:?}: the update to {want} was lost (spec {spec})"
                 ));
@@ -186,10 +190,18 @@ impl Fleet {
         for d in managed_children::<Deployment>(client).await? {
             let owner = controller_of(&d, &uids)?;
             if d.name_any().ends_with("-searcher") {
-                let want = spec_replicas[&owner];
                 let have = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) as i64;
-                if have != want {
-                    return Err(format!("{}: replicas {have}, spec {want}", d.name_any()));
+                match spec_replicas[&owner] {
+                    (Some(want), _) if have != want => {
+                        return Err(format!("{}: replicas {have}, spec {want}", d.name_any()));
+                    }
+                    (None, reported) if reported != Some(have) => {
+                        return Err(format!(
+                            "{}: replicas {have} (left unset by the spec), status {reported:?}",
+                            d.name_any()
+                        ));
+                    }
+                    _ => {}
                 }
             }
             children.entry(owner).or_default().push("Deployment".into());
