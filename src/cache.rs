@@ -230,14 +230,9 @@ where
         serde_json::from_slice(&self.json()).unwrap_or_default()
     }
 
-    /// The object's `status` alone, parsed as `S`.
-    pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
-        status_of(&self.json())
-    }
-
-    /// The object's `spec` alone, parsed as `S`.
-    pub fn spec<S: DeserializeOwned>(&self) -> Option<S> {
-        spec_of(&self.json())
+    /// The object's `spec` and `status` alone, parsed as `Sp` and `St`.
+    pub fn parts<Sp: DeserializeOwned, St: DeserializeOwned>(&self) -> Parts<Sp, St> {
+        parts_of(&self.json())
     }
 }
 
@@ -386,35 +381,26 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
 }
 
 impl<K> Raw<K> {
-    /// The object's `status` alone, parsed as `S`.
-    pub fn status<S: DeserializeOwned>(&self) -> Option<S> {
-        status_of(&self.json)
-    }
-
-    /// The object's `spec` alone, parsed as `S`.
-    pub fn spec<S: DeserializeOwned>(&self) -> Option<S> {
-        spec_of(&self.json)
+    /// The object's `spec` and `status` alone, parsed as `Sp` and `St`.
+    pub fn parts<Sp: DeserializeOwned, St: DeserializeOwned>(&self) -> Parts<Sp, St> {
+        parts_of(&self.json)
     }
 }
 
-/// The `spec` and `status` of an object's JSON, parsed as `Sp` and `St` (the rest is skipped,
-/// not built; `IgnoredAny` skips one of them too).
+/// The `spec` and `status` of an object, parsed as `Sp` and `St` in one pass over its JSON;
+/// the rest is skipped, not built (parse a part as a struct of the few fields needed: whole
+/// Deployments parsed per status write showed in the profile).
 #[derive(Deserialize)]
-struct Parts<Sp, St> {
-    spec: Option<Sp>,
-    status: Option<St>,
+pub struct Parts<Sp, St> {
+    pub spec: Option<Sp>,
+    pub status: Option<St>,
 }
 
-fn status_of<S: DeserializeOwned>(json: &[u8]) -> Option<S> {
-    serde_json::from_slice::<Parts<IgnoredAny, S>>(json)
-        .ok()?
-        .status
-}
-
-fn spec_of<S: DeserializeOwned>(json: &[u8]) -> Option<S> {
-    serde_json::from_slice::<Parts<S, IgnoredAny>>(json)
-        .ok()?
-        .spec
+fn parts_of<Sp: DeserializeOwned, St: DeserializeOwned>(json: &[u8]) -> Parts<Sp, St> {
+    serde_json::from_slice(json).unwrap_or(Parts {
+        spec: None,
+        status: None,
+    })
 }
 
 /// Takes the object's JSON as it is (a watch event's or a list item's), which only
@@ -559,7 +545,9 @@ mod tests {
     use kube::Resource;
     use kube::core::{ObjectList, WatchEvent};
 
-    use super::{Raw, Stored};
+    use serde::de::IgnoredAny;
+
+    use super::{Parts, Raw, Stored};
 
     #[test]
     fn a_verified_desired_digest_belongs_to_one_cached_version() {
@@ -613,7 +601,13 @@ mod tests {
             (stored.generation, stored.observed_generation),
             (Some(3), Some(2))
         );
-        let status: DeploymentStatus = stored.status().unwrap();
+        #[derive(serde::Deserialize)]
+        struct Replicas {
+            replicas: Option<i32>,
+        }
+        let parts: Parts<Replicas, DeploymentStatus> = stored.parts();
+        assert_eq!(parts.spec.unwrap().replicas, Some(2));
+        let status = parts.status.unwrap();
         assert_eq!(status.ready_replicas, Some(1));
         let typed = stored.object().unwrap();
         assert_eq!(typed.spec.unwrap().replicas, Some(2));
@@ -672,7 +666,8 @@ mod tests {
         assert_eq!(live["kind"], "Deployment");
         assert_eq!(live["spec"]["replicas"], 1);
         assert_eq!(stored.observed_generation, None);
-        assert_eq!(stored.status::<DeploymentStatus>(), None);
+        let parts: Parts<IgnoredAny, DeploymentStatus> = stored.parts();
+        assert!(parts.status.is_none());
     }
 
     #[test]

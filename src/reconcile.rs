@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::ObjectRef;
@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::api::{Writer, is_rejection};
-use crate::cache::{Cache, Raw, Stored};
+use crate::cache::{Cache, Parts, Raw, Stored};
 use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
@@ -688,28 +688,24 @@ async fn write_status(
         .iter()
         .map(|c| {
             let name = child_name(&set_name, c.as_str());
-            // Their status alone: parsing three whole Deployments per status write showed
-            // in the profile.
-            // The Deployment's own replicas matter only when the set leaves them unset.
-            let unset = set.spec.component(*c).replicas.is_none();
+            // Their spec's replicas and status alone (see `Parts`).
+            let state = |generation, parts: Parts<ReplicasOnly, DeploymentStatus>| {
+                DeploymentState::new(
+                    generation,
+                    parts.spec.and_then(|s| s.replicas),
+                    parts.status,
+                )
+            };
             let state = match applied
                 .iter()
                 .find(|d| d.meta().name.as_ref() == Some(&name))
             {
-                Some(fresh) => DeploymentState {
-                    spec_replicas: unset
-                        .then(|| fresh.spec::<ReplicasOnly>()?.replicas)
-                        .flatten(),
-                    ..DeploymentState::new(fresh.meta().generation, fresh.status())
-                },
+                Some(fresh) => state(fresh.meta().generation, fresh.parts()),
                 None => ctx
                     .stores
                     .deployments
                     .get(&ObjectRef::new(&name).within(&ns))
-                    .map(|d| DeploymentState {
-                        spec_replicas: unset.then(|| d.spec::<ReplicasOnly>()?.replicas).flatten(),
-                        ..DeploymentState::new(d.generation, d.status())
-                    })
+                    .map(|d| state(d.generation, d.parts()))
                     .unwrap_or_default(),
             };
             (*c, name, state)

@@ -25,7 +25,7 @@ pub enum Outcome {
 pub struct DeploymentState {
     pub exists: bool,
     /// The Deployment's own `spec.replicas`: what the component wants when the set leaves its
-    /// replicas to another owner (read only then: see `summarize`).
+    /// replicas to another owner (see `summarize`).
     pub spec_replicas: Option<i32>,
     /// The deployment controller has seen the newest Deployment spec.
     pub observed: bool,
@@ -40,13 +40,21 @@ pub struct DeploymentState {
 impl DeploymentState {
     pub fn from_deployment(d: Option<&Deployment>) -> Self {
         match d {
-            Some(d) => Self::new(d.metadata.generation, d.status.clone()),
+            Some(d) => Self::new(
+                d.metadata.generation,
+                d.spec.as_ref().and_then(|s| s.replicas),
+                d.status.clone(),
+            ),
             None => Self::default(),
         }
     }
 
-    /// The state of an existing Deployment from its generation and status.
-    pub fn new(generation: Option<i64>, status: Option<DeploymentStatus>) -> Self {
+    /// The state of an existing Deployment from its generation, `spec.replicas` and status.
+    pub fn new(
+        generation: Option<i64>,
+        spec_replicas: Option<i32>,
+        status: Option<DeploymentStatus>,
+    ) -> Self {
         let status = status.unwrap_or_default();
         let generation = generation.unwrap_or(0);
         let failure = status.conditions.iter().flatten().find_map(|c| {
@@ -64,7 +72,7 @@ impl DeploymentState {
         });
         DeploymentState {
             exists: true,
-            spec_replicas: None,
+            spec_replicas,
             observed: status.observed_generation.unwrap_or(0) >= generation,
             replicas: status.replicas.unwrap_or(0),
             ready: status.ready_replicas.unwrap_or(0),

@@ -3,6 +3,13 @@
 //! from the first start to the last restart), with 3 replicas running with the chart's
 //! least-privilege ServiceAccount. After the last restart every set converges to its last
 //! confirmed update and no child is left without its owner reference.
+//!
+//! The replicas reach the API server through a TCP proxy that adds [`LATENCY`] to every
+//! response (`tests/common/proxy.rs`). A reconcile applies a set's children in two rounds
+//! (Services, then Deployments and the Ingress once the Services answered); on a local
+//! control plane a round trip takes milliseconds, so a kill at a random moment mostly lands
+//! between two sets' applies. With the latency every reconcile leaves its set half-applied
+//! for a while, and the kills interrupt some of them for certain.
 
 mod common;
 
@@ -10,7 +17,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, ownerless_children};
-use common::{RELEASE_NS, Replica, client, sa_replica_options, shard_holders_in, wait_for};
+use common::proxy::{Mode, Proxy};
+use common::{
+    RELEASE_NS, Replica, ReplicaOptions, client, sa_replica_options, shard_holders_in, wait_for,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -24,6 +34,9 @@ const SHARDS: u32 = 8;
 const SETS: usize = 210;
 const NAMESPACES: usize = 30;
 const KILLS: usize = 8;
+/// Added to every response the replicas get: a set stays half-applied this long in each
+/// reconcile (a fraction of the Leases' renew deadline, so no replica loses its shards).
+const LATENCY: Duration = Duration::from_millis(300);
 
 /// Children per set so far (namespace, set) → count, from the managed label's instance.
 async fn children_per_set(client: &Client) -> HashMap<(String, String), usize> {
@@ -68,7 +81,12 @@ impl Rng {
 async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned() {
     common::cluster();
     let client = client().await;
-    let opts = sa_replica_options();
+    let base = sa_replica_options();
+    let proxy = Proxy::start(Proxy::upstream_of(&base.kubeconfig));
+    let kubeconfig = common::cluster().dir.join("crash-latency.kubeconfig");
+    proxy.kubeconfig(&base.kubeconfig, &kubeconfig);
+    proxy.set(Mode::Delay(LATENCY));
+    let opts = ReplicaOptions { kubeconfig, ..base };
     let fleet = Fleet::new("crash", SETS, NAMESPACES, SHARDS);
     fleet.create(&client).await;
     let seed = std::env::var("VECODEX_CRASH_SEED")
@@ -101,19 +119,35 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500 + rng.below(2000))).await;
-        // A replica that holds shards (so is applying), picked at random.
+        // A replica in the middle of applying, picked at random: one that holds a shard
+        // with sets not yet complete (or any holder, or anyone, if there is none).
         let holders = shard_holders_in(&client, RELEASE_NS, GROUP, SHARDS).await;
-        let busy: Vec<usize> = (0..replicas.len())
-            .filter(|i| {
-                holders
-                    .iter()
-                    .any(|h| h.as_deref() == Some(replicas[*i].identity.as_str()))
-            })
+        let counts = children_per_set(&client).await;
+        let unfinished: Vec<u32> = (0..fleet.count)
+            .map(|i| fleet.place(i))
+            .filter(|set| counts.get(set).copied().unwrap_or(0) < 7)
+            .map(|(ns, _)| shard_of(&ns, SHARDS))
             .collect();
-        let i = if busy.is_empty() {
+        let holding = |i: &usize, shard_wanted: &dyn Fn(u32) -> bool| {
+            holders.iter().enumerate().any(|(shard, h)| {
+                h.as_deref() == Some(replicas[*i].identity.as_str()) && shard_wanted(shard as u32)
+            })
+        };
+        let applying: Vec<usize> = (0..replicas.len())
+            .filter(|i| holding(i, &|s| unfinished.contains(&s)))
+            .collect();
+        let busy: Vec<usize> = (0..replicas.len())
+            .filter(|i| holding(i, &|_| true))
+            .collect();
+        let pool = if applying.is_empty() {
+            &busy
+        } else {
+            &applying
+        };
+        let i = if pool.is_empty() {
             rng.below(3) as usize
         } else {
-            busy[rng.below(busy.len() as u64) as usize]
+            pool[rng.below(pool.len() as u64) as usize]
         };
         let victim = &mut replicas[i];
         let held: Vec<u32> = holders

@@ -271,6 +271,27 @@ async fn autoscaled_replicas_stay(client: &Client) {
         let (deployments, name) = (deployments.clone(), format!("{name}-searcher"));
         async move { deployments.get_opt(&name).await.ok()??.spec?.replicas }
     };
+    // The autoscaler scales through the scale subresource, as the HPA controller does.
+    let scale = |name: &str, replicas: i32| {
+        let (deployments, name) = (deployments.clone(), format!("{name}-searcher"));
+        let hpa = PatchParams {
+            field_manager: Some("hpa-style".into()),
+            ..PatchParams::default()
+        };
+        async move {
+            let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+            deployments.patch_scale(&name, &hpa, &patch).await.unwrap();
+        }
+    };
+    let patch_spec = |name: &str, spec: serde_json::Value| {
+        let (api, name) = (api.clone(), name.to_owned());
+        async move {
+            let patch = Patch::Merge(json!({ "spec": spec }));
+            api.patch(&name, &PatchParams::default(), &patch)
+                .await
+                .unwrap();
+        }
+    };
     for name in &names {
         wait_for(
             &format!("{ns}/{name}: searcher created with the default 1"),
@@ -279,27 +300,10 @@ async fn autoscaled_replicas_stay(client: &Client) {
         )
         .await;
     }
-    let hpa = PatchParams {
-        field_manager: Some("hpa-style".into()),
-        ..PatchParams::default()
-    };
     for name in &names {
-        deployments
-            .patch_scale(
-                &format!("{name}-searcher"),
-                &hpa,
-                &Patch::Merge(json!({"spec": {"replicas": 4}})),
-            )
-            .await
-            .unwrap();
+        scale(name, 4).await;
         // A new generation: the operator applies every child again.
-        api.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"writer": {"replicas": 2}}})),
-        )
-        .await
-        .unwrap();
+        patch_spec(name, json!({"writer": {"replicas": 2}})).await;
     }
     for name in &names {
         let what =
@@ -324,81 +328,46 @@ async fn autoscaled_replicas_stay(client: &Client) {
             Some(4),
             "{ns}/{name}"
         );
-        let operator_claims_replicas = searcher.managed_fields().iter().any(|m| {
-            m.manager.as_deref() == Some(FIELD_MANAGER)
-                && m.fields_v1
-                    .as_ref()
-                    .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
-        });
         assert!(
-            !operator_claims_replicas,
+            !replicas_owners(&searcher)
+                .iter()
+                .any(|(manager, _)| manager == FIELD_MANAGER),
             "{ns}/{name}: the operator owns no unset replicas"
         );
     }
     // Set in the spec, they are the operator's again, over the autoscaler's.
-    api.patch(
-        &names[0],
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"searcher": {"replicas": 2}}})),
-    )
-    .await
-    .unwrap();
+    let first = names[0].as_str();
+    patch_spec(first, json!({"searcher": {"replicas": 2}})).await;
     wait_for(
-        &format!("{ns}/{}: the spec's 2 searchers", names[0]),
+        &format!("{ns}/{first}: the spec's 2 searchers"),
         WAIT,
-        || async { (searcher_replicas(&names[0]).await == Some(2)).then_some(()) },
+        || async { (searcher_replicas(first).await == Some(2)).then_some(()) },
     )
     .await;
     // Unset again, the operator lets go of them without moving them: they stay at 2, its
     // apply no longer owns them (a hand-over manager keeps them), and the autoscaler can
     // take them.
-    let first = names[0].clone();
-    api.patch(
-        &first,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"searcher": {"replicas": null}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(first, json!({"searcher": {"replicas": null}})).await;
     let released = format!("{ns}/{first}: unset again, released at 2");
     wait_for(&released, WAIT, || async {
-        let set = api.get(&first).await.ok()?;
+        let set = api.get(first).await.ok()?;
         let searcher = deployments.get(&format!("{first}-searcher")).await.ok()?;
-        let owners: Vec<(String, String)> = searcher
-            .managed_fields()
-            .iter()
-            .filter(|m| {
-                m.fields_v1
-                    .as_ref()
-                    .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
-            })
-            .map(|m| {
-                let manager = m.manager.clone().unwrap_or_default();
-                (manager, m.operation.clone().unwrap_or_default())
-            })
-            .collect();
-        let handed_over = owners == [(HANDOVER_MANAGER.to_owned(), "Apply".to_owned())];
+        let handed_over =
+            replicas_owners(&searcher) == [(HANDOVER_MANAGER.to_owned(), "Apply".to_owned())];
         (set.data["status"]["observedGeneration"] == json!(set.metadata.generation)
             && handed_over
             && searcher.spec?.replicas == Some(2))
         .then_some(())
     })
     .await;
-    deployments
-        .patch_scale(
-            &format!("{first}-searcher"),
-            &hpa,
-            &Patch::Merge(json!({"spec": {"replicas": 5}})),
-        )
-        .await
-        .unwrap();
+    scale(first, 5).await;
     wait_for(
         &format!("{ns}/{first}: the autoscaler's 5 reported"),
         WAIT,
         || async {
-            let set = api.get(&first).await.ok()?;
+            let set = api.get(first).await.ok()?;
             (set.data["status"]["searcher"]["replicas"] == 5
-                && searcher_replicas(&first).await == Some(5))
+                && searcher_replicas(first).await == Some(5))
             .then_some(())
         },
     )
@@ -406,6 +375,23 @@ async fn autoscaled_replicas_stay(client: &Client) {
     eprintln!(
         "autoscaled replicas: 3 sets kept their autoscaler's 4 searchers across a new generation"
     );
+}
+
+/// The (field manager, operation) of every managedFields entry that owns `spec.replicas`.
+fn replicas_owners(deployment: &Deployment) -> Vec<(String, String)> {
+    deployment
+        .managed_fields()
+        .iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+        })
+        .map(|m| {
+            let manager = m.manager.clone().unwrap_or_default();
+            (manager, m.operation.clone().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Fault 6, under churn: 15 sets are updated and deleted at once (their reconciles in
