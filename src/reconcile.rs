@@ -684,18 +684,18 @@ async fn write_status(
 ) -> Result<StatusWrite, Error> {
     let set_name = set.name_any();
     let ns = set.namespace().unwrap_or_default();
+    // A Deployment's spec.replicas and status alone, fresh or cached (see `Parts`).
+    let state = |generation, parts: Parts<ReplicasOnly, DeploymentStatus>| {
+        DeploymentState::new(
+            generation,
+            parts.spec.and_then(|s| s.replicas),
+            parts.status,
+        )
+    };
     let deployments: Vec<(Component, String, DeploymentState)> = Component::ALL
         .iter()
         .map(|c| {
             let name = child_name(&set_name, c.as_str());
-            // Their spec's replicas and status alone (see `Parts`).
-            let state = |generation, parts: Parts<ReplicasOnly, DeploymentStatus>| {
-                DeploymentState::new(
-                    generation,
-                    parts.spec.and_then(|s| s.replicas),
-                    parts.status,
-                )
-            };
             let state = match applied
                 .iter()
                 .find(|d| d.meta().name.as_ref() == Some(&name))

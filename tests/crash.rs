@@ -128,16 +128,20 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
             .filter(|set| counts.get(set).copied().unwrap_or(0) < 7)
             .map(|(ns, _)| shard_of(&ns, SHARDS))
             .collect();
-        let holding = |i: &usize, shard_wanted: &dyn Fn(u32) -> bool| {
-            holders.iter().enumerate().any(|(shard, h)| {
-                h.as_deref() == Some(replicas[*i].identity.as_str()) && shard_wanted(shard as u32)
+        // The shards each replica holds.
+        let held: Vec<Vec<u32>> = replicas
+            .iter()
+            .map(|r| {
+                (0..SHARDS)
+                    .filter(|s| holders[*s as usize].as_deref() == Some(r.identity.as_str()))
+                    .collect()
             })
-        };
+            .collect();
         let applying: Vec<usize> = (0..replicas.len())
-            .filter(|i| holding(i, &|s| unfinished.contains(&s)))
+            .filter(|i| held[*i].iter().any(|s| unfinished.contains(s)))
             .collect();
         let busy: Vec<usize> = (0..replicas.len())
-            .filter(|i| holding(i, &|_| true))
+            .filter(|i| !held[*i].is_empty())
             .collect();
         let pool = if applying.is_empty() {
             &busy
@@ -149,13 +153,8 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
         } else {
             pool[rng.below(pool.len() as u64) as usize]
         };
+        let held = &held[i];
         let victim = &mut replicas[i];
-        let held: Vec<u32> = holders
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.as_deref() == Some(victim.identity.as_str()))
-            .map(|(s, _)| s as u32)
-            .collect();
         victim.signal(libc::SIGKILL);
         let _ = victim.child.wait();
         // Sets of the victim's shards with some but not all of their 7 children: it died in
