@@ -156,11 +156,9 @@ pub fn seed_spec() -> anyhow::Result<VecodexSetSpec> {
     Ok(set.spec)
 }
 
-/// Namespace `i` of a group: the varying part first, because FNV-1a (the shard hash) spreads
-/// names that differ only in their last characters poorly: `tenant-0`..`tenant-9` would all
-/// land on one shard.
+/// Namespace `i` of a group, named as multi-tenant clusters name them: `tenant-17`.
 pub fn namespace_name(prefix: &str, i: usize) -> String {
-    format!("{i}-{prefix}")
+    format!("{prefix}-{i}")
 }
 
 pub async fn create_namespaces(client: &Client, names: &[String]) -> anyhow::Result<()> {
@@ -393,10 +391,14 @@ impl Replica {
         })
     }
 
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await
+    }
+
     /// Reconciles this replica has run, from its /metrics.
     pub async fn reconciles(&self) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        let Ok(text) = http_get(&url).await else {
+        let Ok(text) = self.metrics().await else {
             return 0.0;
         };
         text.lines()

@@ -10,6 +10,7 @@ mod cluster;
 mod kubelet;
 mod report;
 mod shared;
+mod shares;
 mod track;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ struct Args {
     /// Operator replicas.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = vecodex_operator::shard::DEFAULT_SHARDS)]
     shards: u32,
     /// Reconcile concurrency per replica, and the plain client's concurrency.
     #[arg(long, default_value_t = 16)]
@@ -68,7 +69,11 @@ struct Args {
     /// The replicas' shard Lease duration (renew deadline 2/3 of it, retry period 1/7).
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
-    /// Sets of the scale-out and tracing-cost cold starts (default: --sets).
+    /// Replica counts of the scale-out cold starts, each of --sets sets on a fresh control
+    /// plane: each replica's share of sets, reconciles and CPU.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3, 5])]
+    scale_out_replicas: Vec<usize>,
+    /// Sets of the tracing-cost cold starts (default: --sets).
     #[arg(long)]
     scale_sets: Option<usize>,
     /// Trace sampling ratio of the tracing-cost scenario.
@@ -113,6 +118,13 @@ impl Args {
         }
     }
 
+    fn placement(&self, namespaces: usize) -> Placement {
+        Placement {
+            namespaces,
+            scheme: vecodex_operator::shard::Scheme::new(Default::default(), self.shards),
+        }
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds)
     }
@@ -133,7 +145,7 @@ impl Args {
 }
 
 fn is_tenant(ns: &str) -> bool {
-    ns.ends_with("-tenant")
+    ns.starts_with("tenant-")
 }
 
 /// Scenario 2, on a control plane of its own: the same sets exist (created before the clock
@@ -294,7 +306,9 @@ impl PlainReconciler {
     fn desired(&self, set: &VecodexSet) -> anyhow::Result<children::Desired> {
         let ns = set.namespace().unwrap_or_default();
         let mut desired = children::build(set)?;
-        desired.label_shard(vecodex_operator::shard::shard_of(&ns, self.shards));
+        desired.label_shard(
+            vecodex_operator::shard::Scheme::new(Default::default(), self.shards).shard_of(&ns),
+        );
         Ok(desired)
     }
 
@@ -687,6 +701,13 @@ fn cpu_delta(
     Value::Object(delta)
 }
 
+/// Where a run's sets live: `namespaces` namespaces (see `cluster::place`), hashed by
+/// `scheme` into shards.
+struct Placement {
+    namespaces: usize,
+    scheme: vecodex_operator::shard::Scheme,
+}
+
 /// A cold start: `replicas` start over `sets` existing sets; figures until all converged.
 /// Besides wall-clock time it reports the CPU seconds per set that the control plane and the
 /// operator spent, which other work on a shared machine does not distort.
@@ -698,6 +719,7 @@ async fn cold_start(
     tracker: &Tracker,
     replicas: &[Replica],
     sets: usize,
+    placement: &Placement,
     started: Instant,
     requests_before: &std::collections::BTreeMap<String, f64>,
     timeout: Duration,
@@ -714,6 +736,10 @@ async fn cold_start(
         .filter_map(|r| r["cpu_seconds"].as_f64())
         .sum();
     let per_set = (cpu["total"].as_f64().unwrap_or(0.0) + operator_cpu) / sets.max(1) as f64;
+    let set_namespaces: Vec<String> = (0..sets)
+        .map(|i| cluster::place(i, placement.namespaces).0)
+        .collect();
+    let shares = shares::shares(client, replicas, placement.scheme, &set_namespaces).await?;
     Ok((
         json!({
             "sets": sets,
@@ -729,6 +755,7 @@ async fn cold_start(
             "operator_cpu_seconds": operator_cpu,
             "cpu_seconds_per_set": per_set,
             "per_replica": per_replica,
+            "shares": shares,
         }),
         curve,
     ))
@@ -827,9 +854,9 @@ async fn fresh_cold_start(
     spec: &VecodexSetSpec,
     label: &str,
     replicas: usize,
+    sets: usize,
     otlp: Option<&Otlp>,
 ) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
-    let sets = args.scale_sets.unwrap_or(args.sets);
     let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
     eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
     let cluster = LocalCluster::up(&args.apiserver_gc())?;
@@ -853,6 +880,7 @@ async fn fresh_cold_start(
             &tracker,
             &running,
             sets,
+            &args.placement(namespaces),
             started,
             &requests_before,
             args.timeout(),
@@ -969,19 +997,28 @@ async fn main() -> anyhow::Result<()> {
     )];
     if !args.skip_fresh {
         let n = args.scale_sets.unwrap_or(args.sets);
-        let (one, one_curve) = fresh_cold_start(&args, &spec, "one-replica", 1, None).await?;
+        // Scale-out: the full set count with each replica count.
+        let mut scale_runs = Vec::new();
+        for &count in &args.scale_out_replicas {
+            let label = format!("scale-{count}");
+            let (run, run_curve) =
+                fresh_cold_start(&args, &spec, &label, count, args.sets, None).await?;
+            curves.push((format!("scale-out: {count} replicas"), args.sets, run_curve));
+            scale_runs.push(run);
+        }
         // Tracing cost in the order off, on, on, off: the machine's speed drifts over the
         // minutes these take (the same configuration twice in a row differed by 15-29 %),
         // and a drift that is steady over the four cancels out of the pooled figures.
         let (base, base_curve) =
-            fresh_cold_start(&args, &spec, "tracing-off", args.replicas, None).await?;
+            fresh_cold_start(&args, &spec, "tracing-off", args.replicas, n, None).await?;
         let (mut collector, mut otlp) = start_collector(&args.out)?;
         otlp.sampling_ratio = args.sampling_ratio;
         let traced = async {
             let first =
-                fresh_cold_start(&args, &spec, "tracing-on", args.replicas, Some(&otlp)).await?;
+                fresh_cold_start(&args, &spec, "tracing-on", args.replicas, n, Some(&otlp)).await?;
             let second =
-                fresh_cold_start(&args, &spec, "tracing-on-2", args.replicas, Some(&otlp)).await?;
+                fresh_cold_start(&args, &spec, "tracing-on-2", args.replicas, n, Some(&otlp))
+                    .await?;
             anyhow::Ok((first, second))
         }
         .await;
@@ -989,7 +1026,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = collector.wait();
         let ((on, on_curve), (on_2, _)) = traced?;
         let (base_2, _) =
-            fresh_cold_start(&args, &spec, "tracing-off-2", args.replicas, None).await?;
+            fresh_cold_start(&args, &spec, "tracing-off-2", args.replicas, n, None).await?;
         // One line per batch received: a tracing-on run that exported nothing measured no
         // tracing (as when the log level turned the spans off, before 2026-12-02).
         let collector_batches = std::fs::read_to_string(args.out.join("rotel.log"))
@@ -999,10 +1036,25 @@ async fn main() -> anyhow::Result<()> {
             bail!("tracing cost: the collector received no trace from the tracing-on runs");
         }
         let sps = |v: &Value| v["sets_per_second"].as_f64().unwrap_or(0.0);
+        let one = scale_runs
+            .iter()
+            .find(|r| r["replicas"] == 1)
+            .map(sps)
+            .unwrap_or(f64::NAN);
         results["scale_out"] = json!({
-            "one_replica": one,
-            "replicas": base.clone(),
-            "throughput_ratio": sps(&base) / sps(&one).max(1e-9),
+            "sets": args.sets,
+            "runs": scale_runs
+                .iter()
+                .map(|r| {
+                    json!({
+                        "replicas": r["replicas"],
+                        "sets_per_second": r["sets_per_second"],
+                        "throughput_vs_one_replica": sps(r) / one,
+                        "shares": r["shares"],
+                        "cold_start": r,
+                    })
+                })
+                .collect::<Vec<_>>(),
         });
         let off = pooled(&[base, base_2]);
         let on = pooled(&[on, on_2]);
@@ -1013,7 +1065,6 @@ async fn main() -> anyhow::Result<()> {
             "off": off,
             "on": on,
         });
-        curves.push(("1 replica".into(), n, one_curve));
         curves.push((
             format!("{} replicas, tracing off", args.replicas),
             n,
@@ -1112,6 +1163,7 @@ async fn main_cluster(
         &tracker,
         &replicas,
         args.sets,
+        &args.placement(args.namespaces),
         started,
         &requests_before,
         args.timeout(),
@@ -1231,6 +1283,7 @@ async fn main_cluster(
             "churn_sweep": args.churn_sweep, "failover_churn_rate": failover_rate,
             "idle_seconds": args.idle_seconds, "lease_seconds": args.lease_seconds,
             "scale_sets": args.scale_sets.unwrap_or(args.sets),
+            "scale_out_replicas": args.scale_out_replicas,
             "sampling_ratio": args.sampling_ratio, "apiserver_gogc": args.apiserver_gogc,
             "apiserver_memory_limit": args.apiserver_memory_limit,
         },
@@ -1265,7 +1318,14 @@ fn bars(r: &Value, args: &Args) -> Value {
     let flood = f(&r["flood"]["p99_seconds"]);
     let failover = f(&r["failover"]["converged_after_kill_seconds"]);
     let failover_bar = args.lease_seconds as f64 + 5.0;
+    let imbalance = f(&r["cold_start"]["shares"]["max_over_mean_sets"]);
     let mut bars = vec![
+        bar(
+            &format!("sets per replica, max/mean ({} replicas)", args.replicas),
+            "<= 1.15",
+            imbalance,
+            imbalance <= 1.15,
+        ),
         bar(
             "cold start / plain-client limit",
             ">= 0.8",
@@ -1379,14 +1439,34 @@ fn summary(r: &Value, args: &Args) {
         "idle          | {:.1} write requests/min",
         f(&r["idle"]["write_requests_per_minute"])
     );
-    if r["scale_out"].is_object() {
+    let shares = &r["cold_start"]["shares"];
+    for s in shares["per_replica"].as_array().into_iter().flatten() {
         println!(
-            "scale-out     | 1 replica {:.1} sets/s, {} replicas {:.1} sets/s (x{:.2})",
-            f(&r["scale_out"]["one_replica"]["sets_per_second"]),
-            args.replicas,
-            f(&r["scale_out"]["replicas"]["sets_per_second"]),
-            f(&r["scale_out"]["throughput_ratio"])
+            "share         | {}: {} shards, {} sets ({:.1} %), {} reconciles, {:.2} CPU ms per reconcile, queue wait p99 {} s",
+            s["identity"].as_str().unwrap_or(""),
+            s["shards"],
+            s["sets"],
+            f(&s["share_of_sets"]) * 100.0,
+            s["reconciles"],
+            f(&s["cpu_ms_per_reconcile"]),
+            s["queue_wait_p99_seconds"]
         );
+    }
+    println!(
+        "imbalance     | max/mean of sets per replica {:.3} (scheme {})",
+        f(&shares["max_over_mean_sets"]),
+        shares["scheme"].as_str().unwrap_or("")
+    );
+    if r["scale_out"].is_object() {
+        for run in r["scale_out"]["runs"].as_array().into_iter().flatten() {
+            println!(
+                "scale-out     | {} replicas: {:.1} sets/s (x{:.2} of 1), sets max/mean {:.3}",
+                run["replicas"],
+                f(&run["sets_per_second"]),
+                f(&run["throughput_vs_one_replica"]),
+                f(&run["shares"]["max_over_mean_sets"])
+            );
+        }
         println!(
             "tracing       | off {:.1} sets/s, on ({}) {:.1} sets/s: cost {:.1} %",
             f(&r["tracing"]["off"]["sets_per_second"]),

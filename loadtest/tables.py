@@ -7,7 +7,7 @@ def lat(x, extra=''):
     return f"{x['updates']} updates: p50 {x['p50_seconds']:.3f} s, p95 {x['p95_seconds']:.3f} s, p99 {x['p99_seconds']:.3f} s, max {x['max_seconds']:.3f} s; {len(x['not_applied'])} not applied{extra}"
 date=d['date'][:19].replace('T',' ')
 m=d['machine']
-print(f"Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s; scale-out and tracing cost with {p['scale_sets']:,} sets. Full figures: [`results/latest.json`](results/latest.json).")
+print(f"Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s; scale-out with {p['sets']:,} sets and {', '.join(str(x) for x in p.get('scale_out_replicas', []))} replicas, tracing cost with {p['scale_sets']:,} sets. Full figures: [`results/latest.json`](results/latest.json).")
 print()
 print("| scenario | figures |\n|---|---|")
 print(f"| limit (plain client) | {li['sets_per_second']:.1f} sets/s ({li['seconds']:.0f} s); control plane {li['cpu_seconds_per_set']:.3f} CPU s per set |")
@@ -39,8 +39,21 @@ print(f"| idle | {i['write_requests_per_minute']:.1f} write requests per minute 
 w=d['whole_run_per_replica']
 wr=', '.join('%.0f' % r['peak_rss_mib'] for r in w); wi=', '.join(r['identity'] for r in w)
 print(f"| whole run, per replica | peak RSS {wr} MiB ({wi}) |")
+def shares(sh):
+    per=sh['per_replica']
+    j=lambda f: ', '.join(f(x) for x in per)
+    wait=lambda x: '-' if x['queue_wait_p99_seconds'] is None else f"{x['queue_wait_p99_seconds']:.2g}"
+    return (f"sets per replica {j(lambda x: str(x['sets']))} (max/mean {sh['max_over_mean_sets']:.3f}); "
+            f"shards {j(lambda x: str(x['shards']))}; reconciles {j(lambda x: '%.0f' % x['reconciles'])}; "
+            f"CPU {j(lambda x: '%.0f' % x['cpu_seconds'])} s, {j(lambda x: '%.2f' % x['cpu_ms_per_reconcile'])} ms per reconcile; "
+            f"queue wait p99 {j(wait)} s")
+if cs.get('shares'):
+    print(f"| cold start, per replica | {shares(cs['shares'])} |")
 so=d.get('scale_out')
-if so:
+if so and 'runs' in so:
+    for r in so['runs']:
+        print(f"| scale-out: {r['replicas']} replicas, {so['sets']:,} sets | {r['sets_per_second']:.1f} sets/s (×{r['throughput_vs_one_replica']:.2f} of 1 replica); {shares(r['shares'])} |")
+elif so:
     o=so['one_replica']; r=so['replicas']
     rr=', '.join('%.0f' % x['peak_rss_mib'] for x in r['per_replica'])
     print(f"| scale-out | 1 replica {o['sets_per_second']:.1f} sets/s (peak RSS {o['per_replica'][0]['peak_rss_mib']:.0f} MiB); {r['replicas']} replicas {r['sets_per_second']:.1f} sets/s (peak RSS {rr} MiB): ×{r['sets_per_second']/o['sets_per_second']:.2f} |")

@@ -19,7 +19,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::shard::shard_of;
+use crate::shard::Scheme;
 
 /// One store and what it covers.
 struct Entry<K: 'static + Lookup<DynamicType = ()> + Clone> {
@@ -36,8 +36,8 @@ struct Entry<K: 'static + Lookup<DynamicType = ()> + Clone> {
 #[derive(Clone)]
 pub struct Cache<K: 'static + Lookup<DynamicType = ()> + Clone> {
     entries: Arc<RwLock<Vec<Entry<K>>>>,
-    /// The shard count, to find a namespace's shard.
-    shards: u32,
+    /// To find a namespace's shard.
+    scheme: Scheme,
 }
 
 impl<K> Cache<K>
@@ -57,15 +57,15 @@ where
             .collect();
         Cache {
             entries: Arc::new(RwLock::new(entries)),
-            shards: 1,
+            scheme: Scheme::new(Default::default(), 1),
         }
     }
 
-    /// An empty cache whose stores will each cover one of `shards` shards.
-    pub fn sharded(shards: u32) -> Self {
+    /// An empty cache whose stores will each cover one shard of `scheme`.
+    pub fn sharded(scheme: Scheme) -> Self {
         Cache {
             entries: Arc::default(),
-            shards: shards.max(1),
+            scheme,
         }
     }
 
@@ -95,7 +95,7 @@ where
 
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         let ns = key.namespace.as_deref();
-        let shard = ns.map(|ns| shard_of(ns, self.shards));
+        let shard = ns.map(|ns| self.scheme.shard_of(ns));
         self.read()
             .iter()
             .find(|e| {

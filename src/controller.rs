@@ -26,7 +26,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
 use crate::reconcile::{Context, RecentWrites, Report, Stores, reconcile};
-use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardManager, WorkGuard, shard_of};
+use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardLoads, ShardManager, WorkGuard};
 use crate::validate::Limits;
 
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(20),
             resync: Duration::from_secs(30 * 60),
             sharding: ShardConfig {
-                shards: 16,
+                scheme: crate::shard::Scheme::default(),
                 namespace: "default".to_owned(),
                 group: "vecodex-operator".to_owned(),
                 identity: crate::shard::default_identity(),
@@ -497,7 +497,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     let queue = WorkQueue::with_metrics(config.queue.clone(), metrics.queue.clone());
     let (gate, shard_events) =
-        ShardGate::new(config.sharding.shards, config.sharding.renew_deadline);
+        ShardGate::new(config.sharding.scheme, config.sharding.renew_deadline);
     let watched: Vec<Option<String>> = if config.namespaces.is_empty() {
         vec![None]
     } else {
@@ -514,7 +514,7 @@ pub async fn run(
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
         feed.watch(&mut tasks, list_config(), || classify_sets(recent.clone())),
-        config.sharding.shards,
+        config.sharding.scheme,
     );
     // A shard can be taken only once the set cache can tell which sets it holds.
     info!("waiting for the set cache to sync");
@@ -554,6 +554,7 @@ pub async fn run(
             config.sharding.clone(),
             gate.clone(),
             metrics.shard.clone(),
+            shard_loads(&stores),
         )
         .run(release.clone(), config.shutdown_timeout),
     );
@@ -628,6 +629,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Sets per shard, from the set cache every replica keeps whole: what the shard manager
+/// balances.
+fn shard_loads(stores: &Stores) -> ShardLoads {
+    let (sets, scheme) = (stores.sets.clone(), stores.scheme);
+    Arc::new(move || {
+        let mut loads = vec![0u64; scheme.shards as usize];
+        for set in sets.state() {
+            if let Some(ns) = set.namespace() {
+                loads[scheme.shard_of(ns) as usize] += 1;
+            }
+        }
+        loads
+    })
+}
+
 /// Starts and stops the child watches of the shards this replica holds or keeps warm.
 #[derive(Clone)]
 struct ShardWatches {
@@ -649,12 +665,12 @@ impl ShardWatches {
         self.stores.start_shard(shard, generation);
         let stop = self.shutdown.child_token();
         let config = list_config().labels(&shard_selector(shard));
-        let shards = self.stores.shards;
+        let scheme = self.stores.scheme;
         let mut listed = Vec::new();
         for ns in self
             .watched
             .iter()
-            .filter(|ns| ns.as_deref().is_none_or(|ns| shard_of(ns, shards) == shard))
+            .filter(|ns| ns.as_deref().is_none_or(|ns| scheme.shard_of(ns) == shard))
         {
             let s = &self.stores;
             listed.extend([
@@ -1029,7 +1045,14 @@ async fn work(
     span.record("vecodex.outcome", outcome.as_str());
     metrics.reconciled(result_label, started.elapsed(), &trace_id);
     span.in_scope(|| {
-        debug!(shard, started_ms, finished_ms, "reconcile interval");
+        // The tests read this line (tests/common/fleet.rs, `intervals`): keep its fields.
+        debug!(
+            shard,
+            namespace = ns,
+            started_ms,
+            finished_ms,
+            "reconcile interval"
+        );
         match result {
             None => warn!("shard lost: reconcile cancelled"),
             Some(Ok(report)) => {
@@ -1190,7 +1213,10 @@ mod tests {
         use crate::shard::ShardGate;
 
         let queue = WorkQueue::new(QueueConfig::default());
-        let (gate, _events) = ShardGate::new(1, Duration::from_secs(60));
+        let (gate, _events) = ShardGate::new(
+            crate::shard::Scheme::new(Default::default(), 1),
+            Duration::from_secs(60),
+        );
         gate.gain(0, tokio::time::Instant::now());
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let pumped = tokio::spawn(super::pump(

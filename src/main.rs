@@ -10,7 +10,7 @@ use vecodex_operator::http::{self, Health};
 use vecodex_operator::kube_metrics::RequestMetricsLayer;
 use vecodex_operator::metrics::Metrics;
 use vecodex_operator::queue::QueueConfig;
-use vecodex_operator::shard::{ShardConfig, default_identity};
+use vecodex_operator::shard::{DEFAULT_SHARDS, Scheme, ShardConfig, ShardHash, default_identity};
 use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
 use vecodex_operator::validate::Limits;
 
@@ -38,16 +38,33 @@ enum Command {
     /// Print the shard of a namespace.
     ShardOf {
         namespace: String,
-        #[arg(long, default_value_t = 16, env = "VECODEX_SHARDS")]
-        shards: u32,
+        #[command(flatten)]
+        scheme: SchemeArgs,
     },
+}
+
+/// How namespaces map to shards; every replica of a group must use the same.
+#[derive(clap::Args, Clone)]
+struct SchemeArgs {
+    /// Namespaces are hashed into this many shards, one Lease each (1 = single leader).
+    #[arg(long, default_value_t = DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=4096), env = "VECODEX_SHARDS")]
+    shards: u32,
+    /// The namespace hash: `mixed` (similar names spread like random ones) or `fnv1a`
+    /// (the upstream sharded-watch hash; names differing only at the end cluster).
+    #[arg(long, value_enum, default_value_t = ShardHash::Mixed, env = "VECODEX_SHARD_HASH")]
+    shard_hash: ShardHash,
+}
+
+impl SchemeArgs {
+    fn scheme(&self) -> Scheme {
+        Scheme::new(self.shard_hash, self.shards)
+    }
 }
 
 #[derive(clap::Args, Clone)]
 struct ShardArgs {
-    /// Namespaces are hashed into this many shards, one Lease each (1 = single leader).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096), env = "VECODEX_SHARDS")]
-    shards: u32,
+    #[command(flatten)]
+    scheme: SchemeArgs,
     /// Namespace of the Leases (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -140,11 +157,8 @@ fn main() -> std::process::ExitCode {
             print!("{}", vecodex_operator::crd::crd_yaml());
             std::process::ExitCode::SUCCESS
         }
-        Command::ShardOf { namespace, shards } => {
-            println!(
-                "{}",
-                vecodex_operator::shard::shard_of(&namespace, shards.max(1))
-            );
+        Command::ShardOf { namespace, scheme } => {
+            println!("{}", scheme.scheme().shard_of(&namespace));
             std::process::ExitCode::SUCCESS
         }
         Command::Shards(args) => {
@@ -159,7 +173,7 @@ fn main() -> std::process::ExitCode {
                             client,
                             &args.lease_namespace,
                             &args.lease_group,
-                            args.shards,
+                            args.scheme.scheme(),
                         )
                         .await?)
                     })
@@ -257,7 +271,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
         },
         resync: args.resync,
         sharding: ShardConfig {
-            shards: args.sharding.shards,
+            scheme: args.sharding.scheme.scheme(),
             namespace: args.sharding.lease_namespace.clone(),
             group: args.sharding.lease_group.clone(),
             identity: args.identity.clone().unwrap_or_else(default_identity),

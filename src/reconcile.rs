@@ -24,6 +24,7 @@ use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
 use crate::events::{EventSender, EventType};
+use crate::shard::Scheme;
 use crate::status::{DeploymentState, Outcome, summarize};
 use crate::validate::{Limits, validate};
 
@@ -36,20 +37,20 @@ pub struct Stores {
     pub services: Cache<Stored<Service>>,
     pub config_maps: Cache<Stored<ConfigMap>>,
     pub ingresses: Cache<Stored<Ingress>>,
-    pub shards: u32,
+    pub scheme: Scheme,
     /// Shards whose child watches run here: (which start of them, whether they have listed).
     shard_caches: Arc<Mutex<HashMap<u32, (u64, bool)>>>,
 }
 
 impl Stores {
-    pub fn new(sets: Cache<Stored<VecodexSet>>, shards: u32) -> Self {
+    pub fn new(sets: Cache<Stored<VecodexSet>>, scheme: Scheme) -> Self {
         Stores {
             sets,
-            deployments: Cache::sharded(shards),
-            services: Cache::sharded(shards),
-            config_maps: Cache::sharded(shards),
-            ingresses: Cache::sharded(shards),
-            shards,
+            deployments: Cache::sharded(scheme),
+            services: Cache::sharded(scheme),
+            config_maps: Cache::sharded(scheme),
+            ingresses: Cache::sharded(scheme),
+            scheme,
             shard_caches: Arc::default(),
         }
     }
@@ -304,7 +305,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     }
     // Until the shard's child caches have listed, every child would look missing. The shard's
     // sets are all queued once they have.
-    let shard = crate::shard::shard_of(ns, ctx.stores.shards);
+    let shard = ctx.stores.scheme.shard_of(ns);
     if !ctx.stores.children_synced(shard) {
         return Ok(Report::NotSynced);
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, ownerless_children};
 use common::proxy::{Mode, Proxy};
+use common::shard_of;
 use common::{
     RELEASE_NS, Replica, ReplicaOptions, client, sa_replica_options, shard_holders_in, wait_for,
 };
@@ -27,7 +28,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use vecodex_operator::shard::shard_of;
 
 const GROUP: &str = "crash";
 const SHARDS: u32 = 8;
@@ -87,7 +87,7 @@ async fn killed_mid_apply_again_and_again_then_converges_with_every_child_owned(
     proxy.kubeconfig(&base.kubeconfig, &kubeconfig);
     proxy.set(Mode::Delay(LATENCY));
     let opts = ReplicaOptions { kubeconfig, ..base };
-    let fleet = Fleet::new("crash", SETS, NAMESPACES, SHARDS);
+    let fleet = Fleet::new("crash", SETS, NAMESPACES);
     fleet.create(&client).await;
     let seed = std::env::var("VECODEX_CRASH_SEED")
         .ok()

@@ -112,7 +112,7 @@ async fn fault(
 async fn api_server_and_etcd_restarts_under_churn_lose_nothing() {
     common::cluster();
     let client = client().await;
-    let fleet = Fleet::new("fault", SETS, NAMESPACES, SHARDS);
+    let fleet = Fleet::new("fault", SETS, NAMESPACES);
     fleet.create(&client).await;
     let opts = sa_replica_options();
     let started = Instant::now();

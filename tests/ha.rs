@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{assert_no_overlap, assert_takeovers_after_expiry, record_leases};
 use common::{
-    LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, wait_for,
+    LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, shard_of,
+    wait_for,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -18,7 +19,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
-use vecodex_operator::shard::shard_of;
+use vecodex_operator::shard::assign::assign;
 
 const GROUP: &str = "ha";
 const SHARDS: u32 = 8;
@@ -41,7 +42,7 @@ async fn all_converged(client: &Client) -> bool {
         })
 }
 
-fn loads(holders: &[Option<String>]) -> BTreeMap<String, usize> {
+fn loads_of(holders: &[Option<String>]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for h in holders.iter().flatten() {
         *m.entry(h.clone()).or_insert(0) += 1;
@@ -49,28 +50,38 @@ fn loads(holders: &[Option<String>]) -> BTreeMap<String, usize> {
     m
 }
 
-/// Waits until every shard is held by one of `replicas` with each holding `min..=max`.
-async fn wait_balanced(
+/// Waits until every shard is held by one of `replicas`, each holds at least one, and the
+/// holders are what every replica computes from them (the assignment for one set in each of
+/// `namespaces` is kept as it is: the fleet has settled).
+async fn wait_settled(
     client: &Client,
     replicas: &[&str],
-    min: usize,
-    max: usize,
+    namespaces: &[String],
     timeout: Duration,
 ) -> Duration {
     let start = Instant::now();
+    let mut loads = vec![0u64; SHARDS as usize];
+    for ns in namespaces {
+        loads[shard_of(ns, SHARDS) as usize] += 1;
+    }
+    let members: Vec<String> = replicas.iter().map(|r| r.to_string()).collect();
     wait_for(
-        &format!("shards balanced over {replicas:?}"),
+        &format!("shards settled over {replicas:?}"),
         timeout,
         || async {
             let holders = shard_holders(client, GROUP, SHARDS).await;
-            let l = loads(&holders);
-            let ok = holders
+            let l = loads_of(&holders);
+            let settled = holders
                 .iter()
                 .all(|h| h.as_deref().is_some_and(|h| replicas.contains(&h)))
                 && replicas
                     .iter()
-                    .all(|r| (min..=max).contains(&l.get(*r).copied().unwrap_or(0)));
-            ok.then_some(())
+                    .all(|r| l.get(*r).copied().unwrap_or(0) >= 1)
+                && assign(&members, &loads, &holders)
+                    .into_iter()
+                    .map(Some)
+                    .eq(holders.iter().cloned());
+            settled.then_some(())
         },
     )
     .await;
@@ -83,18 +94,7 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     let client = client().await;
     let leases = record_leases(client.clone(), "default", GROUP);
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    // Namespaces chosen so that every shard covers a few (FNV-1a spreads similar names
-    // unevenly over so few shards).
-    let mut per_shard = [0usize; SHARDS as usize];
-    let chosen: Vec<String> = (0..)
-        .map(|i| format!("tenant-{i}"))
-        .filter(|ns| {
-            let s = shard_of(ns, SHARDS) as usize;
-            per_shard[s] += 1;
-            per_shard[s] <= NAMESPACES.div_ceil(SHARDS as usize)
-        })
-        .take(NAMESPACES)
-        .collect();
+    let chosen: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
     let mut names = Vec::new();
     for ns in chosen {
         let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
@@ -110,13 +110,20 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
         names.push(ns);
     }
 
-    // 1. Three replicas: every shard gets one holder, each holds 2 or 3, every set converges.
+    // 1. Three replicas: every shard gets one holder, the fleet settles on the assignment
+    //    every replica computes, every set converges.
     let mut replicas: HashMap<&str, Replica> = HashMap::new();
     for id in ["r1", "r2", "r3"] {
         replicas.insert(id, Replica::start(id, GROUP, SHARDS));
     }
-    let took = wait_balanced(&client, &["r1", "r2", "r3"], 2, 3, Duration::from_secs(20)).await;
-    eprintln!("3 replicas balanced in {took:?}");
+    let took = wait_settled(
+        &client,
+        &["r1", "r2", "r3"],
+        &names,
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("3 replicas settled in {took:?}");
     wait_for("every set converged", Duration::from_secs(60), || async {
         all_converged(&client).await.then_some(())
     })
@@ -163,7 +170,18 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
         .await
         .unwrap();
     let bound = failover_bound(LEASE_DURATION_S);
-    wait_balanced(&client, &["r2", "r3"], 4, 4, bound + Duration::from_secs(5)).await;
+    wait_for(
+        "the survivors to hold every shard",
+        bound + Duration::from_secs(5),
+        || async {
+            shard_holders(&client, GROUP, SHARDS)
+                .await
+                .iter()
+                .all(|h| matches!(h.as_deref(), Some("r2" | "r3")))
+                .then_some(())
+        },
+    )
+    .await;
     let failover = killed.elapsed();
     eprintln!("failover after kill -9 took {failover:?} (bound {bound:?})");
     assert!(
@@ -200,14 +218,31 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     )
     .await;
 
-    // A replica joins: three again, 2 or 3 each.
+    // A replica joins: three again.
     replicas.insert("r4", Replica::start("r4", GROUP, SHARDS));
-    wait_balanced(&client, &["r2", "r3", "r4"], 2, 3, Duration::from_secs(20)).await;
+    wait_settled(
+        &client,
+        &["r2", "r3", "r4"],
+        &names,
+        Duration::from_secs(20),
+    )
+    .await;
 
     // 3. SIGTERM r2: its shards move within 3 s.
     replicas["r2"].signal(libc::SIGTERM);
     let stopped = Instant::now();
-    wait_balanced(&client, &["r3", "r4"], 4, 4, Duration::from_secs(10)).await;
+    wait_for(
+        "r3 and r4 to hold every shard",
+        Duration::from_secs(10),
+        || async {
+            shard_holders(&client, GROUP, SHARDS)
+                .await
+                .iter()
+                .all(|h| matches!(h.as_deref(), Some("r3" | "r4")))
+                .then_some(())
+        },
+    )
+    .await;
     let handover = stopped.elapsed();
     eprintln!("hand-over after SIGTERM took {handover:?}");
     assert!(
@@ -222,18 +257,65 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     .await;
     assert!(status.success(), "r2 exits cleanly: {status}");
 
-    // 4. More replicas join: four live replicas hold 2 shards each.
+    // 4. More replicas join: four live replicas share the shards.
     replicas.insert("r5", Replica::start("r5", GROUP, SHARDS));
     replicas.insert("r6", Replica::start("r6", GROUP, SHARDS));
-    let took = wait_balanced(
+    let took = wait_settled(
         &client,
         &["r3", "r4", "r5", "r6"],
-        2,
-        2,
+        &names,
         Duration::from_secs(30),
     )
     .await;
     eprintln!("rebalanced to 4 replicas in {took:?}");
+
+    // `vecodex-operator shards` shows how the work is shared: per replica the shards it
+    // holds and its sets, their share, and max/mean as the imbalance.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vecodex-operator"))
+        .args([
+            "shards",
+            "--shards",
+            &SHARDS.to_string(),
+            "--lease-group",
+            GROUP,
+        ])
+        .env("KUBECONFIG", &common::cluster().kubeconfig)
+        .output()
+        .expect("vecodex-operator shards runs");
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let holders = shard_holders(&client, GROUP, SHARDS).await;
+    let mut per_replica: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for ns in &names {
+        let holder = holders[shard_of(ns, SHARDS) as usize]
+            .clone()
+            .unwrap_or_default();
+        per_replica.entry(holder).or_default().1 += 1;
+    }
+    for (holder, shards) in loads_of(&holders) {
+        per_replica.entry(holder).or_default().0 = shards;
+    }
+    for (holder, (shards, sets)) in &per_replica {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(holder.as_str()))
+            .unwrap_or_else(|| panic!("a line for {holder}:\n{table}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], shards.to_string(), "{holder}'s shards:\n{table}");
+        assert_eq!(fields[3], sets.to_string(), "{holder}'s sets:\n{table}");
+        let share = format!("{:.1}%", 100.0 * *sets as f64 / NAMESPACES as f64);
+        assert_eq!(fields[4], share, "{holder}'s share:\n{table}");
+    }
+    let max = per_replica.values().map(|(_, s)| *s).max().unwrap_or(0) as f64;
+    let ratio = max / (NAMESPACES as f64 / per_replica.len() as f64);
+    assert!(
+        table.contains(&format!("imbalance: {ratio:.2} ")),
+        "imbalance {ratio:.2}:\n{table}"
+    );
     wait_for(
         "every set converged at the end",
         Duration::from_secs(60),

@@ -58,6 +58,7 @@ async fn exactly_one_of_five_contenders_wins_each_round() {
                 client.clone(),
                 "default",
                 &format!("c{i}"),
+                "mixed/32",
                 Duration::from_secs(15),
                 "race",
             )

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, assert_no_overlap, assert_takeovers_after_expiry, record_leases};
 use common::proxy::{Mode, Proxy};
+use common::shard_of;
 use common::{
     RELEASE_NS, Replica, ReplicaOptions, client, metric, replica_http, sa_replica_options,
     shard_holders_in, wait_for,
@@ -23,7 +24,6 @@ use kube::Client;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use vecodex_operator::shard::shard_of;
 
 const GROUP: &str = "cut";
 const SHARDS: u32 = 8;
@@ -68,7 +68,7 @@ fn shards_held(r: &Replica) -> Option<f64> {
 async fn network_cut_and_slow_api_server_under_churn() {
     common::cluster();
     let client = client().await;
-    let fleet = Fleet::new("net", SETS, NAMESPACES, SHARDS);
+    let fleet = Fleet::new("net", SETS, NAMESPACES);
     fleet.create(&client).await;
     network_cut(&client, &fleet).await;
     slow_api_server(&client, &fleet).await;

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::hash::shard_of;
+use super::hash::Scheme;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -48,7 +48,7 @@ pub enum ShardEvent {
 }
 
 pub struct ShardGate {
-    shards: u32,
+    scheme: Scheme,
     renew_deadline: Duration,
     slots: Mutex<Vec<Slot>>,
     drained: Notify,
@@ -80,12 +80,12 @@ impl ShardGate {
     /// per shard per lease period, and a standby change per membership change, so it cannot
     /// grow without bound.
     pub fn new(
-        shards: u32,
+        scheme: Scheme,
         renew_deadline: Duration,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<ShardEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let now = Instant::now();
-        let slots = (0..shards.max(1))
+        let slots = (0..scheme.shards)
             .map(|_| Slot {
                 state: SlotState::Idle,
                 token: CancellationToken::new(),
@@ -94,7 +94,7 @@ impl ShardGate {
             })
             .collect();
         let gate = Arc::new(ShardGate {
-            shards: shards.max(1),
+            scheme,
             renew_deadline,
             slots: Mutex::new(slots),
             drained: Notify::new(),
@@ -108,12 +108,12 @@ impl ShardGate {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn shards(&self) -> u32 {
-        self.shards
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
     }
 
     pub fn shard_of_key(&self, key: &str) -> u32 {
-        shard_of(key.split_once('/').map_or(key, |(ns, _)| ns), self.shards)
+        self.scheme.shard_of_key(key)
     }
 
     fn fresh(&self, slot: &Slot, now: Instant) -> bool {
@@ -268,11 +268,13 @@ mod tests {
 
     use tokio::time::Instant;
 
+    use super::super::hash::{Scheme, ShardHash};
     use super::{ShardEvent, ShardGate};
 
     #[tokio::test(start_paused = true)]
     async fn keys_are_served_only_while_the_shard_is_held_and_fresh() {
-        let (gate, mut events) = ShardGate::new(1, Duration::from_secs(10));
+        let (gate, mut events) =
+            ShardGate::new(Scheme::new(ShardHash::Mixed, 1), Duration::from_secs(10));
         assert!(!gate.accepts("ns/a"));
         assert!(gate.begin("ns/a").is_none());
         gate.gain(0, Instant::now());
@@ -291,7 +293,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn draining_waits_for_in_flight_work() {
-        let (gate, _events) = ShardGate::new(1, Duration::from_secs(10));
+        let (gate, _events) =
+            ShardGate::new(Scheme::new(ShardHash::Mixed, 1), Duration::from_secs(10));
         gate.gain(0, Instant::now());
         let guard = gate.begin("ns/a").unwrap();
         gate.drain(0);

@@ -1,8 +1,18 @@
-//! Namespace → shard, and shard → preferred replica.
+//! Namespace → shard: the scheme every replica of a group must share.
 //!
-//! A shard is the position of FNV-1a-64(namespace) among N equal contiguous ranges of the
-//! 64-bit space: the hash and range idea of the upstream server-side shard selectors
-//! (KEP-5866), so a later version can let the API server filter watches per shard.
+//! A shard is the position of a namespace's 64-bit hash among N equal contiguous ranges of
+//! the 64-bit space. The default hash, `mixed`, is FNV-1a-64 followed by splitmix64's
+//! finalizer, which avalanches: every input bit affects every output bit, so families of
+//! similar names (`tenant-7`, `ns-0042`, `team-a-prod`) spread like random names. The opt-in
+//! `fnv1a` is FNV-1a-64 alone, the hash of the upstream server-side shard selectors
+//! (KEP-5866): its top bits hardly depend on a name's last characters, so names that differ
+//! only there share a shard (`ns-0000` … `ns-0099` all land on one of 16).
+
+use std::fmt;
+
+/// Shards when `--shards` is not given: enough that three replicas balance their sets
+/// within a few percent (see `assign`), few enough that renewing their Leases stays cheap.
+pub const DEFAULT_SHARDS: u32 = 32;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -13,85 +23,90 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The shard of a namespace among `shards` (at least 1).
-pub fn shard_of(namespace: &str, shards: u32) -> u32 {
-    let n = u128::from(shards.max(1));
-    ((u128::from(fnv1a64(namespace.as_bytes())) * n) >> 64) as u32
-}
-
-/// A 64-bit mix (splitmix64's finalizer): FNV alone spreads short similar strings poorly.
-fn mix(mut z: u64) -> u64 {
+/// splitmix64's finalizer: a bijection of the 64-bit space in which every input bit flips
+/// each output bit with probability about one half.
+pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// Rendezvous (highest-random-weight) weight of `member` for `shard`.
-pub fn weight(member: &str, shard: u32) -> u64 {
-    mix(fnv1a64(member.as_bytes()) ^ mix(u64::from(shard) + 1))
+/// The namespace hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ShardHash {
+    /// FNV-1a-64 with splitmix64's finalizer: similar names spread like random ones.
+    #[default]
+    Mixed,
+    /// FNV-1a-64 alone (KEP-5866's hash): names differing only at the end cluster.
+    Fnv1a,
 }
 
-/// The preferred owner of every shard among `members`: rendezvous hashing with bounded
-/// loads, so every member gets floor or ceil of shards/members, and a join or leave moves
-/// only about shards/members shards. Every replica computes the same answer from the same
-/// member list. Empty when there are no members.
-pub fn assign(shards: u32, members: &[String]) -> Vec<String> {
-    if members.is_empty() {
-        return Vec::new();
-    }
-    let mut members = members.to_vec();
-    members.sort();
-    let m = members.len() as u32;
-    let floor = shards / m;
-    let mut extra = shards % m; // members that may hold floor + 1
-    let mut load = vec![0u32; members.len()];
-    (0..shards)
-        .map(|shard| {
-            let mut order: Vec<usize> = (0..members.len()).collect();
-            order.sort_by_key(|&i| {
-                std::cmp::Reverse((weight(&members[i], shard), members[i].as_str()))
-            });
-            let chosen = order
-                .into_iter()
-                .find(|&i| load[i] < floor || (load[i] == floor && extra > 0))
-                .unwrap_or(0);
-            if load[chosen] == floor {
-                extra -= 1;
-            }
-            load[chosen] += 1;
-            members[chosen].clone()
-        })
-        .collect()
-}
-
-/// The shards whose children `me` keeps cached: those it is assigned now, and those it would
-/// be assigned if any one other member left. The second kind are warm standbys: taking one
-/// over after a failure then needs no list. With three members that is about twice the
-/// cached children of its own shards alone (half of each peer's shards), against a takeover
-/// that would otherwise wait for a list of them all. A shard assigned here but still held by
-/// its previous owner (a hand-over under way) is kept warm too. Empty unless `me` is a member.
-pub fn standby(shards: u32, members: &[String], me: &str) -> Vec<u32> {
-    if !members.iter().any(|m| m == me) {
-        return Vec::new();
-    }
-    let now = assign(shards, members);
-    let mut out: std::collections::BTreeSet<u32> =
-        (0..shards).filter(|&s| now[s as usize] == me).collect();
-    for gone in members.iter().filter(|m| *m != me) {
-        let rest: Vec<String> = members.iter().filter(|m| *m != gone).cloned().collect();
-        for (shard, owner) in assign(shards, &rest).iter().enumerate() {
-            if owner == me {
-                out.insert(shard as u32);
-            }
+impl ShardHash {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardHash::Mixed => "mixed",
+            ShardHash::Fnv1a => "fnv1a",
         }
     }
-    out.into_iter().collect()
+
+    pub fn hash(self, namespace: &str) -> u64 {
+        let h = fnv1a64(namespace.as_bytes());
+        match self {
+            ShardHash::Mixed => mix(h),
+            ShardHash::Fnv1a => h,
+        }
+    }
+}
+
+/// What maps a namespace to a shard: the hash and the shard count. Replicas of one group
+/// serve shards only among replicas of the same scheme (see `manager`), since a shard
+/// number means other namespaces under another scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme {
+    pub hash: ShardHash,
+    /// At least 1.
+    pub shards: u32,
+}
+
+impl Default for Scheme {
+    fn default() -> Self {
+        Scheme::new(ShardHash::default(), DEFAULT_SHARDS)
+    }
+}
+
+impl Scheme {
+    pub fn new(hash: ShardHash, shards: u32) -> Self {
+        Scheme {
+            hash,
+            shards: shards.max(1),
+        }
+    }
+
+    /// The shard of a namespace.
+    pub fn shard_of(&self, namespace: &str) -> u32 {
+        let n = u128::from(self.shards);
+        ((u128::from(self.hash.hash(namespace)) * n) >> 64) as u32
+    }
+
+    /// The shard of a `namespace/name` key (a key without a slash is a namespace).
+    pub fn shard_of_key(&self, key: &str) -> u32 {
+        self.shard_of(key.split_once('/').map_or(key, |(ns, _)| ns))
+    }
+
+    /// The record on every Lease a replica writes, e.g. `mixed/32`.
+    pub fn id(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hash.as_str(), self.shards)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     #[test]
@@ -102,108 +117,109 @@ mod tests {
     }
 
     #[test]
+    fn mix_matches_splitmix64() {
+        // splitmix64's first outputs for seed 0 are mix(0x9e3779b97f4a7c15 * k).
+        let gamma: u64 = 0x9e37_79b9_7f4a_7c15;
+        assert_eq!(mix(gamma), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(mix(gamma.wrapping_mul(2)), 0x6e78_9e6a_a1b9_65f4);
+    }
+
+    #[test]
     fn shards_are_contiguous_ranges_of_the_hash() {
-        assert_eq!(shard_of("anything", 1), 0);
-        for ns in ["default", "tenant-a", "tenant-b", "kube-system"] {
-            let h = fnv1a64(ns.as_bytes());
-            assert_eq!(shard_of(ns, 2), (h >> 63) as u32, "top bit for two shards");
-            assert_eq!(shard_of(ns, 16), (h >> 60) as u32, "top nibble for sixteen");
-            assert!(shard_of(ns, 7) < 7);
+        for hash in [ShardHash::Mixed, ShardHash::Fnv1a] {
+            assert_eq!(Scheme::new(hash, 1).shard_of("anything"), 0);
+            for ns in ["default", "tenant-a", "tenant-b", "kube-system"] {
+                let h = hash.hash(ns);
+                assert_eq!(Scheme::new(hash, 2).shard_of(ns), (h >> 63) as u32);
+                assert_eq!(Scheme::new(hash, 16).shard_of(ns), (h >> 60) as u32);
+                assert!(Scheme::new(hash, 7).shard_of(ns) < 7);
+            }
         }
+        assert_eq!(Scheme::new(ShardHash::Mixed, 0).shards, 1);
+        assert_eq!(Scheme::default().id(), "mixed/32");
+        assert_eq!(Scheme::new(ShardHash::Fnv1a, 16).id(), "fnv1a/16");
+        let s = Scheme::default();
+        assert_eq!(s.shard_of_key("tenant-7/search"), s.shard_of("tenant-7"));
     }
 
+    /// Every input bit flips each of the top bits (those that pick the shard) about half the
+    /// time: names that differ in one character land on unrelated shards.
     #[test]
-    fn namespaces_spread_over_shards() {
-        let mut counts = [0u32; 8];
-        for i in 0..8000 {
-            counts[shard_of(&format!("tenant-{i}"), 8) as usize] += 1;
-        }
-        // FNV-1a's top bits are only roughly uniform for names that differ in their last
-        // characters; the mandated hash (KEP-5866's) trades balance for server-side filtering.
-        assert!(
-            counts.iter().all(|c| *c >= 200),
-            "every shard gets namespaces: {counts:?}"
-        );
-    }
-
-    fn members(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn loads(a: &[String]) -> BTreeMap<String, u32> {
-        let mut m = BTreeMap::new();
-        for owner in a {
-            *m.entry(owner.clone()).or_insert(0) += 1;
-        }
-        m
-    }
-
-    #[test]
-    fn every_member_holds_floor_or_ceil() {
-        for (shards, n) in [(8, 3), (8, 4), (16, 3), (10, 4), (1, 3), (16, 1), (3, 5)] {
-            let names: Vec<String> = (0..n)
-                .map(|i| format!("vecodex-operator-{i}-abcde"))
-                .collect();
-            let a = assign(shards, &names);
-            assert_eq!(a.len(), shards as usize);
-            let l = loads(&a);
-            let (lo, hi) = (shards / n, shards.div_ceil(n));
-            assert!(
-                l.values().all(|c| (lo..=hi).contains(c)),
-                "{shards}/{n}: {l:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_join_moves_about_n_over_members_shards() {
-        let three = members(&["op-a-1x2y", "op-b-3z4w", "op-c-5v6u"]);
-        let four = members(&["op-a-1x2y", "op-b-3z4w", "op-c-5v6u", "op-d-7t8s"]);
-        let (a, b) = (assign(64, &three), assign(64, &four));
-        let moved = (0..64).filter(|&s| a[s] != b[s]).count();
-        assert!(
-            moved <= 32,
-            "a join moves about 64/4 shards, not all: {moved}"
-        );
-        assert_eq!(assign(64, &three), a, "deterministic");
-        let mut reordered = three.clone();
-        reordered.reverse();
-        assert_eq!(assign(64, &reordered), a, "independent of member order");
-    }
-
-    #[test]
-    fn standby_covers_every_shard_a_failure_would_bring() {
-        let three = members(&["op-a-1x2y", "op-b-3z4w", "op-c-5v6u"]);
-        let now = assign(16, &three);
-        for me in &three {
-            let warm = standby(16, &three, me);
-            let own: Vec<u32> = (0..16).filter(|&s| now[s as usize] == *me).collect();
-            assert!(own.iter().all(|s| warm.contains(s)), "its own shards");
-            for gone in three.iter().filter(|m| *m != me) {
-                let rest: Vec<String> = three.iter().filter(|m| *m != gone).cloned().collect();
-                let after = assign(16, &rest);
-                for shard in 0..16u32 {
-                    if after[shard as usize] == *me {
-                        assert!(
-                            warm.contains(&shard),
-                            "{me} would gain {shard} if {gone} left"
-                        );
+    fn the_mixed_hash_avalanches_into_the_top_bits() {
+        let inputs: Vec<String> = (0..400).map(|i| format!("tenant-{i}")).collect();
+        for top in 0..8 {
+            let bit = 63 - top;
+            let (mut flips, mut trials) = (0u32, 0u32);
+            for input in &inputs {
+                let bytes = input.as_bytes();
+                let h = ShardHash::Mixed.hash(input);
+                for i in 0..bytes.len() {
+                    for b in 0..8 {
+                        let mut changed = bytes.to_vec();
+                        changed[i] ^= 1 << b;
+                        let Ok(changed) = String::from_utf8(changed) else {
+                            continue;
+                        };
+                        trials += 1;
+                        flips += ((h ^ ShardHash::Mixed.hash(&changed)) >> bit & 1) as u32;
                     }
                 }
             }
-            // About half of the other members' shards besides its own, not all of them.
-            let extra = warm.len() - own.len();
-            assert!((3..=8).contains(&extra), "{me}: {warm:?} (own {own:?})");
+            let rate = f64::from(flips) / f64::from(trials);
+            assert!(
+                (0.47..=0.53).contains(&rate),
+                "output bit {bit} flips at {rate:.3}"
+            );
         }
-        // Classic leader election: the follower keeps the one shard warm.
-        let two = members(&["op-a-1x2y", "op-b-3z4w"]);
-        assert_eq!(standby(1, &two, &two[0]), vec![0]);
-        assert_eq!(standby(1, &two, &two[1]), vec![0]);
-        assert_eq!(
-            standby(16, &three[..1], &three[0]),
-            (0..16).collect::<Vec<_>>(),
-            "alone"
-        );
-        assert!(standby(16, &three, "not-a-member").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod spread {
+    use super::super::families::families;
+    use super::*;
+
+    fn per_shard(scheme: Scheme, names: &[String]) -> Vec<u32> {
+        let mut counts = vec![0u32; scheme.shards as usize];
+        for ns in names {
+            counts[scheme.shard_of(ns) as usize] += 1;
+        }
+        counts
+    }
+
+    /// 10,000 namespaces over 16 shards: every shard within ±15 % of the mean (about four
+    /// standard deviations of a random hash, so a sound hash never fails by chance).
+    #[test]
+    fn every_family_spreads_like_random_names() {
+        let scheme = Scheme::new(ShardHash::Mixed, 16);
+        for (family, names) in families(10_000) {
+            let counts = per_shard(scheme, &names);
+            let mean = names.len() as f64 / 16.0;
+            for (shard, c) in counts.iter().enumerate() {
+                let ratio = f64::from(*c) / mean;
+                assert!(
+                    (0.85..=1.15).contains(&ratio),
+                    "{family}: shard {shard} has {c} namespaces ({ratio:.3} of the mean): {counts:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_hundred_namespaces_leave_at_most_one_shard_empty() {
+        let scheme = Scheme::new(ShardHash::Mixed, 16);
+        for (family, names) in families(100) {
+            let counts = per_shard(scheme, &names);
+            let empty = counts.iter().filter(|c| **c == 0).count();
+            assert!(empty <= 1, "{family}: {empty} empty shards: {counts:?}");
+        }
+    }
+
+    /// Why `mixed` is the default: FNV-1a alone puts a hundred zero-padded names on one shard.
+    #[test]
+    fn fnv1a_alone_collapses_similar_names() {
+        let names: Vec<String> = (0..100).map(|i| format!("ns-{i:04}")).collect();
+        let counts = per_shard(Scheme::new(ShardHash::Fnv1a, 16), &names);
+        assert!(counts.iter().filter(|c| **c > 0).count() <= 2, "{counts:?}");
     }
 }

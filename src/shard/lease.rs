@@ -21,6 +21,8 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 
 pub const LEASE_KIND_LABEL: &str = "vecodex.link/lease";
+/// The shard scheme (`Scheme::id`) of the replica that last wrote a Lease.
+pub const SCHEME_ANNOTATION: &str = "vecodex.link/shard-scheme";
 
 /// What this replica last saw of a Lease, and when it saw it change.
 #[derive(Debug, Clone)]
@@ -57,6 +59,21 @@ impl Observed {
         self.lease.metadata.resource_version.as_deref()
     }
 
+    /// The shard scheme of its last writer; `None` for a Lease written without one.
+    pub fn scheme(&self) -> Option<&str> {
+        self.lease
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(SCHEME_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    /// When the API server created it (its first write).
+    pub fn created(&self) -> Option<jiff::Timestamp> {
+        self.lease.metadata.creation_timestamp.as_ref().map(|t| t.0)
+    }
+
     /// The resourceVersion as the number etcd makes it. The API server calls versions
     /// opaque; where one is not a number, no two reads are ordered by it.
     fn version_number(lease: &Lease) -> Option<u64> {
@@ -78,6 +95,8 @@ impl Observed {
 pub struct LeaseClient {
     api: Api<Lease>,
     identity: String,
+    /// Recorded on every Lease written (see [`SCHEME_ANNOTATION`]).
+    scheme: String,
     duration: Duration,
     labels: BTreeMap<String, String>,
     observed: HashMap<String, Observed>,
@@ -100,12 +119,14 @@ impl LeaseClient {
         client: Client,
         namespace: &str,
         identity: &str,
+        scheme: &str,
         duration: Duration,
         group: &str,
     ) -> Self {
         LeaseClient {
             api: Api::namespaced(client, namespace),
             identity: identity.to_owned(),
+            scheme: scheme.to_owned(),
             duration,
             labels: BTreeMap::from([("app.kubernetes.io/name".to_owned(), group.to_owned())]),
             observed: HashMap::new(),
@@ -223,6 +244,10 @@ impl LeaseClient {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 labels: Some(labels),
+                annotations: Some(BTreeMap::from([(
+                    SCHEME_ANNOTATION.to_owned(),
+                    self.scheme.clone(),
+                )])),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {
@@ -247,6 +272,11 @@ impl LeaseClient {
             return Plan::NotHeld;
         }
         let mut lease = observed.lease.clone();
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SCHEME_ANNOTATION.to_owned(), self.scheme.clone());
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let stamp = now_micro();
         if !ours {
@@ -456,7 +486,14 @@ mod tests {
     fn leases() -> LeaseClient {
         let config = Config::new("http://127.0.0.1:1".parse().unwrap());
         let client = Client::try_from(config).unwrap();
-        LeaseClient::new(client, "default", "me", Duration::from_secs(15), "g")
+        LeaseClient::new(
+            client,
+            "default",
+            "me",
+            "mixed/32",
+            Duration::from_secs(15),
+            "g",
+        )
     }
 
     #[tokio::test]

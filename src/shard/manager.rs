@@ -1,11 +1,25 @@
 //! The shard manager: every retry period it reads the group's Leases, works out the live
-//! replicas and each shard's preferred owner (rendezvous hashing with bounded loads),
-//! acquires the shards it is preferred for, hands over the ones another live replica is
-//! preferred for (drain, then release), and renews its heartbeat and the shards it holds
-//! once their last renewal is half a renew deadline old (see `ShardConfig::renewal_due`).
-//! A watch of the same Leases dates each renewal from the moment it arrives, so that another
-//! replica's Lease expires, as seen here, a lease duration after its last renewal rather than
-//! up to a retry period later (see `LeaseClient::observe_event`).
+//! replicas of its shard scheme and each shard's preferred owner (`assign`: rendezvous
+//! hashing with loads bounded by sets), acquires the shards it is preferred for, hands over
+//! the ones another live replica is preferred for (drain, then release), and renews its
+//! heartbeat and the shards it holds once their last renewal is half a renew deadline old
+//! (see `ShardConfig::renewal_due`). A watch of the same Leases dates each renewal from the
+//! moment it arrives, so that another replica's Lease expires, as seen here, a lease
+//! duration after its last renewal rather than up to a retry period later (see
+//! `LeaseClient::observe_event`).
+//!
+//! Replicas of one group agree on the shard scheme (hash and shard count: a shard number
+//! means other namespaces under another scheme). Every Lease a replica writes records its
+//! scheme, and:
+//! - the members among which shards are assigned are the live replicas of its own scheme;
+//! - a replica takes no shard while a live replica of another scheme started before it (the
+//!   older scheme wins: during a rolling upgrade the old replicas keep serving until the last
+//!   one is gone), and gives up the shards it holds to such a replica;
+//! - nor while an unexpired shard Lease carries another scheme;
+//! - a shard it acquired is served only once a read that started after the acquisition
+//!   shows no unexpired shard Lease of another scheme. Of two replicas of different schemes
+//!   that acquire at the same moment, at least one sees the other's Lease and lets its own
+//!   go, so no namespace is ever served under two schemes at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,14 +31,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::assign::{assign, standby};
 use super::gate::ShardGate;
-use super::hash::{assign, standby};
-use super::lease::{Attempt, LeaseClient, Op};
+use super::hash::Scheme;
+use super::lease::{Attempt, LeaseClient, Observed, Op};
 use super::metrics::ShardMetrics;
+
+/// Sets per shard under this replica's scheme (index = shard), from its set cache.
+pub type ShardLoads = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    pub shards: u32,
+    /// The hash and shard count.
+    pub scheme: Scheme,
     /// Namespace of the Leases.
     pub namespace: String,
     /// Prefix of the Lease names and value of their `app.kubernetes.io/name` label: replicas
@@ -39,11 +58,11 @@ pub struct ShardConfig {
 
 impl ShardConfig {
     pub fn shard_lease(&self, shard: u32) -> String {
-        shard_lease_name(&self.group, shard, self.shards)
+        shard_lease_name(&self.group, shard, self.scheme.shards)
     }
 
     pub fn member_lease(&self, identity: &str) -> String {
-        format!("{}-member-{}", self.group, identity)
+        format!("{}{identity}", member_prefix(&self.group))
     }
 
     /// How old a held Lease's last renewal may get before the next one: half the renew
@@ -70,10 +89,20 @@ impl ShardConfig {
     }
 }
 
+/// `<group>-member-`: the start of every heartbeat Lease name of a group.
+pub fn member_prefix(group: &str) -> String {
+    format!("{group}-member-")
+}
+
+/// `<group>-shard-`: the start of every shard Lease name of a group.
+pub fn shard_prefix(group: &str) -> String {
+    format!("{group}-shard-")
+}
+
 /// `<group>-shard-07`: zero-padded so the Leases sort by shard.
 pub fn shard_lease_name(group: &str, shard: u32, shards: u32) -> String {
     let width = (shards.max(1) - 1).to_string().len().max(2);
-    format!("{group}-shard-{shard:0width$}")
+    format!("{}{shard:0width$}", shard_prefix(group))
 }
 
 /// `POD_NAME` (else the host name) plus a random suffix, so a restarted pod never mistakes
@@ -115,12 +144,30 @@ pub struct ShardManager {
     leases: LeaseClient,
     gate: Arc<ShardGate>,
     metrics: ShardMetrics,
+    loads: ShardLoads,
+    /// Shards acquired this tick, not served until confirmed (see `confirm_takes`), with the
+    /// start of their acquisition.
+    taken: Vec<(u32, Instant)>,
+    /// Why this replica waits for another scheme, and when that was last said.
+    waiting: Option<(String, Instant)>,
     /// Since when this replica has been preferred for a shard it does not hold.
     wanted_since: HashMap<u32, Instant>,
     /// Whether the Leases were listed at least once.
     listed: bool,
     /// Start of the last successful write of our heartbeat Lease.
     member_renewed_at: Option<Instant>,
+}
+
+/// What the Leases say now (see `ShardManager::view`).
+struct View {
+    /// Live replicas of this replica's scheme, itself included.
+    members: Vec<String>,
+    /// Each shard's holder, if its Lease is unexpired and of this scheme.
+    holders: Vec<Option<String>>,
+    /// An older live replica of another scheme: hand every shard over.
+    yield_to: Option<String>,
+    /// Why no shard may be taken now.
+    waiting_for: Option<String>,
 }
 
 /// What an operation of a tick is for.
@@ -138,11 +185,13 @@ impl ShardManager {
         config: ShardConfig,
         gate: Arc<ShardGate>,
         metrics: ShardMetrics,
+        loads: ShardLoads,
     ) -> Self {
         let leases = LeaseClient::new(
             client,
             &config.namespace,
             &config.identity,
+            &config.scheme.id(),
             config.lease_duration,
             &config.group,
         );
@@ -151,6 +200,9 @@ impl ShardManager {
             leases,
             gate,
             metrics,
+            loads,
+            taken: Vec::new(),
+            waiting: None,
             wanted_since: HashMap::new(),
             listed: false,
             member_renewed_at: None,
@@ -162,7 +214,7 @@ impl ShardManager {
     pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
         info!(
             identity = %self.config.identity,
-            shards = self.config.shards,
+            scheme = %self.config.scheme,
             namespace = %self.config.namespace,
             "shard manager starting"
         );
@@ -225,41 +277,120 @@ impl ShardManager {
         self.shut_down(drain_timeout).await;
     }
 
-    /// Live members: heartbeat Leases of the group that are held and not expired, and us.
+    /// What the Leases say now: the live members of this replica's scheme, each shard's
+    /// holder (unexpired, of this scheme), and why this replica must wait for another scheme.
     ///
     /// Membership only decides who is *preferred* for a shard; safety rests on the shard
     /// Leases alone. So besides observed expiry it may also use the heartbeat's `renewTime`:
     /// a replica that just started has not watched a dead member's heartbeat for a lease
     /// duration yet, and would otherwise keep assigning shards to it.
-    fn live_members(&self) -> Vec<String> {
-        let prefix = format!("{}-member-", self.config.group);
+    fn view(&self) -> View {
+        let me = self.config.identity.as_str();
+        let scheme = self.config.scheme.id();
+        let members_prefix = member_prefix(&self.config.group);
         let now = Instant::now();
         let wall = jiff::Timestamp::now();
         let stale_after =
             jiff::SignedDuration::try_from(self.config.lease_duration + Duration::from_secs(1))
                 .unwrap_or(jiff::SignedDuration::from_secs(16));
-        let mut members: Vec<String> = self
+        let live = |o: &&Observed| {
+            let renewed = o
+                .lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0);
+            !o.is_free(now) && renewed.is_none_or(|t| wall.duration_since(t) < stale_after)
+        };
+        let heartbeats: Vec<&Observed> = self
             .leases
             .all_observed()
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .filter(|(_, o)| !o.is_free(now))
-            .filter(|(_, o)| {
-                let renewed = o
-                    .lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.renew_time.as_ref())
-                    .map(|t| t.0);
-                renewed.is_none_or(|t| wall.duration_since(t) < stale_after)
-            })
-            .filter_map(|(_, o)| o.holder().map(str::to_owned))
+            .filter(|(name, _)| name.starts_with(&members_prefix))
+            .map(|(_, o)| o)
+            .filter(live)
+            .filter(|o| o.holder().is_some())
             .collect();
-        if !members.contains(&self.config.identity) {
-            members.push(self.config.identity.clone());
-        }
+        let mine = self
+            .leases
+            .observed(&self.config.member_lease(me))
+            .and_then(Observed::created);
+        // Older: created first, then by identity (a replica whose heartbeat is not written
+        // yet is the youngest).
+        let older = |o: &Observed| match (o.created(), mine) {
+            (Some(theirs), Some(ours)) if theirs != ours => theirs < ours,
+            (Some(_), None) => true,
+            _ => o.holder() < Some(me),
+        };
+        let mut members: Vec<String> = heartbeats
+            .iter()
+            .filter(|o| o.scheme() == Some(scheme.as_str()))
+            .filter_map(|o| o.holder().map(str::to_owned))
+            .collect();
+        members.push(me.to_owned());
         members.sort();
         members.dedup();
-        members
+        let elder = heartbeats
+            .iter()
+            .find(|o| o.scheme() != Some(scheme.as_str()) && o.holder() != Some(me) && older(o))
+            .map(|o| {
+                format!(
+                    "replica {} started earlier with shard scheme {}",
+                    o.holder().unwrap_or_default(),
+                    o.scheme().unwrap_or("(none recorded)")
+                )
+            });
+        let foreign = self.foreign_shard_lease(now);
+        let holders = (0..self.config.scheme.shards)
+            .map(|shard| {
+                self.leases
+                    .observed(&self.config.shard_lease(shard))
+                    .filter(|o| !o.is_free(now) && o.scheme() == Some(scheme.as_str()))
+                    .and_then(|o| o.holder().map(str::to_owned))
+            })
+            .collect();
+        View {
+            members,
+            holders,
+            yield_to: elder.clone(),
+            waiting_for: elder.or(foreign),
+        }
+    }
+
+    /// An unexpired shard Lease of this group written under another scheme, if any.
+    fn foreign_shard_lease(&self, now: Instant) -> Option<String> {
+        let scheme = self.config.scheme.id();
+        let prefix = shard_prefix(&self.config.group);
+        self.leases
+            .all_observed()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .find(|(_, o)| !o.is_free(now) && o.scheme() != Some(scheme.as_str()))
+            .map(|(name, o)| {
+                format!(
+                    "{name} is held by {} under shard scheme {}",
+                    o.holder().unwrap_or_default(),
+                    o.scheme().unwrap_or("(none recorded)")
+                )
+            })
+    }
+
+    /// Says why this replica waits for another scheme: when it starts, and every 10 s.
+    fn say_waiting(&mut self, view: &View) {
+        self.metrics.waiting_for_scheme(view.waiting_for.is_some());
+        match (&view.waiting_for, &self.waiting) {
+            (None, Some(_)) => {
+                info!("no replica of another shard scheme left; taking shards");
+                self.waiting = None;
+            }
+            (Some(why), last)
+                if last.as_ref().is_none_or(|(said, at)| {
+                    said != why || at.elapsed() >= Duration::from_secs(10)
+                }) =>
+            {
+                warn!(scheme = %self.config.scheme, reason = %why, "waiting for the replicas of another shard scheme; taking no shard");
+                self.waiting = Some((why.clone(), Instant::now()));
+            }
+            _ => {}
+        }
     }
 
     /// How long one Lease request may take. At least the retry period, and up to half the
@@ -285,7 +416,10 @@ impl ShardManager {
         // read of the Leases: a slow API server costs one round trip per tick, so renewals
         // keep up with the renew deadline whatever the number of shards.
         let me = self.config.identity.clone();
-        let owners = assign(self.config.shards, &self.live_members());
+        let loads = (self.loads)();
+        let view = self.view();
+        self.say_waiting(&view);
+        let owners = assign(&view.members, &loads, &view.holders);
         let now = Instant::now();
         let due = |renewed_at: Option<Instant>| {
             renewed_at.is_none_or(|at| self.config.renewal_due(now.saturating_duration_since(at)))
@@ -295,17 +429,23 @@ impl ShardManager {
             ops.push((self.config.member_lease(&me), Op::Acquire("member")));
             roles.push(Role::Member);
         }
-        for shard in 0..self.config.shards {
-            let preferred = owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
+        for shard in 0..self.config.scheme.shards {
+            let preferred = view.yield_to.is_none()
+                && owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
             if !self.gate.is_held(shard) {
                 continue;
             }
             let name = self.config.shard_lease(shard);
             if !preferred && !self.gate.is_draining(shard) {
-                info!(
-                    shard,
-                    "another replica is preferred for this shard; handing it over"
-                );
+                match &view.yield_to {
+                    Some(why) => {
+                        info!(shard, reason = %why, "handing the shard over to the replicas of an older shard scheme")
+                    }
+                    None => info!(
+                        shard,
+                        "another replica is preferred for this shard; handing it over"
+                    ),
+                }
                 self.gate.drain(shard);
             }
             if self.gate.is_draining(shard) && self.gate.in_flight(shard) == 0 {
@@ -316,23 +456,66 @@ impl ShardManager {
                 roles.push(Role::Renew(shard));
             }
         }
-        self.plan_takes(&owners, &mut ops, &mut roles);
+        if view.waiting_for.is_none() {
+            self.plan_takes(&owners, &mut ops, &mut roles);
+        }
         if !self.send(&ops, roles).await {
             warn!("cannot read the Leases; holding what we have until the renew deadline");
+            self.release_unconfirmed().await;
             self.metrics.held(self.gate.held().len());
             return;
         }
         self.collect_dead_members().await;
         // What the fresh read shows free now (a release, an expiry) is taken at once.
-        let owners = assign(self.config.shards, &self.live_members());
-        let (mut ops, mut roles) = (Vec::new(), Vec::new());
-        self.plan_takes(&owners, &mut ops, &mut roles);
-        if !ops.is_empty() {
-            self.send(&ops, roles).await;
+        let view = self.view();
+        if view.waiting_for.is_none() {
+            let owners = assign(&view.members, &loads, &view.holders);
+            let (mut ops, mut roles) = (Vec::new(), Vec::new());
+            self.plan_takes(&owners, &mut ops, &mut roles);
+            if !ops.is_empty() {
+                self.send(&ops, roles).await;
+            }
         }
+        self.confirm_takes().await;
         self.metrics.held(self.gate.held().len());
-        self.gate
-            .set_standby(standby(self.config.shards, &self.live_members(), &me));
+        let view = self.view();
+        let warm = match view.waiting_for {
+            Some(_) => Vec::new(),
+            None => standby(&view.members, &loads, &view.holders, &me),
+        };
+        self.gate.set_standby(warm);
+    }
+
+    /// Serves the shards acquired this tick once a read that started after their
+    /// acquisition shows no unexpired shard Lease of another scheme and no older replica of
+    /// another scheme; otherwise lets them go unserved.
+    async fn confirm_takes(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let read = tokio::time::timeout(self.call_timeout(), self.leases.refresh()).await;
+        if !matches!(read, Ok(Ok(()))) {
+            warn!("cannot confirm the shards just acquired; letting them go");
+            self.release_unconfirmed().await;
+            return;
+        }
+        if let Some(why) = self.view().waiting_for {
+            warn!(reason = %why, "another shard scheme appeared while acquiring; letting the shards go");
+            self.release_unconfirmed().await;
+            return;
+        }
+        for (shard, started) in std::mem::take(&mut self.taken) {
+            info!(shard, lease = %self.config.shard_lease(shard), "acquired shard");
+            self.gate.gain(shard, started);
+        }
+    }
+
+    /// Releases the shards acquired this tick and never served.
+    async fn release_unconfirmed(&mut self) {
+        for (shard, _) in std::mem::take(&mut self.taken) {
+            let name = self.config.shard_lease(shard);
+            let _ = bounded(self.call_timeout(), "release", self.leases.release(&name)).await;
+        }
     }
 
     /// Adds an acquisition of every shard preferred here, not held, and free as observed.
@@ -344,8 +527,8 @@ impl ShardManager {
     ) {
         let me = self.config.identity.as_str();
         let now = Instant::now();
-        for shard in 0..self.config.shards {
-            if self.gate.is_held(shard) {
+        for shard in 0..self.config.scheme.shards {
+            if self.gate.is_held(shard) || self.taken.iter().any(|(s, _)| *s == shard) {
                 continue;
             }
             if owners.get(shard as usize).map(String::as_str) != Some(me) {
@@ -380,8 +563,7 @@ impl ShardManager {
                 Role::Renew(shard) => self.renewed(shard, started, result),
                 Role::Take(shard) => {
                     if let Some(Ok(Attempt::Held)) = result {
-                        info!(shard, lease = %self.config.shard_lease(shard), "acquired shard");
-                        self.gate.gain(shard, started);
+                        self.taken.push((shard, started));
                         let since = self.wanted_since.remove(&shard).unwrap_or(started);
                         self.metrics
                             .acquired(started.saturating_duration_since(since));
@@ -436,7 +618,7 @@ impl ShardManager {
 
     /// Heartbeats of replicas gone for ten lease durations are deleted.
     async fn collect_dead_members(&mut self) {
-        let prefix = format!("{}-member-", self.config.group);
+        let prefix = member_prefix(&self.config.group);
         let now = Instant::now();
         let dead: Vec<String> = self
             .leases
@@ -509,7 +691,7 @@ mod tests {
 
     fn config(lease: u64, deadline: u64, retry: u64) -> ShardConfig {
         ShardConfig {
-            shards: 16,
+            scheme: super::super::hash::Scheme::default(),
             namespace: "default".into(),
             group: "g".into(),
             identity: "me".into(),

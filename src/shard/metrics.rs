@@ -14,6 +14,8 @@ pub struct ShardMetrics {
     losses: Counter,
     handovers: Counter,
     time_to_acquire: Histogram,
+    /// 1 while this replica takes no shard because of replicas of another shard scheme.
+    waiting_for_scheme: Gauge,
     /// Unix seconds of the manager's last tick (0 before the first), for `/healthz`.
     last_tick: Gauge,
 }
@@ -27,6 +29,7 @@ impl Default for ShardMetrics {
             handovers: Counter::default(),
             // 10 ms .. ~160 s
             time_to_acquire: Histogram::new(exponential_buckets(0.01, 2.0, 15)),
+            waiting_for_scheme: Gauge::default(),
             last_tick: Gauge::default(),
         }
     }
@@ -53,6 +56,11 @@ impl ShardMetrics {
             "vecodex_operator_shard_handovers",
             "Shards handed over to a preferred replica",
             self.handovers.clone(),
+        );
+        registry.register(
+            "vecodex_operator_shard_scheme_waiting",
+            "1 while this replica takes no shard because replicas of another shard scheme (hash and shard count) hold shards or started earlier",
+            self.waiting_for_scheme.clone(),
         );
         registry.register(
             "vecodex_operator_shard_manager_last_tick_seconds",
@@ -83,6 +91,10 @@ impl ShardMetrics {
     pub fn acquired(&self, waited: Duration) {
         self.acquisitions.inc();
         self.time_to_acquire.observe(waited.as_secs_f64());
+    }
+
+    pub fn waiting_for_scheme(&self, waiting: bool) {
+        self.waiting_for_scheme.set(i64::from(waiting));
     }
 
     pub fn lost(&self) {

@@ -14,14 +14,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use vecodex_operator::crd::VecodexSet;
-use vecodex_operator::shard::shard_of;
 
 pub fn sets(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
 }
 
-/// `count` sets spread round-robin over `namespaces` namespaces chosen so that each of
-/// `shards` shards covers about the same number (FNV-1a spreads similar names unevenly).
+/// `count` sets spread round-robin over the namespaces `<prefix>-0` … `<prefix>-<n-1>`.
 pub struct Fleet {
     pub namespaces: Vec<String>,
     pub count: usize,
@@ -33,17 +31,8 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(prefix: &str, count: usize, namespaces: usize, shards: u32) -> Fleet {
-        let mut per_shard = vec![0usize; shards as usize];
-        let namespaces = (0..)
-            .map(|i| format!("{prefix}-{i}"))
-            .filter(|ns| {
-                let s = shard_of(ns, shards) as usize;
-                per_shard[s] += 1;
-                per_shard[s] <= namespaces.div_ceil(shards as usize)
-            })
-            .take(namespaces)
-            .collect();
+    pub fn new(prefix: &str, count: usize, namespaces: usize) -> Fleet {
+        let namespaces = (0..namespaces).map(|i| format!("{prefix}-{i}")).collect();
         Fleet {
             namespaces,
             count,
@@ -337,6 +326,59 @@ pub fn intervals(log: &str) -> Vec<(u32, u64, u64)> {
             ))
         })
         .collect()
+}
+
+/// `reconcile interval … namespace=NS started_ms=A finished_ms=B` lines of an operator log:
+/// (namespace, start, end).
+pub fn namespace_intervals(log: &str) -> Vec<(String, u64, u64)> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        Some(
+            line.rsplit(&format!(" {name}="))
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_owned(),
+        )
+    };
+    log.lines()
+        .filter(|l| l.contains("reconcile interval"))
+        .filter_map(|l| {
+            Some((
+                field(l, "namespace")?,
+                field(l, "started_ms")?.parse().ok()?,
+                field(l, "finished_ms")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Panics if two replicas reconciled the same namespace at overlapping times, whatever
+/// shard each counted it in (replicas of different shard schemes). `logs` are (replica, log
+/// text). Returns how many intervals were compared.
+pub fn assert_no_namespace_overlap(logs: &[(String, String)]) -> usize {
+    let mut by_ns: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
+    for (id, text) in logs {
+        for (ns, start, end) in namespace_intervals(text) {
+            by_ns.entry(ns).or_default().push((start, end, id.clone()));
+        }
+    }
+    let mut total = 0;
+    for (ns, mut list) in by_ns {
+        total += list.len();
+        list.sort();
+        let mut last_end: HashMap<String, u64> = HashMap::new();
+        for (start, end, id) in list {
+            for (other, other_end) in &last_end {
+                assert!(
+                    *other == id || *other_end <= start,
+                    "namespace {ns}: {other} reconciled until {other_end}, {id} from {start}"
+                );
+            }
+            let e = last_end.entry(id).or_insert(0);
+            *e = (*e).max(end);
+        }
+    }
+    total
 }
 
 /// Panics if two replicas reconciled the same shard at overlapping times. `logs` are

@@ -342,6 +342,12 @@ pub async fn operator_metrics() -> String {
     body
 }
 
+/// The shard of a namespace under the default hash with `shards` shards, as the replicas
+/// the tests start compute it.
+pub fn shard_of(namespace: &str, shards: u32) -> u32 {
+    vecodex_operator::shard::Scheme::new(Default::default(), shards).shard_of(namespace)
+}
+
 /// One operator process of an HA test.
 pub struct Replica {
     pub identity: String,

@@ -1,0 +1,134 @@
+//! How the work is shared among the replicas of a run: per replica the shards it holds (from
+//! the shard Leases), the sets in them (the run's sets hashed as the operator hashes them),
+//! the reconciles it ran, its CPU, its CPU per reconcile and its queue wait p99 (from its
+//! `/metrics`), and the imbalance: max/mean of sets per replica.
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use vecodex_operator::shard::{Scheme, shard_lease_name};
+
+use crate::cluster::Replica;
+
+/// The Lease namespace and group of the load test's replicas (their defaults).
+const LEASE_NAMESPACE: &str = "default";
+const GROUP: &str = "vecodex-operator";
+
+/// The p99 of a Prometheus histogram `name` in `/metrics` text: the upper bound of the first
+/// bucket holding 99 % of the observations (`None` without observations).
+pub fn histogram_p99(metrics: &str, name: &str) -> Option<f64> {
+    let bucket = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&bucket))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    (total > 0.0)
+        .then(|| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= 0.99 * total)
+                .map(|(le, _)| *le)
+        })
+        .flatten()
+}
+
+/// Each replica's share of the sets `set_namespaces` (one entry per set) under `scheme`, with
+/// its reconciles and CPU, and the imbalance.
+pub async fn shares(
+    client: &Client,
+    replicas: &[Replica],
+    scheme: Scheme,
+    set_namespaces: &[String],
+) -> anyhow::Result<Value> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let list = leases
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={GROUP}")))
+        .await?;
+    let holder = |shard: u32| -> Option<String> {
+        let name = shard_lease_name(GROUP, shard, scheme.shards);
+        list.items
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()))?
+            .spec
+            .as_ref()?
+            .holder_identity
+            .clone()
+            .filter(|h| !h.is_empty())
+    };
+    let holders: Vec<Option<String>> = (0..scheme.shards).map(holder).collect();
+    let mut sets = vec![0usize; replicas.len()];
+    let mut unheld = 0usize;
+    for ns in set_namespaces {
+        let owner = holders[scheme.shard_of(ns) as usize].as_deref();
+        match replicas
+            .iter()
+            .position(|r| Some(r.identity.as_str()) == owner)
+        {
+            Some(i) => sets[i] += 1,
+            None => unheld += 1,
+        }
+    }
+    let total_sets = set_namespaces.len().max(1) as f64;
+    let mut rows = Vec::new();
+    let mut reconciles = Vec::new();
+    for r in replicas {
+        reconciles.push(r.reconciles().await);
+    }
+    let total_reconciles: f64 = reconciles.iter().sum::<f64>().max(1.0);
+    for (i, r) in replicas.iter().enumerate() {
+        let stats = r.stats();
+        let cpu = stats["cpu_seconds"].as_f64().unwrap_or(0.0);
+        let metrics = r.metrics().await.unwrap_or_default();
+        let shards = holders
+            .iter()
+            .filter(|h| h.as_deref() == Some(r.identity.as_str()))
+            .count();
+        rows.push(json!({
+            "identity": r.identity,
+            "shards": shards,
+            "sets": sets[i],
+            "share_of_sets": sets[i] as f64 / total_sets,
+            "reconciles": reconciles[i],
+            "share_of_reconciles": reconciles[i] / total_reconciles,
+            "cpu_seconds": cpu,
+            "cpu_ms_per_reconcile": 1000.0 * cpu / reconciles[i].max(1.0),
+            "queue_wait_p99_seconds": histogram_p99(&metrics, "workqueue_queue_duration_seconds"),
+            "peak_rss_mib": stats["peak_rss_mib"],
+        }));
+    }
+    let held: Vec<usize> = sets.clone();
+    let mean = held.iter().sum::<usize>() as f64 / held.len().max(1) as f64;
+    let max = held.iter().copied().max().unwrap_or(0) as f64;
+    let min = held.iter().copied().min().unwrap_or(0) as f64;
+    Ok(json!({
+        "scheme": scheme.id(),
+        "per_replica": rows,
+        "sets_unheld": unheld,
+        "max_over_mean_sets": if mean > 0.0 { max / mean } else { f64::NAN },
+        "min_over_mean_sets": if mean > 0.0 { min / mean } else { f64::NAN },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::histogram_p99;
+
+    #[test]
+    fn p99_is_the_bucket_holding_99_percent() {
+        let text = "x_bucket{name=\"q\",le=\"0.1\"} 50\nx_bucket{name=\"q\",le=\"1.0\"} 99\nx_bucket{name=\"q\",le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_p99(text, "x"), Some(1.0));
+        assert_eq!(histogram_p99("", "x"), None);
+    }
+}
