@@ -215,12 +215,17 @@ pub async fn create_sets(
         .map(|_| ())
 }
 
+/// Creates set `ns/name` with `spec` and an Ingress host of its own (a host belongs to one
+/// set: the seed's would be held by the first set and refused to every other).
 pub async fn create_set(
     client: &Client,
     ns: &str,
     name: &str,
-    spec: VecodexSetSpec,
+    mut spec: VecodexSetSpec,
 ) -> anyhow::Result<()> {
+    if let Some(ingress) = spec.ingress.as_mut() {
+        ingress.host = format!("{name}.{ns}.search.example.com");
+    }
     let mut set = VecodexSet::new(name, spec);
     set.meta_mut().namespace = Some(ns.to_owned());
     Api::<VecodexSet>::namespaced(client.clone(), ns)

@@ -19,6 +19,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::hosts::HostClaim;
 use crate::shard::Scheme;
 
 /// One store and what it covers.
@@ -149,6 +150,8 @@ pub struct Stored<K> {
     controller: Option<(Box<str>, Box<str>)>,
     /// See [`Stored::applies_replicas`].
     applies_replicas: bool,
+    /// A set's Ingress host, for the host index (see [`Stored::host_claim`]).
+    host_claim: Option<Box<HostClaim>>,
     packed: Arc<[u8]>,
     /// A digest of what the operator manages on the object (see `managed_digest`).
     pub digest: u64,
@@ -210,6 +213,7 @@ where
             observed_generation: raw.observed_generation,
             controller,
             applies_replicas: raw.applies_replicas,
+            host_claim: raw.host_claim.clone(),
             packed: lz4_flex::compress_prepend_size(&raw.json).into(),
             verified: Verified::default(),
             kind: PhantomData,
@@ -297,6 +301,11 @@ impl<K> Stored<K> {
         self.applies_replicas
     }
 
+    /// The Ingress host a set asks for, whether it serves it, and when it was created.
+    pub fn host_claim(&self) -> Option<HostClaim> {
+        self.host_claim.as_deref().cloned()
+    }
+
     /// Whether the VecodexSet with this uid controls the object.
     pub fn controlled_by(&self, set_uid: Option<&str>) -> bool {
         matches!((&self.controller, set_uid), (Some((_, uid)), Some(set)) if **uid == *set)
@@ -320,6 +329,8 @@ pub struct Raw<K> {
     observed_generation: Option<i64>,
     /// See [`Stored::applies_replicas`].
     applies_replicas: bool,
+    /// See [`Stored::host_claim`].
+    host_claim: Option<Box<HostClaim>>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -369,10 +380,15 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
             .entry(Key("apiVersion".into()))
             .or_insert(&api_version);
         fields.entry(Key("kind".into())).or_insert(&kind);
+        let host_claim = (K::kind(&()) == crate::crd::KIND)
+            .then(|| host_claim(&metadata, &fields))
+            .flatten()
+            .map(Box::new);
         Ok(Raw {
             digest: managed_digest(&metadata, &fields),
             observed_generation: observed_generation(&fields),
             applies_replicas,
+            host_claim,
             json: serde_json::to_vec(&fields)?,
             metadata,
             kind: PhantomData,
@@ -469,6 +485,39 @@ fn applies_replicas(managed_fields: &RawValue) -> bool {
                     .and_then(|f| f.spec.as_ref())
                     .is_some_and(|s| s.replicas.is_some())
         })
+}
+
+/// A set's `spec.ingress.host`, whether `status.ingressHost` names it, and its creation
+/// time. Only those keys are read.
+fn host_claim(metadata: &ObjectMeta, fields: &Fields<'_>) -> Option<HostClaim> {
+    #[derive(Deserialize)]
+    struct Spec {
+        ingress: Option<Ingress>,
+    }
+    #[derive(Deserialize)]
+    struct Ingress {
+        host: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(rename = "ingressHost")]
+        ingress_host: Option<String>,
+    }
+    let spec: Spec = serde_json::from_str(fields.get("spec")?.get()).ok()?;
+    let host = spec.ingress?.host?.to_ascii_lowercase();
+    let serving = fields
+        .get("status")
+        .and_then(|s| serde_json::from_str::<Status>(s.get()).ok())
+        .and_then(|s| s.ingress_host)
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host));
+    Some(HostClaim {
+        host: host.into(),
+        serving,
+        created: metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(i64::MAX, |t| t.0.as_second()),
+    })
 }
 
 /// `status.observedGeneration`, where the object has one.

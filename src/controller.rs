@@ -22,8 +22,10 @@ use crate::cache::{Cache, Raw, Stored};
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
 use crate::events::{EventSender, Recorder};
+use crate::hosts::HostIndex;
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
 use crate::reconcile::{Context, RecentWrites, Report, Stores, reconcile};
 use crate::shard::{ShardConfig, ShardEvent, ShardGate, ShardLoads, ShardManager, WorkGuard};
@@ -35,6 +37,8 @@ pub struct Config {
     pub namespaces: Vec<String>,
     pub concurrency: usize,
     pub limits: Limits,
+    /// The admin's policy.
+    pub policy: Policy,
     pub queue: QueueConfig,
     /// Name reported on Events (the pod name in a cluster).
     pub instance: Option<String>,
@@ -56,6 +60,7 @@ impl Default for Config {
             namespaces: Vec::new(),
             concurrency: 16,
             limits: Limits::default(),
+            policy: Policy::default(),
             queue: QueueConfig::default(),
             instance: None,
             shutdown_timeout: Duration::from_secs(20),
@@ -182,7 +187,7 @@ struct Feed<'a> {
 }
 
 impl Feed<'_> {
-    fn watch<K, C, F>(
+    fn watch<K, C, F, I>(
         &self,
         tasks: &mut tokio::task::JoinSet<()>,
         config: watcher::Config,
@@ -197,7 +202,9 @@ impl Feed<'_> {
             + Sync
             + 'static,
         C: Fn() -> F,
-        F: FnMut(Event<Stored<K>>) -> Option<Enqueue> + Send + 'static,
+        F: FnMut(Event<Stored<K>>) -> I + Send + 'static,
+        I: IntoIterator<Item = Enqueue> + 'static,
+        I::IntoIter: Send,
     {
         let stores = self
             .watched
@@ -239,7 +246,7 @@ pub struct Enqueue {
 /// then, and a reconcile started earlier would read the cache as it was before the list (a
 /// set changed during an API server outage looked unchanged, and its change waited for the
 /// next resync).
-async fn pump<K, S, F>(
+async fn pump<K, S, F, I>(
     stream: S,
     queue: Arc<WorkQueue>,
     gate: Arc<ShardGate>,
@@ -248,7 +255,9 @@ async fn pump<K, S, F>(
 ) where
     K: Lookup<DynamicType = ()> + Send,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
-    F: FnMut(Event<K>) -> Option<Enqueue> + Send,
+    F: FnMut(Event<K>) -> I + Send,
+    I: IntoIterator<Item = Enqueue>,
+    I::IntoIter: Send,
 {
     let mut stream = std::pin::pin!(stream);
     let mut listed: Vec<Enqueue> = Vec::new();
@@ -269,10 +278,12 @@ async fn pump<K, S, F>(
                     Event::InitDone => (false, true),
                     _ => (false, false),
                 };
-                match classify(event) {
-                    Some(e) if listing => listed.push(e),
-                    Some(e) => enqueue(&queue, &gate, e).await,
-                    None => {}
+                for e in classify(event) {
+                    if listing {
+                        listed.push(e);
+                    } else {
+                        enqueue(&queue, &gate, e).await;
+                    }
                 }
                 if done {
                     for e in std::mem::take(&mut listed) {
@@ -309,7 +320,8 @@ async fn enqueue(queue: &WorkQueue, gate: &ShardGate, e: Enqueue) {
 /// status write queues nothing (see `RecentWrites`).
 fn classify_sets(
     recent: Arc<RecentWrites>,
-) -> impl FnMut(Event<Stored<VecodexSet>>) -> Option<Enqueue> + Send {
+    hosts: Arc<HostIndex>,
+) -> impl FnMut(Event<Stored<VecodexSet>>) -> Vec<Enqueue> + Send {
     // Generation per key, as of the last event; during a re-list, the next map is built
     // beside it so that sets deleted meanwhile drop out when the list is done.
     let mut generations: HashMap<String, i64> = HashMap::new();
@@ -320,14 +332,25 @@ fn classify_sets(
         Some(g) if g != generation => (Priority::Normal, Trigger::SpecChange),
         Some(_) => (Priority::Low, Trigger::Update),
     };
+    // A host changed hands: the sets asking for it (see `hosts`).
+    let host_moved = |keys: Vec<String>| {
+        keys.into_iter().map(|key| Enqueue {
+            key,
+            priority: Priority::Normal,
+            trigger: Trigger::HostReleased,
+            cut_backoff: true,
+        })
+    };
     move |event| {
+        let mut out = Vec::new();
         let (key, priority, trigger) = match event {
             Event::Init => {
                 relisting.clear();
-                return None;
+                return out;
             }
             Event::InitApply(set) => {
-                let key = set.key()?;
+                let Some(key) = set.key() else { return out };
+                out.extend(host_moved(hosts.update(&key, set.host_claim())));
                 let generation = set.generation.unwrap_or(0);
                 relisting.insert(key.clone(), generation);
                 match change(generations.get(&key).copied(), generation) {
@@ -336,31 +359,40 @@ fn classify_sets(
                 }
             }
             Event::InitDone => {
+                // Sets gone while the watch was down give up their hosts.
+                for gone in generations.keys().filter(|k| !relisting.contains_key(*k)) {
+                    out.extend(host_moved(hosts.update(gone, None)));
+                }
                 generations = std::mem::take(&mut relisting);
                 listed = true;
-                return None;
+                return out;
             }
             Event::Apply(set) => {
-                let key = set.key()?;
+                let Some(key) = set.key() else { return out };
+                out.extend(host_moved(hosts.update(&key, set.host_claim())));
                 let generation = set.generation.unwrap_or(0);
                 let previous = generations.insert(key.clone(), generation);
                 if previous == Some(generation) && is_echo(&recent, &set) {
-                    return None;
+                    return out;
                 }
                 let (priority, trigger) = change(previous, generation);
                 (key, priority, trigger)
             }
             Event::Delete(set) => {
-                generations.remove(&set.key()?);
-                return None;
+                if let Some(key) = set.key() {
+                    out.extend(host_moved(hosts.update(&key, None)));
+                    generations.remove(&key);
+                }
+                return out;
             }
         };
-        Some(Enqueue {
+        out.push(Enqueue {
             key,
             priority,
             trigger,
             cut_backoff: priority == Priority::Normal,
-        })
+        });
+        out
     }
 }
 
@@ -486,14 +518,26 @@ fn list_config() -> watcher::Config {
         .page_size(LIST_PAGE)
 }
 
+/// The operator's clients of the API server, each with a connection pool of its own: `work`
+/// for watches, reconciles and Events, `leases` for the shard manager. A Lease renewal then
+/// never waits for a connection behind reconciles, nor loses its connection when a
+/// timed-out reconcile drops its requests (with a 2 s API server, renewals that had to open
+/// new connections missed the renew deadline).
+#[derive(Clone)]
+pub struct Clients {
+    pub work: Client,
+    pub leases: Client,
+}
+
 /// Runs the operator until `shutdown` is cancelled, then drains in-flight reconciles.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     config: Config,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let client = clients.work;
     let mut tasks = tokio::task::JoinSet::new();
     let queue = WorkQueue::with_metrics(config.queue.clone(), metrics.queue.clone());
     let (gate, shard_events) =
@@ -511,9 +555,12 @@ pub async fn run(
         shutdown: &shutdown,
     };
     let recent = Arc::new(RecentWrites::default());
+    let hosts = Arc::new(HostIndex::default());
     // Child caches come and go with the shards (`ShardWatches`); the sets are watched whole.
     let stores = Stores::new(
-        feed.watch(&mut tasks, list_config(), || classify_sets(recent.clone())),
+        feed.watch(&mut tasks, list_config(), || {
+            classify_sets(recent.clone(), hosts.clone())
+        }),
         config.sharding.scheme,
     );
     // A shard can be taken only once the set cache can tell which sets it holds.
@@ -550,7 +597,7 @@ pub async fn run(
     let release = CancellationToken::new();
     let manager = tokio::spawn(
         ShardManager::new(
-            client.clone(),
+            clients.leases,
             config.sharding.clone(),
             gate.clone(),
             metrics.shard.clone(),
@@ -582,6 +629,8 @@ pub async fn run(
         stores,
         events,
         limits: config.limits.clone(),
+        policy: config.policy.clone(),
+        hosts,
         recent,
     });
     let mut workers = tokio::task::JoinSet::new();
@@ -1159,15 +1208,17 @@ mod tests {
     #[test]
     fn only_new_sets_and_spec_changes_are_urgent() {
         let recent = Arc::new(RecentWrites::default());
-        let mut classify = classify_sets(recent.clone());
-        assert!(classify(Event::Init).is_none());
-        let listed = classify(Event::InitApply(Stored::new(set(1)))).unwrap();
+        let mut classify = classify_sets(recent.clone(), Default::default());
+        assert!(classify(Event::Init).is_empty());
+        let listed = classify(Event::InitApply(Stored::new(set(1))))
+            .pop()
+            .unwrap();
         assert_eq!(
             (listed.key.as_str(), listed.priority, listed.cut_backoff),
             ("t/s", Priority::Low, false)
         );
-        assert!(classify(Event::InitDone).is_none());
-        let echo = classify(Event::Apply(Stored::new(set(1)))).unwrap();
+        assert!(classify(Event::InitDone).is_empty());
+        let echo = classify(Event::Apply(Stored::new(set(1)))).pop().unwrap();
         assert_eq!(
             (echo.priority, echo.cut_backoff),
             (Priority::Low, false),
@@ -1182,17 +1233,17 @@ mod tests {
             Some("5".into()),
         );
         assert!(
-            classify(Event::Apply(Stored::new(written))).is_none(),
+            classify(Event::Apply(Stored::new(written))).is_empty(),
             "the echo of our own status write"
         );
-        let edit = classify(Event::Apply(Stored::new(set(2)))).unwrap();
+        let edit = classify(Event::Apply(Stored::new(set(2)))).pop().unwrap();
         assert_eq!(
             (edit.priority, edit.cut_backoff),
             (Priority::Normal, true),
             "spec change"
         );
-        assert!(classify(Event::Delete(Stored::new(set(2)))).is_none());
-        let created = classify(Event::Apply(Stored::new(set(1)))).unwrap();
+        assert!(classify(Event::Delete(Stored::new(set(2)))).is_empty());
+        let created = classify(Event::Apply(Stored::new(set(1)))).pop().unwrap();
         assert_eq!(
             (created.priority, created.cut_backoff),
             (Priority::Normal, true),
@@ -1223,7 +1274,7 @@ mod tests {
             rx.map(Ok),
             queue.clone(),
             gate.clone(),
-            classify_sets(Default::default()),
+            classify_sets(Default::default(), Default::default()),
             CancellationToken::new(),
         ));
         let settle = || tokio::time::sleep(Duration::from_millis(10));
@@ -1258,7 +1309,7 @@ mod tests {
 
     #[test]
     fn a_relist_finds_what_changed_while_the_watch_was_down() {
-        let mut classify = classify_sets(Default::default());
+        let mut classify = classify_sets(Default::default(), Default::default());
         classify(Event::Init);
         for name in ["same", "edited", "deleted"] {
             classify(Event::InitApply(named(name, 1)));
@@ -1267,7 +1318,7 @@ mod tests {
 
         // The watch could not resume: kube-runtime lists again. "deleted" is not in the
         // re-list: when it comes back after it, it is a new set.
-        assert!(classify(Event::Init).is_none());
+        assert!(classify(Event::Init).is_empty());
         // What each event queues; only what changed cuts a failing set's backoff short.
         let check = |queued: Option<super::Enqueue>, priority, trigger| {
             let e = queued.expect("queued");
@@ -1277,16 +1328,16 @@ mod tests {
                 (priority, trigger, urgent)
             );
         };
-        let same = classify(Event::InitApply(named("same", 1)));
+        let same = classify(Event::InitApply(named("same", 1))).pop();
         check(same, Priority::Low, Trigger::InitialList);
-        let edited = classify(Event::InitApply(named("edited", 2)));
+        let edited = classify(Event::InitApply(named("edited", 2))).pop();
         check(edited, Priority::Normal, Trigger::SpecChange);
-        let created = classify(Event::InitApply(named("created", 1)));
+        let created = classify(Event::InitApply(named("created", 1))).pop();
         check(created, Priority::Normal, Trigger::Create);
         classify(Event::InitDone);
-        let back = classify(Event::Apply(named("deleted", 1)));
+        let back = classify(Event::Apply(named("deleted", 1))).pop();
         check(back, Priority::Normal, Trigger::Create);
-        let again = classify(Event::Apply(named("edited", 2)));
+        let again = classify(Event::Apply(named("edited", 2))).pop();
         check(again, Priority::Low, Trigger::Update);
     }
 

@@ -21,6 +21,11 @@ pub const DEFAULT_GRPC_PORT: i32 = 44400;
 pub const DEFAULT_METRICS_PORT: i32 = 8080;
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://etcd:2379";
 pub const DEFAULT_S3_ENDPOINT: &str = "http://minio:9000";
+/// The user and groups of the pods unless `securityContext` sets them: not root, and the
+/// same numeric user as distroless's `nonroot`.
+pub const DEFAULT_RUN_AS_USER: i64 = 65532;
+pub const DEFAULT_RUN_AS_GROUP: i64 = 65532;
+pub const DEFAULT_FS_GROUP: i64 = 65532;
 
 /// A Vecodex vector-search cluster: one coordinator, one writer and a group of searchers.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -122,12 +127,37 @@ pub struct ComponentSpec {
     #[serde(default = "default_metrics_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub metrics_port: i32,
+    /// The user and groups the pods run as. Pods always run as a non-root user (65532 unless
+    /// set here), drop every capability and use the runtime's seccomp profile; user 0 is
+    /// refused unless the operator runs with `--allow-run-as-root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<ComponentSecurity>,
     /// Free-form Vecodex configuration (JSON object), rendered into a ConfigMap and passed with
     /// `--config-path`. Keys `mode`, `port`, `hostname`, `etcd_address` and `s3-host` are always
     /// overridden by flags the operator sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json")]
     pub config: Option<serde_json::Value>,
+}
+
+/// What a set may choose of its pods' security context: numeric user and groups only. No
+/// field of the CRD can add capabilities, privilege, host access, volumes or a
+/// ServiceAccount.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSecurity {
+    /// `runAsUser` of the pods (default 65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_user: Option<i64>,
+    /// `runAsGroup` of the pods (default 65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_group: Option<i64>,
+    /// `fsGroup` of the pods: the group that owns mounted volumes (default 65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub fs_group: Option<i64>,
 }
 
 fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -9,6 +9,7 @@ use vecodex_operator::controller::{self, Config};
 use vecodex_operator::http::{self, Health};
 use vecodex_operator::kube_metrics::RequestMetricsLayer;
 use vecodex_operator::metrics::Metrics;
+use vecodex_operator::policy::Policy;
 use vecodex_operator::queue::QueueConfig;
 use vecodex_operator::shard::{DEFAULT_SHARDS, Scheme, ShardConfig, ShardHash, default_identity};
 use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
@@ -116,6 +117,8 @@ struct RunArgs {
     instance: Option<String>,
     #[command(flatten)]
     sharding: ShardArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// OTLP/gRPC endpoint for traces, e.g. http://jaeger-collector:4317 (none: no export).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -148,6 +151,78 @@ struct RunArgs {
     /// This replica's identity on Leases (default: POD_NAME or host name, plus a random suffix).
     #[arg(long, env = "VECODEX_IDENTITY")]
     identity: Option<String>,
+}
+
+/// The admin's policy: what a set may ask for (see the README's "Admin policy").
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// Image references must start with one of these (comma-separated; empty: any image).
+    #[arg(long, env = "VECODEX_ALLOWED_IMAGE_PREFIXES", value_delimiter = ',')]
+    allowed_image_prefixes: Vec<String>,
+    /// Whether a component's env may take values from Secrets (secretKeyRef).
+    #[arg(long, env = "VECODEX_ALLOW_ENV_SECRET_REFS", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_env_secret_refs: bool,
+    /// Whether a set may name image pull Secrets.
+    #[arg(long, env = "VECODEX_ALLOW_IMAGE_PULL_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_image_pull_secrets: bool,
+    /// Whether a set may name a TLS Secret for its Ingress.
+    #[arg(long, env = "VECODEX_ALLOW_TLS_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_tls_secrets: bool,
+    /// Whether Ingress annotations may use ingress-nginx's `*-snippet` family.
+    #[arg(long, env = "VECODEX_ALLOW_SNIPPET_ANNOTATIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_snippet_annotations: bool,
+    /// Ingress annotation keys allowed (comma-separated; exact, or a prefix ending in `*`;
+    /// empty: any key the other rules allow).
+    #[arg(
+        long,
+        env = "VECODEX_INGRESS_ANNOTATIONS_ALLOWED",
+        value_delimiter = ','
+    )]
+    ingress_annotations_allowed: Vec<String>,
+    /// Ingress annotation keys denied (comma-separated; exact, or a prefix ending in `*`).
+    #[arg(
+        long,
+        env = "VECODEX_INGRESS_ANNOTATIONS_DENIED",
+        value_delimiter = ','
+    )]
+    ingress_annotations_denied: Vec<String>,
+    /// Pod label and annotation keys under kubernetes.io/ or k8s.io/ a set may still set.
+    #[arg(long, env = "VECODEX_RESERVED_POD_KEYS_ALLOWED", value_delimiter = ',')]
+    reserved_pod_keys_allowed: Vec<String>,
+    /// Toleration keys a set may use (comma-separated; empty: any).
+    #[arg(long, env = "VECODEX_ALLOWED_TOLERATION_KEYS", value_delimiter = ',')]
+    allowed_toleration_keys: Vec<String>,
+    /// Whether a component may run as user 0 (its pods then fail "restricted").
+    #[arg(long, env = "VECODEX_ALLOW_RUN_AS_ROOT", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_run_as_root: bool,
+    /// The hosts a namespace's sets may serve, `{namespace}` standing for the namespace:
+    /// this host and its subdomains (none: any host).
+    #[arg(long, env = "VECODEX_INGRESS_HOST_PATTERN")]
+    ingress_host_pattern: Option<String>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Policy {
+        let list = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Policy {
+            allowed_image_prefixes: list(&self.allowed_image_prefixes),
+            allow_env_secret_refs: self.allow_env_secret_refs,
+            allow_image_pull_secrets: self.allow_image_pull_secrets,
+            allow_tls_secrets: self.allow_tls_secrets,
+            allow_snippet_annotations: self.allow_snippet_annotations,
+            ingress_annotations_allowed: list(&self.ingress_annotations_allowed),
+            ingress_annotations_denied: list(&self.ingress_annotations_denied),
+            reserved_pod_keys_allowed: list(&self.reserved_pod_keys_allowed),
+            allowed_toleration_keys: list(&self.allowed_toleration_keys),
+            allow_run_as_root: self.allow_run_as_root,
+            ingress_host_pattern: self.ingress_host_pattern.clone().filter(|p| !p.is_empty()),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -245,10 +320,24 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
             "need --retry-period < --renew-deadline < --lease-duration (fencing relies on it)"
         );
     }
-    let kube_config = kube::Config::infer().await?;
-    let client = kube::client::ClientBuilder::try_from(kube_config)?
-        .with_layer(&RequestMetricsLayer::new(metrics.clone()))
-        .build();
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let mut kube_config = kube::Config::infer().await?;
+    // The API server's audit log and metrics name each replica by its User-Agent.
+    kube_config.headers.push((
+        ::http::header::USER_AGENT,
+        ::http::HeaderValue::from_str(&user_agent(&identity))?,
+    ));
+    // Two clients, two connection pools: Lease traffic never waits for a connection behind
+    // reconciles, nor loses one when a timed-out reconcile drops its requests.
+    let build = |config: kube::Config| -> anyhow::Result<kube::Client> {
+        Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&RequestMetricsLayer::new(metrics.clone()))
+            .build())
+    };
+    let clients = controller::Clients {
+        work: build(kube_config.clone())?,
+        leases: build(kube_config)?,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_handler(shutdown.clone()));
     let config = Config {
@@ -261,6 +350,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
         limits: Limits {
             max_replicas: args.max_replicas,
         },
+        policy: args.policy.policy(),
         queue: QueueConfig {
             capacity: args.queue_capacity.max(1),
             base_delay: Duration::from_millis(args.retry_base_ms),
@@ -274,7 +364,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
             scheme: args.sharding.scheme.scheme(),
             namespace: args.sharding.lease_namespace.clone(),
             group: args.sharding.lease_group.clone(),
-            identity: args.identity.clone().unwrap_or_else(default_identity),
+            identity,
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
@@ -283,7 +373,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
         reconcile_timeout: args.reconcile_timeout,
         ..Config::default()
     };
-    info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?config.namespaces, "starting vecodex-operator");
+    info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?config.namespaces, policy = ?config.policy, "starting vecodex-operator");
     let health = Arc::new(Health::default());
     let server = http::serve(
         args.metrics_addr,
@@ -293,10 +383,19 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_addr))?;
-    let result = controller::run(client, config, metrics, health, shutdown.clone()).await;
+    let result = controller::run(clients, config, metrics, health, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;
     result
+}
+
+/// `vecodex-operator/<version> (<identity>)`: what the API server records as the User-Agent
+/// of every request of this replica.
+fn user_agent(identity: &str) -> String {
+    format!(
+        "vecodex-operator/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Parses `1500ms`, `90s`, `30m`, `1h` or a plain number of seconds.

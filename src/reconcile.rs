@@ -24,8 +24,10 @@ use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
 use crate::events::{EventSender, EventType};
+use crate::hosts::HostIndex;
+use crate::policy::{self, Policy};
 use crate::shard::Scheme;
-use crate::status::{DeploymentState, Outcome, summarize};
+use crate::status::{self, Applied, DeploymentState, Outcome, summarize};
 use crate::validate::{Limits, validate};
 
 /// The caches the reconcile reads instead of the API server. The child caches hold only
@@ -103,6 +105,10 @@ pub struct Context {
     pub stores: Stores,
     pub events: EventSender,
     pub limits: Limits,
+    /// The admin's policy (see `policy`).
+    pub policy: Policy,
+    /// Who holds each Ingress host, kept by the set watch (see `hosts`).
+    pub hosts: Arc<HostIndex>,
     /// Shared with the watch classifiers, which drop the echoes of these writes.
     pub recent: Arc<RecentWrites>,
 }
@@ -316,24 +322,64 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         set.metadata.generation.unwrap_or(0),
     );
 
-    let errors = validate(&set, &ctx.limits);
-    if !errors.is_empty() {
+    // What the schema cannot check, then what the admin's policy refuses: either way nothing
+    // is changed.
+    for (reason, errors) in [
+        (status::INVALID_SPEC, validate(&set, &ctx.limits)),
+        (status::POLICY_VIOLATION, policy::check(&set, &ctx.policy)),
+    ] {
+        if errors.is_empty() {
+            continue;
+        }
         let message = errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        info!(%message, "spec is invalid; no child is changed");
-        let outcome = Outcome::Invalid(message.clone());
+        info!(reason, %message, "spec refused; no child is changed");
+        let outcome = Outcome::Refused {
+            reason,
+            message: message.clone(),
+        };
         if write_status(ctx, &set, &outcome, &[]).await? == StatusWrite::Written {
-            // Only on a new verdict, so an unchanged invalid set costs no write.
-            event(ctx, &set, EventType::Warning, "InvalidSpec", message);
+            // Only on a new verdict, so an unchanged refused set costs no write.
+            event(ctx, &set, EventType::Warning, reason, message);
         }
         return Ok(Report::Invalid);
     }
 
     let mut desired = children::build(&set)?;
     desired.label_shard(shard);
+    // Another set holds the host: everything but the Ingress (one this set had is pruned).
+    let host_conflict = set.spec.ingress.as_ref().and_then(|ingress| {
+        let holder = ctx.hosts.holder(&ingress.host).filter(|h| h != key)?;
+        let (holder_ns, _) = holder.split_once('/').unwrap_or((holder.as_str(), ""));
+        Some(format!(
+            "host {} is held by a VecodexSet in namespace {holder_ns}; this set gets no Ingress until it lets go",
+            ingress.host
+        ))
+    });
+    if host_conflict.is_some() {
+        desired.ingress = None;
+    }
+    let result = Applied {
+        host_conflict,
+        not_restricted: desired
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                let name = d.metadata.name.clone().unwrap_or_default();
+                let template = d
+                    .spec
+                    .as_ref()
+                    .map(|s| s.template.clone())
+                    .unwrap_or_default();
+                children::pod_security::restricted_violations(&template)
+                    .into_iter()
+                    .map(move |v| format!("{name}: {v}"))
+            })
+            .collect(),
+    };
     // With this generation already applied, a change can only put back what someone else
     // changed or deleted: the Event then says "Restored" instead of "Applied".
     let changed =
@@ -352,7 +398,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         // A rejected child means the spec is wrong in a way validation missed: report it as
         // invalid instead of retrying the same request for ever.
         let outcome = if rejected {
-            Outcome::Invalid(message.clone())
+            Outcome::invalid(message.clone())
         } else {
             Outcome::Failed(message.clone())
         };
@@ -387,12 +433,34 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             status_after: Some(STATUS_SETTLE),
         });
     }
-    let (status_patched, status_after) =
-        match write_status(ctx, &set, &Outcome::Applied, &applied).await? {
-            StatusWrite::Written => (true, None),
-            StatusWrite::Unchanged => (false, None),
-            StatusWrite::AwaitingController => (false, Some(STATUS_SETTLE)),
-        };
+    let outcome = Outcome::Applied(result);
+    let (status_patched, status_after) = match write_status(ctx, &set, &outcome, &applied).await? {
+        StatusWrite::Written => {
+            // Said once, when the set starts waiting for the host.
+            let was_waiting = set
+                .status
+                .as_ref()
+                .and_then(|s| s.condition(status::READY))
+                .is_some_and(|c| c.reason == status::HOST_CONFLICT);
+            if let Outcome::Applied(Applied {
+                host_conflict: Some(conflict),
+                ..
+            }) = &outcome
+                && !was_waiting
+            {
+                event(
+                    ctx,
+                    &set,
+                    EventType::Warning,
+                    status::HOST_CONFLICT,
+                    conflict.clone(),
+                );
+            }
+            (true, None)
+        }
+        StatusWrite::Unchanged => (false, None),
+        StatusWrite::AwaitingController => (false, Some(STATUS_SETTLE)),
+    };
     Ok(Report::Applied {
         writes: changes.len(),
         status_patched,
@@ -774,7 +842,7 @@ fn awaiting_controller<'a>(
     deployments: impl IntoIterator<Item = (&'a str, &'a DeploymentState)>,
     recently_written: impl Fn(&str) -> bool,
 ) -> bool {
-    *outcome == Outcome::Applied
+    matches!(outcome, Outcome::Applied(_))
         && deployments
             .into_iter()
             .any(|(name, state)| state.exists && !state.observed && recently_written(name))
@@ -809,7 +877,7 @@ mod recent_writes_tests {
         };
         let missing = DeploymentState::default();
         let ours = |name: &str| name == "s-searcher";
-        let applied = Outcome::Applied;
+        let applied = Outcome::applied();
         assert!(awaiting_controller(
             &applied,
             [("s-writer", &observed), ("s-searcher", &behind)],
@@ -827,7 +895,7 @@ mod recent_writes_tests {
             !awaiting_controller(&applied, [("s-searcher", &missing)], ours),
             "a missing Deployment has no controller to wait for"
         );
-        for reported_at_once in [Outcome::Failed("x".into()), Outcome::Invalid("x".into())] {
+        for reported_at_once in [Outcome::Failed("x".into()), Outcome::invalid("x")] {
             assert!(
                 !awaiting_controller(&reported_at_once, [("s-searcher", &behind)], ours),
                 "{reported_at_once:?} is reported at once"

@@ -8,16 +8,50 @@ use crate::crd::{Component, ComponentStatus, Condition, VecodexSet, VecodexSetSt
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Whether every pod of the set passes the restricted Pod Security Standard.
+pub const RESTRICTED: &str = "Restricted";
+
+/// Reasons of a refused spec (see [`Outcome::Refused`]).
+pub const INVALID_SPEC: &str = "InvalidSpec";
+pub const POLICY_VIOLATION: &str = "PolicyViolation";
+pub const HOST_CONFLICT: &str = "HostConflict";
 
 /// What this reconcile achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every desired child exists as desired (possibly after writes).
-    Applied,
-    /// The spec failed validation; nothing was changed.
-    Invalid(String),
+    Applied(Applied),
+    /// The spec was refused (`reason`: [`INVALID_SPEC`] or [`POLICY_VIOLATION`]); nothing was
+    /// changed.
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
     /// A write failed; the reconcile will be retried.
     Failed(String),
+}
+
+/// What an applied reconcile reports besides the Deployments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Another set holds the Ingress host: every child but the Ingress was applied.
+    pub host_conflict: Option<String>,
+    /// The restricted Pod Security Standard rules the pods break (empty: none).
+    pub not_restricted: Vec<String>,
+}
+
+impl Outcome {
+    /// Applied, with nothing to report besides the Deployments.
+    pub fn applied() -> Self {
+        Outcome::Applied(Applied::default())
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Outcome::Refused {
+            reason: INVALID_SPEC,
+            message: message.into(),
+        }
+    }
 }
 
 /// The live state of one component's Deployment as status needs it.
@@ -147,21 +181,26 @@ pub fn summarize(
         }
     }
 
-    let conditions = match outcome {
-        Outcome::Invalid(message) => {
-            // The spec was looked at (observed) and found invalid.
+    // The pods are as the last applied generation made them unless this one was applied.
+    let kept_restricted = || previous.condition(RESTRICTED).cloned().into_iter();
+    let conditions: Vec<Condition> = match outcome {
+        Outcome::Refused { reason, message } => {
+            // The spec was looked at (observed) and refused.
             status.observed_generation = generation;
             vec![
-                condition(READY, false, "InvalidSpec", message.clone(), generation),
+                condition(READY, false, reason, message.clone(), generation),
                 condition(
                     PROGRESSING,
                     false,
-                    "InvalidSpec",
+                    reason,
                     "fix the spec to continue".to_owned(),
                     generation,
                 ),
-                condition(DEGRADED, true, "InvalidSpec", message.clone(), generation),
+                condition(DEGRADED, true, reason, message.clone(), generation),
             ]
+            .into_iter()
+            .chain(kept_restricted())
+            .collect()
         }
         Outcome::Failed(message) => vec![
             condition(READY, false, "ApplyFailed", message.clone(), generation),
@@ -173,11 +212,19 @@ pub fn summarize(
                 generation,
             ),
             condition(DEGRADED, true, "ApplyFailed", message.clone(), generation),
-        ],
-        Outcome::Applied => {
+        ]
+        .into_iter()
+        .chain(kept_restricted())
+        .collect(),
+        Outcome::Applied(applied) => {
             status.observed_generation = generation;
-            status.ingress_host = set.spec.ingress.as_ref().map(|i| i.host.clone());
-            let ready = if not_ready.is_empty() {
+            status.ingress_host = match &applied.host_conflict {
+                None => set.spec.ingress.as_ref().map(|i| i.host.clone()),
+                Some(_) => None,
+            };
+            let ready = if let Some(conflict) = &applied.host_conflict {
+                condition(READY, false, HOST_CONFLICT, conflict.clone(), generation)
+            } else if not_ready.is_empty() {
                 condition(
                     READY,
                     true,
@@ -211,7 +258,9 @@ pub fn summarize(
                     generation,
                 )
             };
-            let degraded = if failures.is_empty() {
+            let degraded = if let Some(conflict) = &applied.host_conflict {
+                condition(DEGRADED, true, HOST_CONFLICT, conflict.clone(), generation)
+            } else if failures.is_empty() {
                 condition(
                     DEGRADED,
                     false,
@@ -228,7 +277,24 @@ pub fn summarize(
                     generation,
                 )
             };
-            vec![ready, progressing, degraded]
+            let restricted = if applied.not_restricted.is_empty() {
+                condition(
+                    RESTRICTED,
+                    true,
+                    "PodsRestricted",
+                    "every pod passes the restricted Pod Security Standard".to_owned(),
+                    generation,
+                )
+            } else {
+                condition(
+                    RESTRICTED,
+                    false,
+                    "PodsNotRestricted",
+                    applied.not_restricted.join("; "),
+                    generation,
+                )
+            };
+            vec![ready, progressing, degraded, restricted]
         }
     };
 

@@ -2,7 +2,8 @@
 //! names. `# expect: schema <text>`: the API server rejects it with that text.
 //! `# expect: invalid <field>`: it is accepted, the operator sets `Ready=False/InvalidSpec`
 //! naming the field, emits a Warning Event and creates no child; with the seed spec put back
-//! it converges. `# expect: unknown <path>`: an unknown field; `kubectl apply` rejects it
+//! it converges. `# expect: policy <field>`: the same with `PolicyViolation`, for what the
+//! default admin policy refuses. `# expect: unknown <path>`: an unknown field; `kubectl apply` rejects it
 //! naming the field and creates nothing, and sent past kubectl (a client, or
 //! `--validate=false`) the API server prunes it: the stored set lacks it and converges.
 
@@ -25,7 +26,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 enum Expect {
     Schema(String),
-    Invalid(String),
+    /// Refused by the operator with this reason, naming the field.
+    Refused(&'static str, String),
     Unknown(String),
 }
 
@@ -47,13 +49,15 @@ fn corpus() -> Vec<(String, Expect, Value, PathBuf)> {
             let expect = if let Some(t) = header.strip_prefix("# expect: schema ") {
                 Expect::Schema(t.trim().to_owned())
             } else if let Some(f) = header.strip_prefix("# expect: invalid ") {
-                Expect::Invalid(f.trim().to_owned())
+                Expect::Refused("InvalidSpec", f.trim().to_owned())
+            } else if let Some(f) = header.strip_prefix("# expect: policy ") {
+                Expect::Refused("PolicyViolation", f.trim().to_owned())
             } else if let Some(p) = header.strip_prefix("# expect: unknown ") {
                 Expect::Unknown(p.trim().to_owned())
             } else {
                 panic!(
-                    "{name}: the first line must be `# expect: schema …`, `# expect: invalid …` \
-                     or `# expect: unknown …`"
+                    "{name}: the first line must be `# expect: schema …`, `# expect: invalid …`, \
+                     `# expect: policy …` or `# expect: unknown …`"
                 );
             };
             let value: Value =
@@ -73,11 +77,12 @@ fn the_corpus_is_large_and_well_formed() {
     );
     let count = |kind: fn(&Expect) -> bool| corpus.iter().filter(|c| kind(&c.1)).count();
     let schema = count(|e| matches!(e, Expect::Schema(_)));
-    let invalid = count(|e| matches!(e, Expect::Invalid(_)));
+    let invalid = count(|e| matches!(e, Expect::Refused("InvalidSpec", _)));
+    let policy = count(|e| matches!(e, Expect::Refused("PolicyViolation", _)));
     let unknown = count(|e| matches!(e, Expect::Unknown(_)));
     assert!(
-        schema >= 10 && invalid >= 20 && unknown >= 3,
-        "{schema} schema cases, {invalid} semantic, {unknown} unknown fields"
+        schema >= 10 && invalid >= 20 && policy >= 5 && unknown >= 3,
+        "{schema} schema cases, {invalid} semantic, {policy} policy, {unknown} unknown fields"
     );
 }
 
@@ -152,16 +157,16 @@ async fn check(
             })
             .await;
         }
-        Expect::Invalid(field) => {
+        Expect::Refused(reason, field) => {
             created.unwrap_or_else(|e| panic!("{file}: the API server must accept it: {e}"));
-            let message = wait_for(&format!("{file}: InvalidSpec"), WAIT, || async {
+            let message = wait_for(&format!("{file}: {reason}"), WAIT, || async {
                 let v = serde_json::to_value(sets.get(&name).await.ok()?).ok()?;
                 let ready = v["status"]["conditions"]
                     .as_array()?
                     .iter()
                     .find(|c| c["type"] == "Ready")?
                     .clone();
-                (ready["reason"] == "InvalidSpec")
+                (ready["reason"] == reason)
                     .then(|| ready["message"].as_str().unwrap_or("").to_owned())
             })
             .await;
@@ -179,6 +184,7 @@ async fn check(
                     .iter()
                     .any(|e| {
                         e.type_.as_deref() == Some("Warning")
+                            && e.reason.as_deref() == Some(reason)
                             && e.note.as_deref().unwrap_or("").contains(&field)
                     })
                     .then_some(())

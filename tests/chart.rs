@@ -118,6 +118,150 @@ fn chart_lints_renders_and_matches_the_plain_manifests() {
     ));
 }
 
+/// Checks of checkov's Kubernetes framework that the children of a set fail by design, with
+/// why (the README lists them too).
+const CHILDREN_SKIPS: [(&str, &str); 4] = [
+    (
+        "CKV_K8S_14",
+        "the image and its tag are the set's own spec; --allowed-image-prefixes narrows them",
+    ),
+    ("CKV_K8S_43", "a digest is the set's choice, as above"),
+    (
+        "CKV_K8S_22",
+        "Vecodex writes index segments to its filesystem, and no layout of writable paths is documented for it",
+    ),
+    (
+        "CKV2_K8S_6",
+        "network isolation between tenants is the namespace's NetworkPolicy, which the platform owns",
+    ),
+];
+
+/// Runs checkov's Kubernetes checks on `dir`, skipping `skips`; panics naming every failed
+/// check. Returns how many passed.
+fn checkov(dir: &Path, skips: &[&str]) -> u64 {
+    let mut cmd = Command::new(tool("checkov"));
+    cmd.args([
+        "--framework",
+        "kubernetes",
+        "--quiet",
+        "--compact",
+        "-o",
+        "json",
+        "-d",
+    ])
+    .arg(dir);
+    if !skips.is_empty() {
+        cmd.args(["--skip-check", &skips.join(",")]);
+    }
+    let out = run(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "checkov's JSON report ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} on {}", c["check_id"], c["resource"]))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "checkov on {}: {failed:#?}",
+        dir.display()
+    );
+    let passed = report["summary"]["passed"].as_u64().unwrap_or(0);
+    assert!(
+        passed > 0,
+        "checkov checked something in {}: {text}",
+        dir.display()
+    );
+    passed
+}
+
+/// checkov passes the chart rendered with its defaults and with every value set (its
+/// suppressions are annotations on the Deployment), and the children the operator builds for
+/// the samples and for a set using every optional field (with the skips of
+/// [`CHILDREN_SKIPS`]).
+#[test]
+fn checkov_passes_both_renderings_and_the_children() {
+    let dir = std::env::temp_dir().join(format!("vecodex-checkov-{}", std::process::id()));
+    let (charts, children) = (dir.join("chart"), dir.join("children"));
+    std::fs::create_dir_all(&charts).unwrap();
+    std::fs::create_dir_all(&children).unwrap();
+    let defaults = ok(&run(helm(None)
+        .args(["template", "vecodex-operator", "--namespace", RELEASE_NS])
+        .arg(chart())));
+    std::fs::write(charts.join("defaults.yaml"), defaults).unwrap();
+    let full = ok(&run(helm(None)
+        .args([
+            "template",
+            "vecodex-operator",
+            "--namespace",
+            RELEASE_NS,
+            "-f",
+        ])
+        .arg(chart().join("ci/full-values.yaml"))
+        .arg(chart())));
+    std::fs::write(charts.join("full-values.yaml"), full).unwrap();
+
+    let mut sets: Vec<serde_json::Value> = ["vecodexset-example.yaml", "vecodexset-gpu.yaml"]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(repo_root().join("deploy/samples").join(f)).unwrap();
+            serde_saphyr::from_str(&text).unwrap()
+        })
+        .collect();
+    let mut every_field = seed_example("tenant-7", "every-field");
+    every_field["spec"]["searcher"]["config"] = json!({"indexes": []});
+    every_field["spec"]["writer"]["securityContext"] =
+        json!({"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001});
+    every_field["spec"]["coordinator"]["env"] = json!([{"name": "LOG", "value": "info"}]);
+    every_field["spec"]["ingress"]["tlsSecretName"] = json!("every-field-tls");
+    sets.push(every_field);
+    let mut written = 0;
+    for (i, mut set) in sets.into_iter().enumerate() {
+        set["metadata"]["namespace"] = json!("tenant-7");
+        set["metadata"]["uid"] = json!(format!("uid-{i}"));
+        let set: VecodexSet = serde_json::from_value(set).unwrap();
+        let built = vecodex_operator::children::build(&set).unwrap();
+        let objects: Vec<serde_json::Value> = built
+            .deployments
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .chain(
+                built
+                    .services
+                    .iter()
+                    .map(|o| serde_json::to_value(o).unwrap()),
+            )
+            .chain(
+                built
+                    .config_maps
+                    .iter()
+                    .map(|o| serde_json::to_value(o).unwrap()),
+            )
+            .chain(
+                built
+                    .ingress
+                    .iter()
+                    .map(|o| serde_json::to_value(o).unwrap()),
+            )
+            .collect();
+        for o in objects {
+            written += 1;
+            std::fs::write(children.join(format!("{written}.json")), o.to_string()).unwrap();
+        }
+    }
+    checkov(&charts, &[]);
+    let skips: Vec<&str> = CHILDREN_SKIPS.iter().map(|(id, _)| *id).collect();
+    let passed = checkov(&children, &skips);
+    eprintln!("checkov: {written} children, {passed} checks passed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A kubeconfig that authenticates with `token` against the test cluster.
 fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
     let text = std::fs::read_to_string(admin).unwrap();

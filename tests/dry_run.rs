@@ -18,7 +18,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::json;
 use vecodex_operator::children::{self, FIELD_MANAGER};
 use vecodex_operator::crd::{
-    ComponentSpec, ImagePullPolicy, IngressSpec, VecodexSet, VecodexSetSpec,
+    ComponentSecurity, ComponentSpec, ImagePullPolicy, IngressSpec, VecodexSet, VecodexSetSpec,
 };
 use vecodex_operator::validate::{Limits, validate};
 
@@ -83,6 +83,11 @@ fn component() -> impl Strategy<Value = ComponentSpec> {
         (1i32..=65535, 1i32..=65535).prop_filter("ports differ", |(a, b)| a != b),
         prop::option::of(prop::collection::btree_map("[a-z_]{1,8}", 0i64..100, 0..3)),
         prop::bool::ANY,
+        prop::option::of((
+            prop::option::of(1i64..2_000_000),
+            prop::option::of(0i64..2_000_000),
+            prop::option::of(0i64..2_000_000),
+        )),
     )
         .prop_map(
             |(
@@ -95,6 +100,7 @@ fn component() -> impl Strategy<Value = ComponentSpec> {
                 (port, metrics_port),
                 config,
                 tolerate,
+                security,
             )| ComponentSpec {
                 image,
                 replicas,
@@ -132,6 +138,13 @@ fn component() -> impl Strategy<Value = ComponentSpec> {
                 port,
                 metrics_port,
                 config: config.map(|c| json!(c)),
+                security_context: security.map(|(run_as_user, run_as_group, fs_group)| {
+                    ComponentSecurity {
+                        run_as_user,
+                        run_as_group,
+                        fs_group,
+                    }
+                }),
             },
         )
 }
@@ -189,6 +202,14 @@ async fn dry_run(
         .await
         .map_err(|e| format!("set rejected: {e}"))?;
     let desired = children::build(&created).map_err(|e| e.to_string())?;
+    // Every pod passes the restricted Pod Security Standard, rule by rule.
+    for d in &desired.deployments {
+        let template = &d.spec.as_ref().expect("a Deployment spec").template;
+        let broken = children::pod_security::restricted_violations(template);
+        if !broken.is_empty() {
+            return Err(format!("{:?} is not restricted: {broken:?}", d.meta().name));
+        }
+    }
     let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
     macro_rules! apply_all {
         ($kind:ty, $items:expr) => {

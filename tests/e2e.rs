@@ -271,7 +271,8 @@ async fn seed_example_gets_all_its_children_and_a_truthful_status() {
     let ingress = &ingresses[0];
     assert_eq!(ingress.name_any(), "search-cluster");
     let rule = &ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
-    assert_eq!(rule.host.as_deref(), Some("search.vecodex.link"));
+    let host = common::seed_host(&ns, "search-cluster");
+    assert_eq!(rule.host.as_deref(), Some(host.as_str()));
 
     // No kubelet has run the pods yet: not ready, and the status says so.
     let set = wait_status(&client, &ns, "search-cluster", "status of the seed", |s| {
@@ -282,7 +283,7 @@ async fn seed_example_gets_all_its_children_and_a_truthful_status() {
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "ComponentsNotReady");
     assert_eq!(set["status"]["searcher"]["replicas"], 3);
-    assert_eq!(set["status"]["ingressHost"], "search.vecodex.link");
+    assert_eq!(set["status"]["ingressHost"], host.as_str());
     for t in ["Progressing", "Degraded"] {
         assert!(condition(&set, t).is_some(), "{t} condition");
     }

@@ -19,7 +19,6 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
-use vecodex_operator::shard::assign::assign;
 
 const GROUP: &str = "ha";
 const SHARDS: u32 = 8;
@@ -64,25 +63,10 @@ async fn wait_settled(
     for ns in namespaces {
         loads[shard_of(ns, SHARDS) as usize] += 1;
     }
-    let members: Vec<String> = replicas.iter().map(|r| r.to_string()).collect();
     wait_for(
         &format!("shards settled over {replicas:?}"),
         timeout,
-        || async {
-            let holders = shard_holders(client, GROUP, SHARDS).await;
-            let l = loads_of(&holders);
-            let settled = holders
-                .iter()
-                .all(|h| h.as_deref().is_some_and(|h| replicas.contains(&h)))
-                && replicas
-                    .iter()
-                    .all(|r| l.get(*r).copied().unwrap_or(0) >= 1)
-                && assign(&members, &loads, &holders)
-                    .into_iter()
-                    .map(Some)
-                    .eq(holders.iter().cloned());
-            settled.then_some(())
-        },
+        || common::settled_in(client, "default", GROUP, replicas, &loads),
     )
     .await;
     start.elapsed()

@@ -34,27 +34,13 @@ async fn holders(client: &Client) -> Vec<Option<String>> {
     shard_holders_in(client, RELEASE_NS, GROUP, SHARDS).await
 }
 
-/// Every shard of `group` held by one of `ids`, each holding `min..=max`.
-async fn balanced_in(
-    client: &Client,
-    group: &str,
-    ids: &[&str],
-    min: usize,
-    max: usize,
-) -> Option<()> {
-    let h = shard_holders_in(client, RELEASE_NS, group, SHARDS).await;
-    let all = h
-        .iter()
-        .all(|h| h.as_deref().is_some_and(|h| ids.contains(&h)));
-    let each = ids.iter().all(|id| {
-        let n = h.iter().filter(|h| h.as_deref() == Some(*id)).count();
-        (min..=max).contains(&n)
-    });
-    (all && each).then_some(())
+/// Every shard of `group` held by one of `ids`, the fleet settled (see `settled_in`).
+async fn settled_in(client: &Client, group: &str, ids: &[&str], fleet: &Fleet) -> Option<()> {
+    common::settled_in(client, RELEASE_NS, group, ids, &fleet.loads(SHARDS)).await
 }
 
-async fn balanced(client: &Client, ids: &[&str], min: usize, max: usize) -> Option<()> {
-    balanced_in(client, GROUP, ids, min, max).await
+async fn settled(client: &Client, ids: &[&str], fleet: &Fleet) -> Option<()> {
+    settled_in(client, GROUP, ids, fleet).await
 }
 
 fn shards_held(r: &Replica) -> Option<f64> {
@@ -109,7 +95,7 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
     ];
     let ids = ["c1", "c2", "c3"];
     wait_for("3 replicas balanced", Duration::from_secs(30), || {
-        balanced(&client, &ids, 2, 3)
+        settled(&client, &ids, fleet)
     })
     .await;
     fleet
@@ -189,9 +175,9 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
     eprintln!("c1 and c2 hold c3's shards {takeover:?} after the cut (bound {bound:?})");
     assert!(takeover <= bound, "takeover took {takeover:?}");
     wait_for(
-        "c1 and c2 hold 4 shards each",
+        "c1 and c2 to hold every shard",
         Duration::from_secs(20),
-        || balanced(&client, &["c1", "c2"], 4, 4),
+        || settled(&client, &["c1", "c2"], fleet),
     )
     .await;
 
@@ -256,7 +242,7 @@ async fn network_cut(client: &Client, fleet: &Fleet) {
     let heal_ms = proxy.set(Mode::Pass);
     let heal = Instant::now();
     wait_for("3 replicas balanced again", Duration::from_secs(40), || {
-        balanced(&client, &ids, 2, 3)
+        settled(&client, &ids, fleet)
     })
     .await;
     let rejoin = heal.elapsed();
@@ -352,7 +338,7 @@ async fn slow_api_server(client: &Client, fleet: &Fleet) {
     }
     let holders = || shard_holders_in(client, RELEASE_NS, SLOW_GROUP, SHARDS);
     wait_for("s1..s3 balanced", Duration::from_secs(60), || {
-        balanced_in(client, SLOW_GROUP, &["s1", "s2", "s3"], 2, 3)
+        settled_in(client, SLOW_GROUP, &["s1", "s2", "s3"], fleet)
     })
     .await;
     fleet

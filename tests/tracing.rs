@@ -258,13 +258,15 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
     assert_eq!(http_get(&metrics_addr, "/healthz").0, 200);
     wait_for("the operator to hold every shard", WAIT, || async {
         let (_, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
-        (samples.get("vecodex_operator_shards_held")?.first()?.1 == 16.0).then_some(())
+        let shards = f64::from(vecodex_operator::shard::DEFAULT_SHARDS);
+        (samples.get("vecodex_operator_shards_held")?.first()?.1 == shards).then_some(())
     })
     .await;
     // ... and has listed every shard's children (until then a new set waits for its shard).
     wait_for("every shard's children cached", WAIT, || async {
         let text = std::fs::read_to_string(&log).ok()?;
-        (text.matches("shard's children are cached").count() >= 16).then_some(())
+        let shards = vecodex_operator::shard::DEFAULT_SHARDS as usize;
+        (text.matches("shard's children are cached").count() >= shards).then_some(())
     })
     .await;
 

@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
-    TCPSocketAction, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,7 +14,10 @@ use super::{
     BuildError, CONFIG_CHECKSUM_ANNOTATION, CONFIG_FILE, CONFIG_MOUNT_PATH, child_meta, child_name,
     configmap::config_map_name, labels, selector_labels,
 };
-use crate::crd::{Component, VecodexSet};
+use crate::crd::{
+    Component, ComponentSpec, DEFAULT_FS_GROUP, DEFAULT_RUN_AS_GROUP, DEFAULT_RUN_AS_USER,
+    VecodexSet,
+};
 
 /// The original Vecodex images start `./app/cmake/build/vecodex-app coordinator`; we keep the
 /// binary and replace the arguments with ones that let the process actually start.
@@ -45,6 +48,37 @@ fn default_args(set: &VecodexSet, component: Component, has_config: bool) -> Vec
         args.push(format!("{CONFIG_MOUNT_PATH}/{CONFIG_FILE}"));
     }
     args
+}
+
+/// The pod's security context: the restricted Pod Security Standard (non-root, the runtime's
+/// seccomp profile) with the component's user and groups. `runAsNonRoot` is dropped only
+/// for user 0, which policy refuses unless the admin allows it.
+fn pod_security(spec: &ComponentSpec) -> PodSecurityContext {
+    let chosen = spec.security_context.clone().unwrap_or_default();
+    let user = chosen.run_as_user.unwrap_or(DEFAULT_RUN_AS_USER);
+    PodSecurityContext {
+        run_as_non_root: Some(user != 0),
+        run_as_user: Some(user),
+        run_as_group: Some(chosen.run_as_group.unwrap_or(DEFAULT_RUN_AS_GROUP)),
+        fs_group: Some(chosen.fs_group.unwrap_or(DEFAULT_FS_GROUP)),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container's security context: no privilege escalation, every capability dropped.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 fn tcp_probe(initial_delay: i32, period: i32) -> Probe {
@@ -115,10 +149,7 @@ pub fn deployment(
         // Vecodex has no health service: an open gRPC port is the honest readiness signal.
         readiness_probe: Some(tcp_probe(5, 10)),
         liveness_probe: Some(tcp_probe(20, 20)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         volume_mounts: has_config.then(|| {
             vec![VolumeMount {
                 name: CONFIG_VOLUME.to_owned(),
@@ -185,14 +216,9 @@ pub fn deployment(
                     volumes,
                     // Service env vars of a busy namespace only slow pod start-up.
                     enable_service_links: Some(false),
-                    // No field of the CRD can loosen this: the runtime's default profile always.
-                    security_context: Some(PodSecurityContext {
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    // The Vecodex processes never call the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security(spec)),
                     ..PodSpec::default()
                 }),
             },

@@ -6,6 +6,7 @@
 mod configmap;
 mod deployment;
 mod ingress;
+pub mod pod_security;
 mod service;
 
 use std::collections::BTreeMap;

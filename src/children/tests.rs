@@ -308,6 +308,78 @@ fn long_names_stay_within_dns_label_limits() {
     assert!(label.len() <= 63);
 }
 
+/// Every child pod template passes every rule of the restricted Pod Security Standard: the
+/// samples, and variants with every optional field the CRD has.
+#[test]
+fn every_pod_passes_the_restricted_profile() {
+    use crate::crd::ComponentSecurity;
+    let gpu: VecodexSet = {
+        let yaml = include_str!("../../deploy/samples/vecodexset-gpu.yaml");
+        let mut set: VecodexSet = serde_saphyr::from_str(yaml).expect("GPU sample parses");
+        set.meta_mut().uid = Some("u".into());
+        set
+    };
+    let variants = [
+        seed_set(),
+        gpu,
+        with_spec(|s| {
+            s.searcher.config = Some(serde_json::json!({"indexes": []}));
+            s.writer.security_context = Some(ComponentSecurity {
+                run_as_user: Some(1000),
+                run_as_group: Some(0),
+                fs_group: Some(2000),
+            });
+            s.coordinator.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "X".into(),
+                value: Some("1".into()),
+                value_from: None,
+            }]);
+            s.coordinator.pod_annotations = Some([("example.com/a".into(), "b".into())].into());
+        }),
+    ];
+    for set in &variants {
+        let built = build(set).unwrap();
+        assert_eq!(built.deployments.len(), 3);
+        for d in &built.deployments {
+            let template = &d.spec.as_ref().unwrap().template;
+            assert_eq!(
+                pod_security::restricted_violations(template),
+                vec![],
+                "{:?}",
+                d.metadata.name
+            );
+            let pod = template.spec.as_ref().unwrap();
+            assert!(!pod_security::mounts_service_account_token(pod));
+            assert!(pod.service_account_name.is_none());
+        }
+    }
+    // The user a component chooses is the pods' user; user 0 drops runAsNonRoot and fails
+    // "Running as Non-root user" (policy refuses it unless the admin allows it).
+    let root = with_spec(|s| {
+        s.writer.security_context = Some(ComponentSecurity {
+            run_as_user: Some(0),
+            ..Default::default()
+        })
+    });
+    let built = build(&root).unwrap();
+    let writer = built
+        .deployments
+        .iter()
+        .find(|d| {
+            d.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with("-writer"))
+        })
+        .unwrap();
+    let rules: Vec<&str> =
+        pod_security::restricted_violations(&writer.spec.as_ref().unwrap().template)
+            .iter()
+            .map(|v| v.rule)
+            .collect();
+    assert_eq!(rules, ["Running as Non-root", "Running as Non-root user"]);
+}
+
 #[test]
 fn a_set_without_uid_is_an_error_not_a_panic() {
     let mut set = seed_set();

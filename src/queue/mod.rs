@@ -72,6 +72,8 @@ pub enum Trigger {
     Resync,
     Retry,
     ShardTakeover,
+    /// The set's Ingress host changed hands (see `hosts`).
+    HostReleased,
 }
 
 impl Trigger {
@@ -86,6 +88,7 @@ impl Trigger {
             Trigger::Resync => "resync",
             Trigger::Retry => "retry",
             Trigger::ShardTakeover => "shard takeover",
+            Trigger::HostReleased => "host released",
         }
     }
 }

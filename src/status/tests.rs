@@ -35,7 +35,7 @@ fn ready_when_every_component_is_available() {
     let s = summarize(
         &set,
         &all([healthy(1), healthy(1), healthy(3)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     assert_eq!(s.observed_generation, Some(3));
@@ -60,7 +60,7 @@ fn not_ready_while_pods_are_missing() {
     let s = summarize(
         &set,
         &all([healthy(1), healthy(1), searcher]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     let ready = cond(&s, READY);
@@ -80,7 +80,7 @@ fn progressing_until_the_deployment_controller_caught_up() {
     let s = summarize(
         &set,
         &all([healthy(1), writer, healthy(3)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     assert_eq!(cond(&s, PROGRESSING).status, "True");
@@ -93,7 +93,7 @@ fn invalid_spec_is_reported_and_observed() {
     let s = summarize(
         &set,
         &all(Default::default()),
-        &Outcome::Invalid("spec.writer.image: bad".into()),
+        &Outcome::invalid("spec.writer.image: bad"),
         "t1",
     );
     let ready = cond(&s, READY);
@@ -126,9 +126,9 @@ fn failed_apply_keeps_the_old_observed_generation() {
 #[test]
 fn transition_time_moves_only_when_status_flips() {
     let mut set = seed(1);
-    let first = summarize(&set, &all(Default::default()), &Outcome::Applied, "t1");
+    let first = summarize(&set, &all(Default::default()), &Outcome::applied(), "t1");
     set.status = Some(first.clone());
-    let same = summarize(&set, &all(Default::default()), &Outcome::Applied, "t2");
+    let same = summarize(&set, &all(Default::default()), &Outcome::applied(), "t2");
     assert_eq!(
         same, first,
         "nothing changed, so the status is identical (no write)"
@@ -136,7 +136,7 @@ fn transition_time_moves_only_when_status_flips() {
     let flipped = summarize(
         &set,
         &all([healthy(1), healthy(1), healthy(3)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t3",
     );
     assert_eq!(cond(&flipped, READY).last_transition_time, "t3");
@@ -167,7 +167,7 @@ fn deployment_failures_make_the_set_degraded() {
     let s = summarize(
         &seed(1),
         &all([state, healthy(1), healthy(3)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     let degraded = cond(&s, DEGRADED);
@@ -183,7 +183,7 @@ fn replicas_left_unset_are_what_the_deployment_wants() {
     let s = summarize(
         &set,
         &all([healthy(1), healthy(1), healthy(5)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     let searcher = s.searcher.as_ref().unwrap();
@@ -193,7 +193,7 @@ fn replicas_left_unset_are_what_the_deployment_wants() {
     let s = summarize(
         &set,
         &all([healthy(1), healthy(1), DeploymentState::default()]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     assert_eq!(s.searcher.as_ref().unwrap().replicas, 1);
@@ -202,7 +202,7 @@ fn replicas_left_unset_are_what_the_deployment_wants() {
     let s = summarize(
         &set,
         &all([healthy(1), healthy(1), healthy(5)]),
-        &Outcome::Applied,
+        &Outcome::applied(),
         "t1",
     );
     assert_eq!(s.searcher.as_ref().unwrap().replicas, 3);

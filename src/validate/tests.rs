@@ -227,11 +227,16 @@ mod arbitrary {
             cpu in (".{0,8}", ".{0,8}"),
             config in prop::option::of(json_value()),
             host in ".{0,40}",
+            user in prop::option::of(0i64..3),
         ) {
             let mut set = seed();
             set.metadata.name = Some(name);
             set.metadata.uid = Some("u".into());
             set.spec.searcher = component(image, replicas, port, metrics, cpu, config);
+            set.spec.writer.security_context = Some(crate::crd::ComponentSecurity {
+                run_as_user: user,
+                ..Default::default()
+            });
             if let Some(ingress) = set.spec.ingress.as_mut() {
                 ingress.host = host;
             }
@@ -239,6 +244,14 @@ mod arbitrary {
             let built = children::build(&set);
             if errors.is_empty() {
                 prop_assert!(built.is_ok());
+                // And the default policy lets no pod break a restricted rule.
+                if crate::policy::check(&set, &crate::policy::Policy::default()).is_empty() {
+                    for d in &built.as_ref().unwrap().deployments {
+                        let template = &d.spec.as_ref().unwrap().template;
+                        let broken = children::pod_security::restricted_violations(template);
+                        prop_assert!(broken.is_empty(), "{broken:?}");
+                    }
+                }
             }
         }
     }

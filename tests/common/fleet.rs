@@ -41,6 +41,15 @@ impl Fleet {
         }
     }
 
+    /// Sets per shard under the default hash with `shards` shards.
+    pub fn loads(&self, shards: u32) -> Vec<u64> {
+        let mut loads = vec![0u64; shards as usize];
+        for i in 0..self.count {
+            loads[super::shard_of(&self.place(i).0, shards) as usize] += 1;
+        }
+        loads
+    }
+
     pub fn place(&self, i: usize) -> (String, String) {
         (
             self.namespaces[i % self.namespaces.len()].clone(),

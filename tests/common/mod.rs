@@ -245,14 +245,22 @@ where
     }
 }
 
-/// The seed example, verbatim, as a JSON value with its namespace replaced.
+/// The seed example as a JSON value with its namespace and name replaced, and an Ingress
+/// host of its own (`<name>.<namespace>.vecodex.test`): a host belongs to one set, and the
+/// seed's `search.vecodex.link` to the first set that asks for it.
 pub fn seed_example(namespace: &str, name: &str) -> serde_json::Value {
     let yaml = std::fs::read_to_string(repo_root().join("deploy/samples/vecodexset-example.yaml"))
         .unwrap();
     let mut v: serde_json::Value = serde_saphyr::from_str(&yaml).expect("seed example parses");
     v["metadata"]["namespace"] = namespace.into();
     v["metadata"]["name"] = name.into();
+    v["spec"]["ingress"]["host"] = seed_host(namespace, name).into();
     v
+}
+
+/// The Ingress host of [`seed_example`]`(namespace, name)`.
+pub fn seed_host(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.vecodex.test")
 }
 
 /// Sums `apiserver_request_total` for write verbs on the resources the operator writes.
@@ -473,6 +481,31 @@ pub async fn shard_holders_in(
         out.push(holder);
     }
     out
+}
+
+/// `Some` once every shard Lease of `group` (in `lease_ns`, `loads.len()` shards) is held by
+/// one of `ids`, each holds at least one, and the holders are what every replica computes
+/// from them for these sets per shard: the fleet has settled.
+pub async fn settled_in(
+    client: &Client,
+    lease_ns: &str,
+    group: &str,
+    ids: &[&str],
+    loads: &[u64],
+) -> Option<()> {
+    let holders = shard_holders_in(client, lease_ns, group, loads.len() as u32).await;
+    let members: Vec<String> = ids.iter().map(|r| r.to_string()).collect();
+    let each = ids
+        .iter()
+        .all(|id| holders.iter().any(|h| h.as_deref() == Some(*id)));
+    let all = holders
+        .iter()
+        .all(|h| h.as_deref().is_some_and(|h| ids.contains(&h)));
+    let kept = vecodex_operator::shard::assign::assign(&members, loads, &holders)
+        .into_iter()
+        .map(Some)
+        .eq(holders.iter().cloned());
+    (each && all && kept).then_some(())
 }
 
 /// `kubectl ARGS` against this binary's cluster.

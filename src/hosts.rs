@@ -1,0 +1,197 @@
+//! Who holds each Ingress host, across every namespace: a host belongs to one set. Among the
+//! sets that ask for a host, the one already serving it (its status says so) keeps it; else
+//! the one created first, then by namespace and name. The others get no Ingress and report
+//! `HostConflict`.
+//!
+//! The index follows the set watch every replica runs over all sets, one event at a time, so
+//! asking who holds a host costs a map lookup, never a scan of the sets. When a host changes
+//! hands (its holder is deleted, changes its host or drops its Ingress), the index names the
+//! sets asking for that host, so they are queued at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// What a set asks of a host, from its cached version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostClaim {
+    /// `spec.ingress.host`, lower-cased.
+    pub host: Box<str>,
+    /// `status.ingressHost` names the same host: the set serves it now.
+    pub serving: bool,
+    /// `metadata.creationTimestamp`, in Unix seconds.
+    pub created: i64,
+}
+
+/// A claim's place in the line for its host: serving first, then oldest, then by key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    not_serving: bool,
+    created: i64,
+    key: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<String, (Box<str>, Rank)>,
+    by_host: HashMap<Box<str>, BTreeSet<Rank>>,
+}
+
+impl Inner {
+    fn holder(&self, host: &str) -> Option<&str> {
+        self.by_host
+            .get(host)
+            .and_then(|line| line.first())
+            .map(|r| r.key.as_str())
+    }
+
+    fn claimants(&self, host: &str) -> impl Iterator<Item = &str> {
+        self.by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|r| r.key.as_str())
+    }
+}
+
+#[derive(Default)]
+pub struct HostIndex {
+    inner: Mutex<Inner>,
+}
+
+impl HostIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key (`namespace/name`) of the set holding `host`, if any set asks for it.
+    pub fn holder(&self, host: &str) -> Option<String> {
+        self.lock()
+            .holder(&host.to_ascii_lowercase())
+            .map(str::to_owned)
+    }
+
+    /// Records what set `key` asks now (`None`: no host, or the set is gone). Returns the
+    /// other sets asking for a host whose holder this changed: they are to be reconciled
+    /// (the new holder applies its Ingress, the others name the new holder).
+    pub fn update(&self, key: &str, claim: Option<HostClaim>) -> Vec<String> {
+        let mut inner = self.lock();
+        let before = inner.by_key.get(key).cloned();
+        let new = claim.map(|c| {
+            (
+                c.host,
+                Rank {
+                    not_serving: !c.serving,
+                    created: c.created,
+                    key: key.to_owned(),
+                },
+            )
+        });
+        if before == new {
+            return Vec::new();
+        }
+        let hosts: Vec<Box<str>> = before
+            .iter()
+            .chain(new.iter())
+            .map(|(h, _)| h.clone())
+            .collect();
+        let holders_before: Vec<Option<String>> = hosts
+            .iter()
+            .map(|h| inner.holder(h).map(str::to_owned))
+            .collect();
+        if let Some((host, rank)) = before {
+            inner.by_key.remove(key);
+            if let Some(line) = inner.by_host.get_mut(&host) {
+                line.remove(&rank);
+                if line.is_empty() {
+                    inner.by_host.remove(&host);
+                }
+            }
+        }
+        if let Some((host, rank)) = new {
+            inner
+                .by_host
+                .entry(host.clone())
+                .or_default()
+                .insert(rank.clone());
+            inner.by_key.insert(key.to_owned(), (host, rank));
+        }
+        let mut wake: Vec<String> = Vec::new();
+        for (host, before) in hosts.iter().zip(holders_before) {
+            if inner.holder(host).map(str::to_owned) != before {
+                wake.extend(
+                    inner
+                        .claimants(host)
+                        .filter(|k| *k != key)
+                        .map(str::to_owned),
+                );
+            }
+        }
+        wake.sort();
+        wake.dedup();
+        wake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(host: &str, serving: bool, created: i64) -> Option<HostClaim> {
+        Some(HostClaim {
+            host: host.into(),
+            serving,
+            created,
+        })
+    }
+
+    #[test]
+    fn the_first_claimant_holds_a_host_and_the_next_gets_it_when_it_lets_go() {
+        let index = HostIndex::default();
+        assert_eq!(
+            index.update("a/x", claim("h.example.com", false, 10)),
+            Vec::<String>::new()
+        );
+        assert_eq!(index.holder("H.example.com").as_deref(), Some("a/x"));
+        // A later set asking for the same host waits; nobody else changes standing.
+        assert!(
+            index
+                .update("b/y", claim("h.example.com", false, 20))
+                .is_empty()
+        );
+        assert_eq!(index.holder("h.example.com").as_deref(), Some("a/x"));
+        // Same second: namespace and name decide.
+        assert!(
+            index
+                .update("c/z", claim("h.example.com", false, 20))
+                .is_empty()
+        );
+        // The holder changes its host: the next in line (b/y, then c/z) is woken.
+        assert_eq!(
+            index.update("a/x", claim("other.example.com", false, 10)),
+            vec!["b/y".to_owned(), "c/z".to_owned()]
+        );
+        assert_eq!(index.holder("h.example.com").as_deref(), Some("b/y"));
+        // b/y is deleted: c/z is woken and holds it.
+        assert_eq!(index.update("b/y", None), vec!["c/z".to_owned()]);
+        assert_eq!(index.holder("h.example.com").as_deref(), Some("c/z"));
+        assert_eq!(index.update("c/z", None), Vec::<String>::new());
+        assert_eq!(index.holder("h.example.com"), None);
+    }
+
+    #[test]
+    fn a_serving_set_keeps_its_host_against_an_older_one() {
+        let index = HostIndex::default();
+        index.update("b/new", claim("h", true, 50));
+        // An older set that changes its host to one already served does not take it.
+        assert!(index.update("a/old", claim("h", false, 1)).is_empty());
+        assert_eq!(index.holder("h").as_deref(), Some("b/new"));
+        // Two that both say they serve it (from before hosts were owned): the older wins.
+        assert_eq!(
+            index.update("a/old", claim("h", true, 1)),
+            vec!["b/new".to_owned()]
+        );
+        assert_eq!(index.holder("h").as_deref(), Some("a/old"));
+        // An unchanged claim changes nothing.
+        assert!(index.update("a/old", claim("h", true, 1)).is_empty());
+    }
+}
