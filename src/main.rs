@@ -321,22 +321,23 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
         );
     }
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let mut kube_config = kube::Config::infer().await?;
-    // The API server's audit log and metrics name each replica by its User-Agent.
-    kube_config.headers.push((
-        ::http::header::USER_AGENT,
-        ::http::HeaderValue::from_str(&user_agent(&identity))?,
-    ));
+    let kube_config = kube::Config::infer().await?;
     // Two clients, two connection pools: Lease traffic never waits for a connection behind
-    // reconciles, nor loses one when a timed-out reconcile drops its requests.
-    let build = |config: kube::Config| -> anyhow::Result<kube::Client> {
+    // reconciles, nor loses one when a timed-out reconcile drops its requests. The API
+    // server's audit log and metrics name each replica, and its Lease client, by User-Agent.
+    let build = |user_agent: String| -> anyhow::Result<kube::Client> {
+        let mut config = kube_config.clone();
+        config.headers.push((
+            ::http::header::USER_AGENT,
+            ::http::HeaderValue::from_str(&user_agent)?,
+        ));
         Ok(kube::client::ClientBuilder::try_from(config)?
             .with_layer(&RequestMetricsLayer::new(metrics.clone()))
             .build())
     };
     let clients = controller::Clients {
-        work: build(kube_config.clone())?,
-        leases: build(kube_config)?,
+        work: build(user_agent(&identity))?,
+        leases: build(format!("{} leases", user_agent(&identity)))?,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_handler(shutdown.clone()));
@@ -390,7 +391,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
 }
 
 /// `vecodex-operator/<version> (<identity>)`: what the API server records as the User-Agent
-/// of every request of this replica.
+/// of every request of this replica (its Lease client adds ` leases`).
 fn user_agent(identity: &str) -> String {
     format!(
         "vecodex-operator/{} ({identity})",
