@@ -16,7 +16,9 @@ const LEASE_NAMESPACE: &str = "default";
 const GROUP: &str = "vecodex-operator";
 
 /// The p99 of a Prometheus histogram `name` in `/metrics` text: the upper bound of the first
-/// bucket holding 99 % of the observations (`None` without observations).
+/// bucket holding 99 % of the observations (`None` without observations). Above the top
+/// finite bucket it is that bucket's bound, as a lower bound of the p99 (see
+/// [`histogram_p99_exceeds_buckets`]).
 pub fn histogram_p99(metrics: &str, name: &str) -> Option<f64> {
     let bucket = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = metrics
@@ -34,14 +36,40 @@ pub fn histogram_p99(metrics: &str, name: &str) -> Option<f64> {
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last()?.1;
+    let top = buckets.iter().rev().find(|(le, _)| le.is_finite())?.0;
     (total > 0.0)
         .then(|| {
             buckets
                 .iter()
                 .find(|(_, n)| *n >= 0.99 * total)
-                .map(|(le, _)| *le)
+                .map(|(le, _)| le.min(top))
         })
         .flatten()
+}
+
+/// Whether more than 1 % of the observations of histogram `name` lie above its top finite
+/// bucket (the p99 of [`histogram_p99`] is then only a lower bound).
+pub fn histogram_p99_exceeds_buckets(metrics: &str, name: &str) -> bool {
+    let bucket = format!("{name}_bucket{{");
+    let counts: Vec<(bool, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&bucket))
+        .filter_map(|l| {
+            let finite = !l.contains("le=\"+Inf\"");
+            Some((finite, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = counts
+        .iter()
+        .filter(|(f, _)| !f)
+        .map(|(_, n)| *n)
+        .fold(0.0, f64::max);
+    let below = counts
+        .iter()
+        .filter(|(f, _)| *f)
+        .map(|(_, n)| *n)
+        .fold(0.0, f64::max);
+    total > 0.0 && below < 0.99 * total
 }
 
 /// Each replica's share of the sets `set_namespaces` (one entry per set) under `scheme`, with
@@ -105,6 +133,8 @@ pub async fn shares(
             "cpu_seconds": cpu,
             "cpu_ms_per_reconcile": 1000.0 * cpu / reconciles[i].max(1.0),
             "queue_wait_p99_seconds": histogram_p99(&metrics, "workqueue_queue_duration_seconds"),
+            "queue_wait_p99_above_top_bucket":
+                histogram_p99_exceeds_buckets(&metrics, "workqueue_queue_duration_seconds"),
             "peak_rss_mib": stats["peak_rss_mib"],
         }));
     }
@@ -123,12 +153,16 @@ pub async fn shares(
 
 #[cfg(test)]
 mod tests {
-    use super::histogram_p99;
+    use super::{histogram_p99, histogram_p99_exceeds_buckets};
 
     #[test]
     fn p99_is_the_bucket_holding_99_percent() {
         let text = "x_bucket{name=\"q\",le=\"0.1\"} 50\nx_bucket{name=\"q\",le=\"1.0\"} 99\nx_bucket{name=\"q\",le=\"+Inf\"} 100\n";
         assert_eq!(histogram_p99(text, "x"), Some(1.0));
+        assert!(!histogram_p99_exceeds_buckets(text, "x"));
+        let slow = "x_bucket{le=\"0.1\"} 50\nx_bucket{le=\"1.0\"} 90\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(histogram_p99(slow, "x"), Some(1.0));
+        assert!(histogram_p99_exceeds_buckets(slow, "x"));
         assert_eq!(histogram_p99("", "x"), None);
     }
 }

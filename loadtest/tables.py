@@ -42,7 +42,11 @@ print(f"| whole run, per replica | peak RSS {wr} MiB ({wi}) |")
 def shares(sh):
     per=sh['per_replica']
     j=lambda f: ', '.join(f(x) for x in per)
-    wait=lambda x: '-' if x['queue_wait_p99_seconds'] is None else f"{x['queue_wait_p99_seconds']:.2g}"
+    def wait(x):
+        v=x.get('queue_wait_p99_seconds')
+        if v is None or x.get('queue_wait_p99_above_top_bucket'):
+            return '> 168'  # above the top bucket (167.8 s) of workqueue_queue_duration_seconds
+        return f"{v:.2g}"
     return (f"sets per replica {j(lambda x: str(x['sets']))} (max/mean {sh['max_over_mean_sets']:.3f}); "
             f"shards {j(lambda x: str(x['shards']))}; reconciles {j(lambda x: '%.0f' % x['reconciles'])}; "
             f"CPU {j(lambda x: '%.0f' % x['cpu_seconds'])} s, {j(lambda x: '%.2f' % x['cpu_ms_per_reconcile'])} ms per reconcile; "

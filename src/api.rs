@@ -35,9 +35,11 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
-/// Errors that retrying the same request cannot fix (the object itself is rejected).
+/// Errors that retrying the same request cannot fix: the object itself is rejected as
+/// malformed or invalid. A 403 (a quota, a missing permission, a webhook's denial) can pass
+/// once the cluster changes, and is retried with backoff instead.
 pub fn is_rejection(err: &kube::Error) -> bool {
-    matches!(status_code(err), Some(400 | 403 | 422))
+    matches!(status_code(err), Some(400 | 422))
 }
 
 /// Runs one API call in a child span (`otel.kind = client`) with the method, resource, name
@@ -143,6 +145,30 @@ impl Writer {
             api.patch(&name, &params, &Patch::Apply(obj)),
         )
         .await
+    }
+
+    /// The same apply as [`apply`](Self::apply), as a server-side dry run: the API server
+    /// admits, validates and merges it, and stores nothing. What it would reject is known
+    /// before anything is written.
+    pub async fn dry_run_apply<K>(&self, obj: &K) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let api: Api<Raw<K>> = Api::namespaced(self.client.clone(), &ns);
+        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+        let resource = format!("{} (dry run)", K::kind(&()));
+        let call = async {
+            api.patch(&name, &params, &Patch::Apply(obj))
+                .await
+                .map(|_| ())
+        };
+        traced("PATCH", |_| 200, &resource, &ns, &name, call).await
     }
 
     /// Hands `spec.replicas` over before the operator stops applying them (a set left its

@@ -150,8 +150,8 @@ pub struct Stored<K> {
     controller: Option<(Box<str>, Box<str>)>,
     /// See [`Stored::applies_replicas`].
     applies_replicas: bool,
-    /// A set's Ingress host, for the host index (see [`Stored::host_claim`]).
-    host_claim: Option<Box<HostClaim>>,
+    /// A set's Ingress hosts, for the host index (see [`Stored::host_claims`]).
+    host_claims: Box<[HostClaim]>,
     packed: Arc<[u8]>,
     /// A digest of what the operator manages on the object (see `managed_digest`).
     pub digest: u64,
@@ -213,7 +213,7 @@ where
             observed_generation: raw.observed_generation,
             controller,
             applies_replicas: raw.applies_replicas,
-            host_claim: raw.host_claim.clone(),
+            host_claims: raw.host_claims.clone(),
             packed: lz4_flex::compress_prepend_size(&raw.json).into(),
             verified: Verified::default(),
             kind: PhantomData,
@@ -301,9 +301,9 @@ impl<K> Stored<K> {
         self.applies_replicas
     }
 
-    /// The Ingress host a set asks for, whether it serves it, and when it was created.
-    pub fn host_claim(&self) -> Option<HostClaim> {
-        self.host_claim.as_deref().cloned()
+    /// The Ingress hosts a set asks for or still serves (see [`host_claims`]).
+    pub fn host_claims(&self) -> Vec<HostClaim> {
+        self.host_claims.to_vec()
     }
 
     /// Whether the VecodexSet with this uid controls the object.
@@ -329,8 +329,8 @@ pub struct Raw<K> {
     observed_generation: Option<i64>,
     /// See [`Stored::applies_replicas`].
     applies_replicas: bool,
-    /// See [`Stored::host_claim`].
-    host_claim: Option<Box<HostClaim>>,
+    /// See [`Stored::host_claims`].
+    host_claims: Box<[HostClaim]>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -380,15 +380,16 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
             .entry(Key("apiVersion".into()))
             .or_insert(&api_version);
         fields.entry(Key("kind".into())).or_insert(&kind);
-        let host_claim = (K::kind(&()) == crate::crd::KIND)
-            .then(|| host_claim(&metadata, &fields))
-            .flatten()
-            .map(Box::new);
+        let host_claims = if K::kind(&()) == crate::crd::KIND {
+            host_claims(&metadata, &fields).into()
+        } else {
+            Box::default()
+        };
         Ok(Raw {
             digest: managed_digest(&metadata, &fields),
             observed_generation: observed_generation(&fields),
             applies_replicas,
-            host_claim,
+            host_claims,
             json: serde_json::to_vec(&fields)?,
             metadata,
             kind: PhantomData,
@@ -487,9 +488,12 @@ fn applies_replicas(managed_fields: &RawValue) -> bool {
         })
 }
 
-/// A set's `spec.ingress.host`, whether `status.ingressHost` names it, and its creation
-/// time. Only those keys are read.
-fn host_claim(metadata: &ObjectMeta, fields: &Fields<'_>) -> Option<HostClaim> {
+/// The hosts a set holds on to, each with whether it serves it now and its creation time:
+/// its `spec.ingress.host`, unless the operator refused the spec at this generation (an
+/// invalid or policy-breaking spec claims nothing), and the host its status says it serves
+/// (its Ingress goes on serving that until a reconcile moves or drops it). Only those keys
+/// are read.
+fn host_claims(metadata: &ObjectMeta, fields: &Fields<'_>) -> Vec<HostClaim> {
     #[derive(Deserialize)]
     struct Spec {
         ingress: Option<Ingress>,
@@ -499,25 +503,60 @@ fn host_claim(metadata: &ObjectMeta, fields: &Fields<'_>) -> Option<HostClaim> {
         host: Option<String>,
     }
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Status {
-        #[serde(rename = "ingressHost")]
         ingress_host: Option<String>,
+        observed_generation: Option<i64>,
+        #[serde(default)]
+        conditions: Vec<Condition>,
     }
-    let spec: Spec = serde_json::from_str(fields.get("spec")?.get()).ok()?;
-    let host = spec.ingress?.host?.to_ascii_lowercase();
-    let serving = fields
+    #[derive(Deserialize)]
+    struct Condition {
+        #[serde(rename = "type")]
+        type_: String,
+        #[serde(default)]
+        reason: String,
+    }
+    let status: Option<Status> = fields
         .get("status")
-        .and_then(|s| serde_json::from_str::<Status>(s.get()).ok())
+        .and_then(|s| serde_json::from_str(s.get()).ok());
+    let refused = status.as_ref().is_some_and(|s| {
+        s.observed_generation == metadata.generation
+            && s.conditions.iter().any(|c| {
+                c.type_ == crate::status::READY
+                    && (c.reason == crate::status::INVALID_SPEC
+                        || c.reason == crate::status::POLICY_VIOLATION)
+            })
+    });
+    let served = status
         .and_then(|s| s.ingress_host)
-        .is_some_and(|h| h.eq_ignore_ascii_case(&host));
-    Some(HostClaim {
-        host: host.into(),
-        serving,
-        created: metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(i64::MAX, |t| t.0.as_second()),
-    })
+        .map(|h| h.to_ascii_lowercase());
+    let created = metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |t| t.0.as_second());
+    let asked = (!refused)
+        .then(|| {
+            let spec: Spec = serde_json::from_str(fields.get("spec")?.get()).ok()?;
+            Some(spec.ingress?.host?.to_ascii_lowercase())
+        })
+        .flatten();
+    let mut claims: Vec<HostClaim> = asked
+        .iter()
+        .map(|host| HostClaim {
+            host: host.as_str().into(),
+            serving: served.as_deref() == Some(host.as_str()),
+            created,
+        })
+        .collect();
+    if let Some(host) = served.filter(|h| asked.as_deref() != Some(h.as_str())) {
+        claims.push(HostClaim {
+            host: host.into(),
+            serving: true,
+            created,
+        });
+    }
+    claims
 }
 
 /// `status.observedGeneration`, where the object has one.

@@ -350,7 +350,7 @@ fn classify_sets(
             }
             Event::InitApply(set) => {
                 let Some(key) = set.key() else { return out };
-                out.extend(host_moved(hosts.update(&key, set.host_claim())));
+                out.extend(host_moved(hosts.update(&key, set.host_claims())));
                 let generation = set.generation.unwrap_or(0);
                 relisting.insert(key.clone(), generation);
                 match change(generations.get(&key).copied(), generation) {
@@ -361,7 +361,7 @@ fn classify_sets(
             Event::InitDone => {
                 // Sets gone while the watch was down give up their hosts.
                 for gone in generations.keys().filter(|k| !relisting.contains_key(*k)) {
-                    out.extend(host_moved(hosts.update(gone, None)));
+                    out.extend(host_moved(hosts.update(gone, Vec::new())));
                 }
                 generations = std::mem::take(&mut relisting);
                 listed = true;
@@ -369,7 +369,7 @@ fn classify_sets(
             }
             Event::Apply(set) => {
                 let Some(key) = set.key() else { return out };
-                out.extend(host_moved(hosts.update(&key, set.host_claim())));
+                out.extend(host_moved(hosts.update(&key, set.host_claims())));
                 let generation = set.generation.unwrap_or(0);
                 let previous = generations.insert(key.clone(), generation);
                 if previous == Some(generation) && is_echo(&recent, &set) {
@@ -380,7 +380,7 @@ fn classify_sets(
             }
             Event::Delete(set) => {
                 if let Some(key) = set.key() {
-                    out.extend(host_moved(hosts.update(&key, None)));
+                    out.extend(host_moved(hosts.update(&key, Vec::new())));
                     generations.remove(&key);
                 }
                 return out;
@@ -632,6 +632,7 @@ pub async fn run(
         policy: config.policy.clone(),
         hosts,
         recent,
+        rejected: Default::default(),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.concurrency.max(1) {
@@ -999,12 +1000,6 @@ async fn follow_shards(
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn worker(
     ctx: Arc<Context>,
     queue: Arc<WorkQueue>,
@@ -1063,13 +1058,11 @@ async fn work(
     span.record("span_id", tracing::field::display(&span_id));
 
     let started = std::time::Instant::now();
-    let started_ms = unix_ms();
     let result = tokio::select! {
         r = tokio::time::timeout(timeout, reconcile(ctx, &item.key)).instrument(span.clone()) =>
             Some(r.unwrap_or(Err(crate::reconcile::Error::Timeout(timeout)))),
         _ = guard.token.cancelled() => None,
     };
-    let finished_ms = unix_ms();
     drop(guard);
     let (outcome, result_label) = match &result {
         None => ("cancelled: shard lost".to_owned(), "cancelled"),
@@ -1094,14 +1087,6 @@ async fn work(
     span.record("vecodex.outcome", outcome.as_str());
     metrics.reconciled(result_label, started.elapsed(), &trace_id);
     span.in_scope(|| {
-        // The tests read this line (tests/common/fleet.rs, `intervals`): keep its fields.
-        debug!(
-            shard,
-            namespace = ns,
-            started_ms,
-            finished_ms,
-            "reconcile interval"
-        );
         match result {
             None => warn!("shard lost: reconcile cancelled"),
             Some(Ok(report)) => {

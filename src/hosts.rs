@@ -32,7 +32,8 @@ struct Rank {
 
 #[derive(Default)]
 struct Inner {
-    by_key: HashMap<String, (Box<str>, Rank)>,
+    /// Each set's claims (a set serving one host and asking for another has two).
+    by_key: HashMap<String, Vec<(Box<str>, Rank)>>,
     by_host: HashMap<Box<str>, BTreeSet<Rank>>,
 }
 
@@ -70,50 +71,56 @@ impl HostIndex {
             .map(str::to_owned)
     }
 
-    /// Records what set `key` asks now (`None`: no host, or the set is gone). Returns the
+    /// Records what set `key` claims now (none: no host, or the set is gone). Returns the
     /// other sets asking for a host whose holder this changed: they are to be reconciled
     /// (the new holder applies its Ingress, the others name the new holder).
-    pub fn update(&self, key: &str, claim: Option<HostClaim>) -> Vec<String> {
+    pub fn update(&self, key: &str, claims: Vec<HostClaim>) -> Vec<String> {
         let mut inner = self.lock();
-        let before = inner.by_key.get(key).cloned();
-        let new = claim.map(|c| {
-            (
-                c.host,
-                Rank {
-                    not_serving: !c.serving,
-                    created: c.created,
-                    key: key.to_owned(),
-                },
-            )
-        });
+        let before = inner.by_key.get(key).cloned().unwrap_or_default();
+        let mut new: Vec<(Box<str>, Rank)> = claims
+            .into_iter()
+            .map(|c| {
+                (
+                    c.host,
+                    Rank {
+                        not_serving: !c.serving,
+                        created: c.created,
+                        key: key.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        new.sort();
+        new.dedup_by(|a, b| a.0 == b.0);
         if before == new {
             return Vec::new();
         }
-        let hosts: Vec<Box<str>> = before
-            .iter()
-            .chain(new.iter())
-            .map(|(h, _)| h.clone())
-            .collect();
+        let mut hosts: Vec<Box<str>> = before.iter().chain(&new).map(|(h, _)| h.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
         let holders_before: Vec<Option<String>> = hosts
             .iter()
             .map(|h| inner.holder(h).map(str::to_owned))
             .collect();
-        if let Some((host, rank)) = before {
-            inner.by_key.remove(key);
-            if let Some(line) = inner.by_host.get_mut(&host) {
-                line.remove(&rank);
+        for (host, rank) in &before {
+            if let Some(line) = inner.by_host.get_mut(host) {
+                line.remove(rank);
                 if line.is_empty() {
-                    inner.by_host.remove(&host);
+                    inner.by_host.remove(host);
                 }
             }
         }
-        if let Some((host, rank)) = new {
+        for (host, rank) in &new {
             inner
                 .by_host
                 .entry(host.clone())
                 .or_default()
                 .insert(rank.clone());
-            inner.by_key.insert(key.to_owned(), (host, rank));
+        }
+        if new.is_empty() {
+            inner.by_key.remove(key);
+        } else {
+            inner.by_key.insert(key.to_owned(), new);
         }
         let mut wake: Vec<String> = Vec::new();
         for (host, before) in hosts.iter().zip(holders_before) {
@@ -136,12 +143,12 @@ impl HostIndex {
 mod tests {
     use super::*;
 
-    fn claim(host: &str, serving: bool, created: i64) -> Option<HostClaim> {
-        Some(HostClaim {
+    fn claim(host: &str, serving: bool, created: i64) -> Vec<HostClaim> {
+        vec![HostClaim {
             host: host.into(),
             serving,
             created,
-        })
+        }]
     }
 
     #[test]
@@ -172,9 +179,9 @@ mod tests {
         );
         assert_eq!(index.holder("h.example.com").as_deref(), Some("b/y"));
         // b/y is deleted: c/z is woken and holds it.
-        assert_eq!(index.update("b/y", None), vec!["c/z".to_owned()]);
+        assert_eq!(index.update("b/y", vec![]), vec!["c/z".to_owned()]);
         assert_eq!(index.holder("h.example.com").as_deref(), Some("c/z"));
-        assert_eq!(index.update("c/z", None), Vec::<String>::new());
+        assert_eq!(index.update("c/z", vec![]), Vec::<String>::new());
         assert_eq!(index.holder("h.example.com"), None);
     }
 
@@ -193,5 +200,37 @@ mod tests {
         assert_eq!(index.holder("h").as_deref(), Some("a/old"));
         // An unchanged claim changes nothing.
         assert!(index.update("a/old", claim("h", true, 1)).is_empty());
+    }
+
+    /// A set moving to another host keeps the one it serves until its Ingress moved.
+    #[test]
+    fn a_served_host_is_kept_while_the_set_moves_to_another() {
+        let index = HostIndex::default();
+        index.update("a/x", claim("old", true, 1));
+        index.update("b/y", claim("old", false, 5));
+        let moving = vec![
+            HostClaim {
+                host: "new".into(),
+                serving: false,
+                created: 1,
+            },
+            HostClaim {
+                host: "old".into(),
+                serving: true,
+                created: 1,
+            },
+        ];
+        assert!(
+            index.update("a/x", moving).is_empty(),
+            "old is still served by a/x"
+        );
+        assert_eq!(index.holder("old").as_deref(), Some("a/x"));
+        assert_eq!(index.holder("new").as_deref(), Some("a/x"));
+        // The status now names the new host: the old one goes to the next in line.
+        assert_eq!(
+            index.update("a/x", claim("new", true, 1)),
+            vec!["b/y".to_owned()]
+        );
+        assert_eq!(index.holder("old").as_deref(), Some("b/y"));
     }
 }

@@ -90,10 +90,17 @@ pub fn is_snippet_annotation(key: &str) -> bool {
     key.starts_with(NGINX_PREFIX) && key.ends_with(SNIPPET_SUFFIX)
 }
 
-/// Whether `image` starts with `prefix` at a boundary of its reference.
+/// Whether `image` starts with `prefix` at a boundary of its reference: a `/`, or, once the
+/// prefix names a repository (it has a `/`), a tag's `:` or a digest's `@`. A registry host
+/// alone is not followed by `:`, which would be a port: another registry endpoint.
 fn under_prefix(image: &str, prefix: &str) -> bool {
     match image.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', ':', '@']),
+        Some(rest) => {
+            prefix.ends_with('/')
+                || rest.is_empty()
+                || rest.starts_with('/')
+                || (prefix.contains('/') && rest.starts_with([':', '@']))
+        }
         None => false,
     }
 }

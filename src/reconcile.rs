@@ -111,6 +111,9 @@ pub struct Context {
     pub hosts: Arc<HostIndex>,
     /// Shared with the watch classifiers, which drop the echoes of these writes.
     pub recent: Arc<RecentWrites>,
+    /// Sets whose generation the API server refused (a child rejected): key → generation.
+    /// Nothing of that generation is sent again by this process (see `reconcile`).
+    pub rejected: Mutex<HashMap<String, i64>>,
 }
 
 /// Writes this process made whose watch events may not have reached the caches yet, keyed
@@ -291,6 +294,8 @@ struct Change {
     verb: &'static str,
     kind: String,
     name: String,
+    /// The object's uid, for undoing a create (see [`roll_back`]).
+    uid: Option<String>,
 }
 
 pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
@@ -304,9 +309,11 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
         .and_then(|s| s.object())
         .map(Arc::new)
     else {
+        forget_rejection(ctx, key);
         return Ok(Report::Gone);
     };
     if set.metadata.deletion_timestamp.is_some() {
+        forget_rejection(ctx, key);
         return Ok(Report::Gone);
     }
     // Until the shard's child caches have listed, every child would look missing. The shard's
@@ -345,6 +352,20 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             // Only on a new verdict, so an unchanged refused set costs no write.
             event(ctx, &set, EventType::Warning, reason, message);
         }
+        return Ok(Report::Invalid);
+    }
+
+    // The API server refused a child of this generation: nothing is sent again until the
+    // spec changes (the same writes could only be refused again, and undoing the creates
+    // each time would loop). Kept in memory: a restarted operator tries once more.
+    let generation = set.metadata.generation.unwrap_or(0);
+    let refused = ctx
+        .rejected
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .is_some_and(|g| *g == generation);
+    if refused {
         return Ok(Report::Invalid);
     }
 
@@ -393,14 +414,26 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     // cache, so the status written next does not need a second reconcile to catch up.
     let mut applied = Vec::new();
     if let Err(err) = apply_children(ctx, &set, desired, &mut changes, &mut applied).await {
-        let message = err.to_string();
         let rejected = matches!(&err, Error::Write { source, .. } if is_rejection(source));
         // A rejected child means the spec is wrong in a way validation missed: report it as
-        // invalid instead of retrying the same request for ever.
-        let outcome = if rejected {
-            Outcome::invalid(message.clone())
+        // invalid instead of retrying the same request for ever, and undo what this
+        // reconcile created so that no half of the set stays.
+        let (outcome, message) = if rejected {
+            ctx.rejected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_owned(), generation);
+            changes = roll_back(ctx, ns, changes).await;
+            // What was undone is not there to report on.
+            applied.retain(|d| {
+                changes
+                    .iter()
+                    .any(|c| c.kind == "Deployment" && Some(&c.name) == d.meta().name.as_ref())
+            });
+            let message = format!("{REJECTED}{err}");
+            (Outcome::invalid(message.clone()), message)
         } else {
-            Outcome::Failed(message.clone())
+            (Outcome::Failed(err.to_string()), err.to_string())
         };
         if !changes.is_empty() {
             event(ctx, &set, EventType::Normal, changed, describe(&changes));
@@ -418,6 +451,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     if !changes.is_empty() {
         event(ctx, &set, EventType::Normal, changed, describe(&changes));
     }
+    forget_rejection(ctx, key);
     // A Deployment created or changed just now has not been seen by its controller yet: its
     // status changes within moments (observedGeneration, updated replicas). The set's status
     // is written once, by a refresh STATUS_SETTLE from now, instead of now and again then:
@@ -468,6 +502,17 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     })
 }
 
+/// Drops the memory of a refused generation once a later one applied.
+fn forget_rejection(ctx: &Context, key: &str) {
+    let mut rejected = ctx.rejected.lock().unwrap_or_else(|e| e.into_inner());
+    if !rejected.is_empty() {
+        rejected.remove(key);
+    }
+}
+
+/// How the message of a generation the API server refused begins (see `reconcile`).
+pub const REJECTED: &str = "the API server rejected a child: ";
+
 /// How long after applying Deployments a set's status is written (see `reconcile`).
 pub const STATUS_SETTLE: Duration = Duration::from_secs(2);
 
@@ -506,6 +551,13 @@ fn describe(changes: &[Change]) -> String {
 /// then the Deployments and the Ingress. Within a round the requests go out together: a
 /// reconcile's latency is then two round trips instead of seven, which is what lets a
 /// bounded number of workers keep the API server busy.
+///
+/// No set is left half-applied by a child the API server rejects: every write is decided
+/// from the caches first, and when it changes existing children and more than one child,
+/// all of it is sent as a server-side dry run before anything is written (a single write
+/// cannot half-apply; a reconcile that only creates is undone instead, see
+/// [`roll_back`]). The steady state writes nothing and so sends no dry run; a typical spec
+/// change writes one Deployment and sends none either.
 async fn apply_children(
     ctx: &Context,
     set: &VecodexSet,
@@ -515,10 +567,44 @@ async fn apply_children(
 ) -> Result<(), Error> {
     let ns = set.namespace().unwrap_or_default();
     let possible = children::possible_children(&set.name_any());
-    let (config_maps, services) = futures::join!(
-        ensure_all(ctx, &ctx.stores.config_maps, &desired.config_maps),
-        ensure_all(ctx, &ctx.stores.services, &desired.services),
-    );
+    let config_maps = decide(ctx, &ctx.stores.config_maps, &desired.config_maps);
+    let services = decide(ctx, &ctx.stores.services, &desired.services);
+    let deployments = decide(ctx, &ctx.stores.deployments, &desired.deployments);
+    let ingress = decide(ctx, &ctx.stores.ingresses, desired.ingress.as_slice());
+    let counts = [
+        counts(&config_maps),
+        counts(&services),
+        counts(&deployments),
+        counts(&ingress),
+    ];
+    // A prune changes an existing child too (a Deployment may still mount the ConfigMap).
+    let prunes = possible
+        .config_maps
+        .iter()
+        .filter(|name| {
+            !desired
+                .config_maps
+                .iter()
+                .any(|cm| cm.metadata.name.as_ref() == Some(*name))
+        })
+        .filter(|name| cached(&ctx.stores.config_maps, &ns, name))
+        .count()
+        + usize::from(
+            desired.ingress.is_none() && cached(&ctx.stores.ingresses, &ns, &possible.ingress),
+        );
+    let writes: usize = counts.iter().map(|(w, _)| w).sum::<usize>() + prunes;
+    let updates: usize = counts.iter().map(|(_, u)| u).sum::<usize>() + prunes;
+    if writes >= 2 && updates >= 1 {
+        let checked = futures::join!(
+            dry_run(ctx, &config_maps),
+            dry_run(ctx, &services),
+            dry_run(ctx, &deployments),
+            dry_run(ctx, &ingress),
+        );
+        checked.0.and(checked.1).and(checked.2).and(checked.3)?;
+    }
+    let (config_maps, services) =
+        futures::join!(write_all(ctx, config_maps), write_all(ctx, services),);
     collect(changes, [config_maps.outcome(), services.outcome()])?;
     for name in &possible.config_maps {
         if !desired
@@ -529,10 +615,8 @@ async fn apply_children(
             prune(ctx, &ctx.stores.config_maps, set, &ns, name, changes).await?;
         }
     }
-    let (mut deployments, ingress) = futures::join!(
-        ensure_all(ctx, &ctx.stores.deployments, &desired.deployments),
-        ensure_all(ctx, &ctx.stores.ingresses, desired.ingress.as_slice()),
-    );
+    let (mut deployments, ingress) =
+        futures::join!(write_all(ctx, deployments), write_all(ctx, ingress));
     applied_deployments.append(&mut deployments.applied);
     collect(changes, [deployments.outcome(), ingress.outcome()])?;
     if desired.ingress.is_none() {
@@ -547,6 +631,40 @@ async fn apply_children(
         .await?;
     }
     Ok(())
+}
+
+/// Whether the cache holds `ns/name`.
+fn cached<K>(store: &Cache<Stored<K>>, ns: &str, name: &str) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store.get(&ObjectRef::new(name).within(ns)).is_some()
+}
+
+/// Deletes the children this reconcile created before a child was rejected, each only if it
+/// is still the object created (same uid): a new set refused half-way by the API server
+/// leaves nothing behind. Returns the changes that remain.
+async fn roll_back(ctx: &Context, ns: &str, changes: Vec<Change>) -> Vec<Change> {
+    let mut kept = Vec::new();
+    for c in changes {
+        if c.verb != "created" {
+            kept.push(c);
+            continue;
+        }
+        let uid = c.uid.clone();
+        let deleted = match c.kind.as_str() {
+            "ConfigMap" => ctx.writer.delete::<ConfigMap>(ns, &c.name, uid).await,
+            "Service" => ctx.writer.delete::<Service>(ns, &c.name, uid).await,
+            "Deployment" => ctx.writer.delete::<Deployment>(ns, &c.name, uid).await,
+            "Ingress" => ctx.writer.delete::<Ingress>(ns, &c.name, uid).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = deleted {
+            warn!(kind = %c.kind, name = %c.name, error = %e, "could not undo a create");
+            kept.push(c);
+        }
+    }
+    kept
 }
 
 /// What a group of concurrent `ensure`s did: every change that was made, the objects as the
@@ -581,7 +699,88 @@ fn collect<const N: usize>(
     first.map_or(Ok(()), Err)
 }
 
-async fn ensure_all<K>(ctx: &Context, store: &Cache<Stored<K>>, desired: &[K]) -> Ensured<K>
+/// A child this reconcile writes, decided from the cache before any request.
+struct Write<'a, K: Resource<DynamicType = ()>> {
+    desired: &'a K,
+    /// The cached live object (`None`: not cached, so probably new).
+    live: Option<Arc<Stored<K>>>,
+    digest: u64,
+    /// The cached version the write is decided on.
+    seen: Option<String>,
+    /// Replicas to hand over before applying (see [`decide`]).
+    hand_over: Option<i64>,
+    recent_key: String,
+}
+
+/// (writes, updates of existing children) among `writes`.
+fn counts<K: Resource<DynamicType = ()>>(writes: &[Write<'_, K>]) -> (usize, usize) {
+    (
+        writes.len(),
+        writes.iter().filter(|w| w.live.is_some()).count(),
+    )
+}
+
+/// The writes `desired` needs: none for a child whose cached live object already has every
+/// field we set, or whose write this process already made over the cached version.
+fn decide<'a, K>(ctx: &Context, store: &Cache<Stored<K>>, desired: &'a [K]) -> Vec<Write<'a, K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone,
+{
+    desired
+        .iter()
+        .filter_map(|desired| {
+            let name = desired.meta().name.clone().unwrap_or_default();
+            let ns = desired.meta().namespace.clone().unwrap_or_default();
+            let live = store.get(&ObjectRef::new(&name).within(&ns));
+            let digest = digest(desired);
+            let seen = live
+                .as_ref()
+                .and_then(|l| l.resource_version().map(str::to_owned));
+            // The replicas to hand over before applying, when the set stopped setting
+            // replicas the operator applied: they must be released (an autoscaler may take
+            // them), which takes an apply even though the live object has everything desired.
+            // A verified version never needs one, so the fast path stays right.
+            let mut hand_over = None;
+            if let Some(live) = &live {
+                if live.verified(digest) {
+                    return None;
+                }
+                let desired_value = serde_json::to_value(desired).unwrap_or_default();
+                let live_value = live.value();
+                let releasing =
+                    live.applies_replicas() && desired_value.pointer("/spec/replicas").is_none();
+                if !releasing && is_subset(&desired_value, &live_value) {
+                    live.mark_verified(digest);
+                    return None;
+                }
+                if releasing {
+                    hand_over = live_value
+                        .pointer("/spec/replicas")
+                        .and_then(|r| r.as_i64());
+                }
+            }
+            let recent_key = RecentWrites::key(&K::kind(&()), &ns, &name);
+            if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
+                return None;
+            }
+            Some(Write {
+                desired,
+                live,
+                digest,
+                seen,
+                hand_over,
+                recent_key,
+            })
+        })
+        .collect()
+}
+
+/// Sends `writes` as a server-side dry run, together; a rejection is the reconcile's error
+/// before anything was written.
+async fn dry_run<K>(ctx: &Context, writes: &[Write<'_, K>]) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -589,7 +788,26 @@ where
         + Clone
         + Debug,
 {
-    let results = futures::future::join_all(desired.iter().map(|d| ensure(ctx, store, d))).await;
+    let checks = writes.iter().map(|w| async move {
+        ctx.writer.dry_run_apply(w.desired).await.map_err(|e| {
+            let name = w.desired.meta().name.clone().unwrap_or_default();
+            Error::write("apply (dry run)", &K::kind(&()), &name, e)
+        })
+    });
+    futures::future::try_join_all(checks).await.map(|_| ())
+}
+
+/// Makes `writes` together; every change made and the objects as the API server returned
+/// them, and the first error if any failed.
+async fn write_all<K>(ctx: &Context, writes: Vec<Write<'_, K>>) -> Ensured<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let results = futures::future::join_all(writes.into_iter().map(|w| write(ctx, w))).await;
     let mut ensured = Ensured {
         changes: Vec::new(),
         applied: Vec::new(),
@@ -597,11 +815,10 @@ where
     };
     for result in results {
         match result {
-            Ok(Some((change, applied))) => {
+            Ok((change, applied)) => {
                 ensured.changes.push(change);
                 ensured.applied.push(applied);
             }
-            Ok(None) => {}
             Err(e) => {
                 ensured.error.get_or_insert(e);
             }
@@ -610,13 +827,9 @@ where
     ensured
 }
 
-/// Applies `desired` unless the cached live object already has every field we set; returns
-/// the change it made and the object the API server answered with.
-async fn ensure<K>(
-    ctx: &Context,
-    store: &Cache<Stored<K>>,
-    desired: &K,
-) -> Result<Option<(Change, Raw<K>)>, Error>
+/// Applies one child; returns the change it made and the object the API server answered
+/// with.
+async fn write<K>(ctx: &Context, w: Write<'_, K>) -> Result<(Change, Raw<K>), Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -624,82 +837,58 @@ where
         + Clone
         + Debug,
 {
+    let desired = w.desired;
     let name = desired.meta().name.clone().unwrap_or_default();
     let ns = desired.meta().namespace.clone().unwrap_or_default();
     let kind = K::kind(&()).into_owned();
-    let live = store.get(&ObjectRef::new(&name).within(&ns));
-    let digest = digest(desired);
-    let seen = live
-        .as_ref()
-        .and_then(|l| l.resource_version().map(str::to_owned));
-    // The replicas to hand over before applying, when the set stopped setting replicas the
-    // operator applied: they must be released (an autoscaler may take them), which takes an
-    // apply even though the live object has everything desired. A verified version never
-    // needs one, so the fast path stays right.
-    let mut hand_over = None;
-    if let Some(live) = &live {
-        if live.verified(digest) {
-            return Ok(None);
-        }
-        let desired_value = serde_json::to_value(desired).unwrap_or_default();
-        let live_value = live.value();
-        let releasing =
-            live.applies_replicas() && desired_value.pointer("/spec/replicas").is_none();
-        if !releasing && is_subset(&desired_value, &live_value) {
-            live.mark_verified(digest);
-            return Ok(None);
-        }
-        if releasing {
-            hand_over = live_value
-                .pointer("/spec/replicas")
-                .and_then(|r| r.as_i64());
-        }
-    }
-    let recent_key = RecentWrites::key(&kind, &ns, &name);
-    if ctx.recent.covers(&recent_key, seen.as_deref(), digest) {
-        return Ok(None);
-    }
-    if let Some(replicas) = hand_over {
+    if let Some(replicas) = w.hand_over {
         ctx.writer
             .hand_over_replicas::<K>(&ns, &name, replicas)
             .await
             .map_err(|e| Error::write("hand over replicas of", &kind, &name, e))?;
     }
-    if live.is_none() {
-        // Not in our cache (which holds only labelled children): make sure we do not take
-        // over an object someone else created under the same name.
+    // Whether the object is new: a child missing from the cache (which holds only children
+    // labelled for a shard held here) may exist, ours, under an older shard label.
+    let mut creates = false;
+    if w.live.is_none() {
+        // Make sure we do not take over an object someone else created under the same name.
         let existing = ctx
             .writer
             .get_metadata_opt::<K>(&ns, &name)
             .await
             .map_err(|e| Error::write("read", &kind, &name, e))?;
-        if let Some(existing) = existing
-            && !existing.owner_references.iter().flatten().any(|o| {
-                o.controller == Some(true)
-                    && desired.owner_references().iter().any(|d| d.uid == o.uid)
-            })
-        {
-            return Err(Error::NotOwned { kind, name });
+        match existing {
+            Some(existing)
+                if !existing.owner_references.iter().flatten().any(|o| {
+                    o.controller == Some(true)
+                        && desired.owner_references().iter().any(|d| d.uid == o.uid)
+                }) =>
+            {
+                return Err(Error::NotOwned { kind, name });
+            }
+            Some(_) => {}
+            None => creates = true,
         }
     }
     let applied = ctx
         .writer
-        .apply(desired, live.is_none())
+        .apply(desired, creates)
         .await
         .map_err(|e| Error::write("apply", &kind, &name, e))?;
     ctx.recent.record(
-        recent_key,
-        seen,
-        digest,
+        w.recent_key,
+        w.seen,
+        w.digest,
         applied.meta().resource_version.clone(),
     );
-    debug!(kind, name, created = live.is_none(), "applied");
+    debug!(kind, name, created = creates, "applied");
     let change = Change {
-        verb: if live.is_some() { "updated" } else { "created" },
+        verb: if creates { "created" } else { "updated" },
         kind,
         name,
+        uid: applied.meta().uid.clone(),
     };
-    Ok(Some((change, applied)))
+    Ok((change, applied))
 }
 
 /// Deletes a child that is no longer desired, if it exists and this set controls it.
@@ -732,6 +921,7 @@ where
         verb: "deleted",
         kind,
         name: name.to_owned(),
+        uid: None,
     });
     Ok(())
 }

@@ -978,3 +978,122 @@ async fn deletions_mid_flight_leave_no_error_loop_and_no_leftovers() {
         "no error loop for sets of a deleted namespace"
     );
 }
+
+/// Versions of every child of a set, by kind and name: a Deployment's generation (its
+/// controller's status writes move its resourceVersion), the others' resourceVersion.
+async fn child_versions(client: &Client, ns: &str, set: &str) -> BTreeMap<String, String> {
+    let (d, s, i, c) = children(client, ns, set).await;
+    let mut out = BTreeMap::new();
+    for (kind, name, version) in d
+        .iter()
+        .map(|o| {
+            let generation = o.metadata.generation.unwrap_or_default();
+            (
+                "Deployment",
+                o.name_any(),
+                Some(format!("generation {generation}")),
+            )
+        })
+        .chain(
+            s.iter()
+                .map(|o| ("Service", o.name_any(), o.resource_version())),
+        )
+        .chain(
+            i.iter()
+                .map(|o| ("Ingress", o.name_any(), o.resource_version())),
+        )
+        .chain(
+            c.iter()
+                .map(|o| ("ConfigMap", o.name_any(), o.resource_version())),
+        )
+    {
+        out.insert(format!("{kind} {name}"), version.unwrap_or_default());
+    }
+    out
+}
+
+/// A value `validate` accepts but the API server refuses (422): pod annotations over the
+/// 256 KiB the API server allows on an object's metadata.
+fn oversized_annotations() -> Value {
+    json!({"example.com/blob": "x".repeat(300 * 1024)})
+}
+
+/// A child the API server rejects leaves no half-applied set: a new set whose searcher
+/// Deployment is refused gets no child at all (what the reconcile created before the
+/// rejection is undone); a converged set whose update would change two Deployments, one of
+/// them refused, keeps every child as it was (the whole update is dry-run first). Both are
+/// `InvalidSpec` saying the API server rejected a child, and nothing is retried until the
+/// spec changes.
+#[tokio::test]
+async fn a_child_the_api_server_rejects_leaves_no_half_applied_set() {
+    let (client, ns) = setup("rejected").await;
+    let rejected = |s: &Value| {
+        condition(s, "Ready").is_some_and(|c| {
+            c["reason"] == "InvalidSpec"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(vecodex_operator::reconcile::REJECTED))
+        })
+    };
+
+    // 1. A new set.
+    let mut new = seed_example(&ns, "fresh");
+    new["spec"]["searcher"]["podAnnotations"] = oversized_annotations();
+    create(&client, &ns, new).await;
+    wait_status(&client, &ns, "fresh", "a new set refused", rejected).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        child_versions(&client, &ns, "fresh").await,
+        BTreeMap::new(),
+        "no child of a new set the API server refused"
+    );
+
+    // 2. An update of a converged set that changes two Deployments, one of them refused.
+    create(&client, &ns, seed_example(&ns, "steady")).await;
+    wait_children(&client, &ns, "steady", 3, 1, 0).await;
+    wait_status(&client, &ns, "steady", "the set converged", |s| {
+        condition(s, "Ready").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = child_versions(&client, &ns, "steady").await;
+    assert_eq!(before.len(), 7);
+    sets(&client, &ns)
+        .patch(
+            "steady",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "writer": {"image": "vecodex-writer-image:v2"},
+                "searcher": {"podAnnotations": oversized_annotations()},
+            }})),
+        )
+        .await
+        .unwrap();
+    wait_status(&client, &ns, "steady", "the update refused", rejected).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        child_versions(&client, &ns, "steady").await,
+        before,
+        "a refused update changes no child, not even the writer it could have changed"
+    );
+    let writer = deployment(&client, &ns, "steady-writer").await.unwrap();
+    assert_eq!(
+        container(&writer).image.as_deref(),
+        Some("vecodex-writer-image:latest")
+    );
+
+    // 3. Fixed: the writer's change goes through.
+    sets(&client, &ns)
+        .patch(
+            "steady",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"searcher": {"podAnnotations": null}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the fixed update applied", WAIT, || async {
+        let d = deployment(&client, &ns, "steady-writer").await?;
+        (container(&d).image.as_deref() == Some("vecodex-writer-image:v2")).then_some(())
+    })
+    .await;
+}

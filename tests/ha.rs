@@ -1,14 +1,15 @@
 //! High availability on a real control plane: operator replicas share 8 shards of 30
-//! namespaces through Leases; a replica is killed, one is stopped, others join; no two
-//! replicas ever reconcile the same shard at overlapping times, and a Lease changes hands only
-//! when released or expired.
+//! namespaces through Leases; a replica is killed, one is stopped, others join; every write
+//! the audit log holds came from the holder of its namespace's shard at that moment, and a
+//! Lease changes hands only when released or expired.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::fleet::{assert_no_overlap, assert_takeovers_after_expiry, record_leases};
+use common::audit::{self, LeaseHistory};
+use common::fleet::{assert_takeovers_after_expiry, record_leases};
 use common::{
     LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, shard_of,
     wait_for,
@@ -19,6 +20,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
+use vecodex_operator::shard::shard_lease_name;
 
 const GROUP: &str = "ha";
 const SHARDS: u32 = 8;
@@ -307,15 +309,23 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
     )
     .await;
 
-    // 5a. No two replicas reconciled the same shard at overlapping times.
-    let logs: Vec<(String, String)> = replicas
-        .iter()
-        .map(|(id, r)| (id.to_string(), r.log_text()))
-        .collect();
-    let total = assert_no_overlap(&logs);
+    // 5a. The API server's audit log: every child and status write came from the replica
+    //     that held its namespace's shard at that moment, by the Lease writes of the same log.
+    let records = audit::records();
+    let history = LeaseHistory::new(
+        &records,
+        &format!("{GROUP}-shard-"),
+        Duration::from_secs(LEASE_DURATION_S),
+    );
+    let checked = audit::assert_writes_by_holders(&records, &history, |replica, ns| {
+        replicas
+            .contains_key(replica)
+            .then(|| shard_lease_name(GROUP, shard_of(ns, SHARDS), SHARDS))
+    });
+    eprintln!("audit: {checked} writes, each by the holder of its shard");
     assert!(
-        total >= NAMESPACES,
-        "reconcile intervals were recorded ({total})"
+        checked >= NAMESPACES,
+        "the replicas' writes were audited ({checked})"
     );
 
     // 5b. A Lease changed hands only after a release or an expiry.

@@ -1,6 +1,8 @@
-//! What the operator exposes: `/metrics`, `/healthz`, `/readyz` and its logs (every crate at
-//! debug level) never show a secret-looking value from a set's spec or metadata, nor the
-//! bearer token it authenticates with. The operator runs with the chart's ServiceAccount.
+//! What the operator exposes: `/metrics`, `/healthz`, `/readyz`, its logs (every crate at
+//! debug level), the spans it exports (as a real collector received them), its Events and
+//! the status messages of its `InvalidSpec` and API-server-rejection paths never show a
+//! secret-looking value from a set's spec or metadata, nor the bearer token it authenticates
+//! with. The operator runs with the chart's ServiceAccount.
 
 mod common;
 
@@ -14,6 +16,24 @@ use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
 
+/// The collector, stopped however the test ends.
+struct Collector(std::process::Child);
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[tokio::test]
 async fn no_secret_or_token_in_metrics_health_or_debug_logs() {
     let cluster = common::cluster();
@@ -26,13 +46,31 @@ async fn no_secret_or_token_in_metrics_health_or_debug_logs() {
         .expect("a token in the ServiceAccount kubeconfig");
     assert!(token.len() > 100, "a real ServiceAccount token");
     let log = cluster.dir.join("security-operator.log");
+    // A collector that prints every span it receives, attribute by attribute.
+    let grpc = free_port();
+    let spans_out = cluster.dir.join("security-spans.log");
+    let spans_file = std::fs::File::create(&spans_out).unwrap();
+    let agent = common::shared::rotel_agent().expect("rotel-agent (deploy/local/tools.sh)");
+    let collector = Collector(
+        common::shared::rotel_command(&agent, grpc, free_port(), "detailed", &cluster.dir)
+            .stdout(spans_file.try_clone().unwrap())
+            .stderr(spans_file)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start rotel-agent"),
+    );
+    common::shared::wait_listening(grpc);
+    let endpoint = format!("http://127.0.0.1:{grpc}");
     // Every crate at debug (RUST_LOG wins over --log-level): kube's client, hyper,
     // rustls, the operator.
     let mut operator = common::spawn_operator_with_env(
         kubeconfig,
         &log,
         &["--lease-namespace", RELEASE_NS],
-        &[("RUST_LOG", "debug")],
+        &[
+            ("RUST_LOG", "debug"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ],
     );
 
     // Secret-looking values in every place a set can carry one.
@@ -99,12 +137,46 @@ async fn no_secret_or_token_in_metrics_health_or_debug_logs() {
             .then_some(())
     })
     .await;
+    // A change the API server rejects (422: pod annotations over its size limit), with the
+    // secrets still in the spec: its message, status and Warning Event.
     sets.patch(
         "vault",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"coordinator": {"env": [
-            {"name": "DB_PASSWORD", "value": format!("{}-rotated", secrets[0])}
-        ]}}})),
+        &Patch::Merge(json!({"spec": {
+            "coordinator": {"env": [{"name": "DB_PASSWORD", "value": secrets[0]}]},
+            "writer": {"podAnnotations": {"example.com/blob": "x".repeat(300 * 1024)}},
+        }})),
+    )
+    .await
+    .unwrap();
+    let rejected = wait_for(
+        "the API server's rejection reported",
+        Duration::from_secs(30),
+        || async {
+            let v = serde_json::to_value(sets.get("vault").await.ok()?).ok()?;
+            let c = v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| {
+                    c["type"] == "Ready"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with(vecodex_operator::reconcile::REJECTED))
+                })?
+                .clone();
+            Some(c["message"].as_str().unwrap_or_default().to_owned())
+        },
+    )
+    .await;
+    sets.patch(
+        "vault",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "coordinator": {"env": [
+                {"name": "DB_PASSWORD", "value": format!("{}-rotated", secrets[0])}
+            ]},
+            "writer": {"podAnnotations": null},
+        }})),
     )
     .await
     .unwrap();
@@ -121,18 +193,52 @@ async fn no_secret_or_token_in_metrics_health_or_debug_logs() {
     )
     .await;
 
-    let mut exposed = Vec::new();
+    let mut exposed = vec![("the rejection's status message".to_owned(), rejected)];
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ApplyFailed")),
+        "the rejection's Warning Event"
+    );
+    let notes: Vec<String> = events.iter().filter_map(|e| e.note.clone()).collect();
+    exposed.push(("the Events".to_owned(), notes.join("\n")));
+    let status = serde_json::to_string(&sets.get("vault").await.unwrap().data["status"]).unwrap();
+    exposed.push(("the set's status".to_owned(), status));
     for path in ["/metrics", "/healthz", "/readyz"] {
         let body = replica_http(&log, path).unwrap_or_else(|| panic!("GET {path}"));
         assert!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
         exposed.push((path.to_owned(), body));
     }
     assert!(
-        exposed[0].1.contains("vecodex_operator_reconciles_total"),
+        exposed
+            .iter()
+            .any(|(w, b)| w == "/metrics" && b.contains("vecodex_operator_reconciles_total")),
         "/metrics has the operator's metrics"
     );
+    // The spans: the collector has received the reconciles of every step above.
+    wait_for(
+        "the spans of the rotated value",
+        Duration::from_secs(15),
+        || async {
+            let text = std::fs::read_to_string(&spans_out).ok()?;
+            (text.matches("reconcile").count() >= 5).then_some(())
+        },
+    )
+    .await;
     operator.kill().unwrap();
     let _ = operator.wait();
+    drop(collector);
+    let spans = std::fs::read_to_string(&spans_out).unwrap();
+    assert!(
+        spans.contains("vecodex.set.name"),
+        "the collector printed span attributes"
+    );
+    exposed.push(("the exported spans".to_owned(), spans));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.lines().filter(|l| l.contains("DEBUG")).count() > 50,
@@ -160,8 +266,12 @@ async fn no_secret_or_token_in_metrics_health_or_debug_logs() {
         );
     }
     eprintln!(
-        "{} secret-looking values and the token absent from /metrics, /healthz, /readyz and {} debug log lines",
+        "{} secret-looking values and the token absent from {}",
         secrets.len(),
-        exposed[3].1.lines().count()
+        exposed
+            .iter()
+            .map(|(w, _)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }

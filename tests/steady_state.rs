@@ -1,5 +1,5 @@
 //! Steady state costs nothing: once converged, reconciles triggered by events that change
-//! nothing send no write request. Its own test binary (and control plane), because it counts
+//! nothing send no write request (the API server's request counters, and its audit log). Its own test binary (and control plane), because it counts
 //! the API server's global request metrics.
 
 mod common;
@@ -71,6 +71,7 @@ async fn converged_sets_cost_no_writes() {
 
     let writes_before = write_requests(&client).await;
     let events_before = our_events().await;
+    let window_start = jiff::Timestamp::now();
     let no_change_before = no_change_lines();
 
     // Events that change nothing the operator manages: a label on each set, an annotation by
@@ -100,8 +101,10 @@ async fn converged_sets_cost_no_writes() {
         || async { (no_change_lines() >= no_change_before + 3).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Longer than a Lease renewal period (4 s), so the audit log shows the replica alive.
+    tokio::time::sleep(Duration::from_secs(6)).await;
 
+    let window_end = jiff::Timestamp::now();
     let writes_after = write_requests(&client).await;
     let mut delta: Vec<String> = writes_after
         .iter()
@@ -121,5 +124,27 @@ async fn converged_sets_cost_no_writes() {
         our_events().await,
         events_before,
         "no Event written at steady state"
+    );
+    // The witness: the API server's audit log holds no write from the operator in the
+    // window, of any resource, Events included (its Lease client renews Leases meanwhile,
+    // which is not reconciling).
+    let records = common::audit::records();
+    let ours: Vec<String> = records
+        .iter()
+        .filter(|r| r.replica().is_some() && !r.is_lease_traffic())
+        .filter(|r| r.received >= window_start && r.received <= window_end)
+        .map(|r| format!("{} {} {} ({})", r.verb, r.resource, r.key(), r.user_agent))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "the operator wrote at steady state: {ours:?}"
+    );
+    let leases = records
+        .iter()
+        .filter(|r| r.is_lease_traffic() && r.received >= window_start && r.received <= window_end)
+        .count();
+    assert!(
+        leases > 0,
+        "the audit log shows the replica alive in the window (its Lease renewals)"
     );
 }

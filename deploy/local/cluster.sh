@@ -62,6 +62,10 @@ Environment:
                                   and each GC's mark phase slows requests for seconds
   VECODEX_APISERVER_GOMEMLIMIT    GOMEMLIMIT of kube-apiserver (default none), e.g. 12GiB: a
                                   cap on the heap that a high GOGC would otherwise let grow
+  VECODEX_K8S_AUDIT               1: kube-apiserver writes an audit log to DIR/audit.log (JSON
+                                  lines, blocking): Lease writes with their request body, every
+                                  other write as metadata, no reads. The tests read it as the
+                                  witness of what each replica wrote
 EOF
 }
 
@@ -585,6 +589,25 @@ check_default_sa() {
         python3 -c 'import json,sys; sa=json.load(sys.stdin); sys.exit(0 if sa.get("secrets") else 1)' 2>/dev/null
 }
 
+# The audit policy: every write to a Lease with its body (the holder it names), every other
+# write as metadata (who, what, when, the answer), nothing for reads. Recorded once answered.
+write_audit_policy() {
+    cat >"$1" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Request
+    verbs: [create, update, patch, delete]
+    resources:
+      - group: coordination.k8s.io
+        resources: [leases]
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+EOF
+}
+
 cmd_up() {
     local dir="" owner=""
     while [[ $# -gt 0 ]]; do
@@ -692,6 +715,13 @@ EOF
     wait_for etcd "etcd /health" check_etcd
 
     # kube-apiserver
+    local audit=()
+    if [[ "${VECODEX_K8S_AUDIT:-0}" == 1 ]]; then
+        write_audit_policy "$dir/audit-policy.yaml"
+        audit=(--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log"
+            --audit-log-format=json --audit-log-maxsize=100000 --audit-log-maxbackup=0
+            --audit-log-mode=blocking)
+    fi
     local issuer="https://kubernetes.default.svc.cluster.local"
     DETACHED_ENV=("GOGC=${VECODEX_APISERVER_GOGC:-100}")
     [[ -z "${VECODEX_APISERVER_GOMEMLIMIT:-}" ]] ||
@@ -720,7 +750,8 @@ EOF
         --service-account-issuer="$issuer" \
         --api-audiences="$issuer" \
         --service-cluster-ip-range="$SERVICE_CIDR" \
-        --allow-privileged=true
+        --allow-privileged=true \
+        "${audit[@]}"
     log "kube-apiserver started (pid $(<"$dir/pids/kube-apiserver.pid")); waiting for /readyz"
     wait_for kube-apiserver "kube-apiserver /readyz" check_apiserver
     log "kube-apiserver ready after $((SECONDS - t0)) s"

@@ -40,7 +40,7 @@ pub const RULES: [&str; 17] = [
 ];
 
 /// Capabilities a baseline pod may add (the container runtimes' default set).
-const BASELINE_CAPABILITIES: [&str; 14] = [
+const BASELINE_CAPABILITIES: [&str; 13] = [
     "AUDIT_WRITE",
     "CHOWN",
     "DAC_OVERRIDE",
@@ -54,10 +54,9 @@ const BASELINE_CAPABILITIES: [&str; 14] = [
     "SETPCAP",
     "SETUID",
     "SYS_CHROOT",
-    "NET_RAW",
 ];
 
-const SAFE_SYSCTLS: [&str; 8] = [
+const SAFE_SYSCTLS: [&str; 10] = [
     "kernel.shm_rmid_forced",
     "net.ipv4.ip_local_port_range",
     "net.ipv4.ip_unprivileged_port_start",
@@ -66,6 +65,8 @@ const SAFE_SYSCTLS: [&str; 8] = [
     "net.ipv4.ip_local_reserved_ports",
     "net.ipv4.tcp_keepalive_time",
     "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
 ];
 
 /// Every rule of "restricted" (which includes "baseline") the template breaks.
@@ -167,7 +168,8 @@ pub fn restricted_violations(template: &PodTemplateSpec) -> Vec<Violation> {
         let allowed_type = options.type_.as_deref().is_none_or(|t| {
             ["", "container_t", "container_init_t", "container_kvm_t"].contains(&t)
         });
-        if !allowed_type || options.user.is_some() || options.role.is_some() {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        if !allowed_type || set(&options.user) || set(&options.role) {
             push(
                 "SELinux",
                 "seLinuxOptions sets a user, a role or a type".into(),

@@ -200,6 +200,19 @@ fn images_must_be_under_an_allowed_prefix_at_a_boundary() {
     );
     ok.spec.searcher.image = "registry.example.com/vecodex:2.0".into();
     assert!(check(&ok, &policy).is_empty());
+    // A registry prefix does not admit the same host on another port.
+    let registry = Policy {
+        allowed_image_prefixes: vec!["registry.example.com".into()],
+        ..Policy::default()
+    };
+    ok.spec.searcher.image = "registry.example.com:5000/vecodex/app:1.0".into();
+    assert_eq!(
+        check(&ok, &registry)
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect::<Vec<_>>(),
+        ["spec.searcher.image"]
+    );
 }
 
 #[test]

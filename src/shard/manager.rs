@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use jiff::Timestamp;
 use kube::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -302,25 +303,29 @@ impl ShardManager {
                 .map(|t| t.0);
             !o.is_free(now) && renewed.is_none_or(|t| wall.duration_since(t) < stale_after)
         };
-        let heartbeats: Vec<&Observed> = self
+        let mut heartbeats: Vec<(&String, &Observed)> = self
             .leases
             .all_observed()
             .filter(|(name, _)| name.starts_with(&members_prefix))
-            .map(|(_, o)| o)
-            .filter(live)
-            .filter(|o| o.holder().is_some())
+            .filter(|(_, o)| live(o))
+            .filter(|(_, o)| o.holder().is_some())
             .collect();
-        let mine = self
-            .leases
-            .observed(&self.config.member_lease(me))
-            .and_then(Observed::created);
-        // Older: created first, then by identity (a replica whose heartbeat is not written
-        // yet is the youngest).
-        let older = |o: &Observed| match (o.created(), mine) {
-            (Some(theirs), Some(ours)) if theirs != ours => theirs < ours,
-            (Some(_), None) => true,
-            _ => o.holder() < Some(me),
+        heartbeats.sort_by_key(|(name, _)| *name);
+        let heartbeats: Vec<&Observed> = heartbeats.into_iter().map(|(_, o)| o).collect();
+        // A scheme's age is its oldest live heartbeat: created first, then by identity (the
+        // same verdict on every replica of a scheme). A waiting replica keeps no heartbeat,
+        // so a scheme none of whose replicas serves has no age and waits for every other.
+        let age = |o: &Observed| {
+            (
+                o.created().unwrap_or(Timestamp::MAX),
+                o.holder().unwrap_or_default().to_owned(),
+            )
         };
+        let ours = heartbeats
+            .iter()
+            .filter(|o| o.scheme() == Some(scheme.as_str()))
+            .map(|o| age(o))
+            .min();
         let mut members: Vec<String> = heartbeats
             .iter()
             .filter(|o| o.scheme() == Some(scheme.as_str()))
@@ -331,7 +336,9 @@ impl ShardManager {
         members.dedup();
         let elder = heartbeats
             .iter()
-            .find(|o| o.scheme() != Some(scheme.as_str()) && o.holder() != Some(me) && older(o))
+            .filter(|o| o.scheme() != Some(scheme.as_str()))
+            .min_by_key(|o| age(o))
+            .filter(|o| ours.as_ref().is_none_or(|ours| age(o) < *ours))
             .map(|o| {
                 format!(
                     "replica {} started earlier with shard scheme {}",
@@ -363,7 +370,8 @@ impl ShardManager {
         self.leases
             .all_observed()
             .filter(|(name, _)| name.starts_with(&prefix))
-            .find(|(_, o)| !o.is_free(now) && o.scheme() != Some(scheme.as_str()))
+            .filter(|(_, o)| !o.is_free(now) && o.scheme() != Some(scheme.as_str()))
+            .min_by_key(|(name, _)| *name)
             .map(|(name, o)| {
                 format!(
                     "{name} is held by {} under shard scheme {}",
@@ -425,13 +433,30 @@ impl ShardManager {
             renewed_at.is_none_or(|at| self.config.renewal_due(now.saturating_duration_since(at)))
         };
         let (mut ops, mut roles) = (Vec::new(), Vec::new());
-        if due(self.member_renewed_at) {
+        // A waiting replica keeps no heartbeat: neither its peers nor replicas of another
+        // scheme (this version's or an older one's) count it as a member to hand shards to.
+        if view.waiting_for.is_some() {
+            if self.member_renewed_at.take().is_some() {
+                let member = self.config.member_lease(&me);
+                let _ = bounded(
+                    self.call_timeout(),
+                    "delete member lease",
+                    self.leases.delete(&member),
+                )
+                .await;
+            }
+        } else if due(self.member_renewed_at) {
             ops.push((self.config.member_lease(&me), Op::Acquire("member")));
             roles.push(Role::Member);
         }
         for shard in 0..self.config.scheme.shards {
-            let preferred = view.yield_to.is_none()
-                && owners.get(shard as usize).map(String::as_str) == Some(me.as_str());
+            // Waiting for another scheme's Leases to go, a replica keeps what it holds: its
+            // peers could not take a shard handed over now either.
+            let preferred = match (&view.yield_to, &view.waiting_for) {
+                (Some(_), _) => false,
+                (None, Some(_)) => true,
+                (None, None) => owners.get(shard as usize).map(String::as_str) == Some(me.as_str()),
+            };
             if !self.gate.is_held(shard) {
                 continue;
             }
@@ -507,6 +532,9 @@ impl ShardManager {
         for (shard, started) in std::mem::take(&mut self.taken) {
             info!(shard, lease = %self.config.shard_lease(shard), "acquired shard");
             self.gate.gain(shard, started);
+            let since = self.wanted_since.remove(&shard).unwrap_or(started);
+            self.metrics
+                .acquired(started.saturating_duration_since(since));
         }
     }
 
@@ -564,9 +592,6 @@ impl ShardManager {
                 Role::Take(shard) => {
                     if let Some(Ok(Attempt::Held)) = result {
                         self.taken.push((shard, started));
-                        let since = self.wanted_since.remove(&shard).unwrap_or(started);
-                        self.metrics
-                            .acquired(started.saturating_duration_since(since));
                     }
                 }
                 Role::Release(shard) => {

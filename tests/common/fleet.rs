@@ -279,149 +279,6 @@ where
         .map_err(|e| format!("list {}: {e}", K::kind(&())))
 }
 
-/// Children with the managed label but no controller owner reference, of every kind.
-pub async fn ownerless_children(client: &Client) -> Vec<String> {
-    fn ownerless<K: Resource<DynamicType = ()>>(items: Vec<K>) -> impl Iterator<Item = String> {
-        items.into_iter().filter_map(|c| {
-            let owned = c
-                .meta()
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.controller == Some(true) && o.kind == "VecodexSet");
-            (!owned).then(|| {
-                format!(
-                    "{} {}/{}",
-                    K::kind(&()),
-                    c.meta().namespace.clone().unwrap_or_default(),
-                    c.meta().name.clone().unwrap_or_default()
-                )
-            })
-        })
-    }
-    let mut out = Vec::new();
-    out.extend(ownerless(
-        managed_children::<Deployment>(client).await.unwrap(),
-    ));
-    out.extend(ownerless(
-        managed_children::<Service>(client).await.unwrap(),
-    ));
-    out.extend(ownerless(
-        managed_children::<Ingress>(client).await.unwrap(),
-    ));
-    out.extend(ownerless(
-        managed_children::<ConfigMap>(client).await.unwrap(),
-    ));
-    out
-}
-
-/// `reconcile interval shard=N started_ms=A finished_ms=B` lines of an operator log.
-pub fn intervals(log: &str) -> Vec<(u32, u64, u64)> {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        line.rsplit(&format!(" {name}="))
-            .next()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    log.lines()
-        .filter(|l| l.contains("reconcile interval"))
-        .filter_map(|l| {
-            Some((
-                field(l, "shard")? as u32,
-                field(l, "started_ms")?,
-                field(l, "finished_ms")?,
-            ))
-        })
-        .collect()
-}
-
-/// `reconcile interval … namespace=NS started_ms=A finished_ms=B` lines of an operator log:
-/// (namespace, start, end).
-pub fn namespace_intervals(log: &str) -> Vec<(String, u64, u64)> {
-    let field = |line: &str, name: &str| -> Option<String> {
-        Some(
-            line.rsplit(&format!(" {name}="))
-                .next()?
-                .split_whitespace()
-                .next()?
-                .to_owned(),
-        )
-    };
-    log.lines()
-        .filter(|l| l.contains("reconcile interval"))
-        .filter_map(|l| {
-            Some((
-                field(l, "namespace")?,
-                field(l, "started_ms")?.parse().ok()?,
-                field(l, "finished_ms")?.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Panics if two replicas reconciled the same namespace at overlapping times, whatever
-/// shard each counted it in (replicas of different shard schemes). `logs` are (replica, log
-/// text). Returns how many intervals were compared.
-pub fn assert_no_namespace_overlap(logs: &[(String, String)]) -> usize {
-    let mut by_ns: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
-    for (id, text) in logs {
-        for (ns, start, end) in namespace_intervals(text) {
-            by_ns.entry(ns).or_default().push((start, end, id.clone()));
-        }
-    }
-    let mut total = 0;
-    for (ns, mut list) in by_ns {
-        total += list.len();
-        list.sort();
-        let mut last_end: HashMap<String, u64> = HashMap::new();
-        for (start, end, id) in list {
-            for (other, other_end) in &last_end {
-                assert!(
-                    *other == id || *other_end <= start,
-                    "namespace {ns}: {other} reconciled until {other_end}, {id} from {start}"
-                );
-            }
-            let e = last_end.entry(id).or_insert(0);
-            *e = (*e).max(end);
-        }
-    }
-    total
-}
-
-/// Panics if two replicas reconciled the same shard at overlapping times. `logs` are
-/// (replica, log text). Returns how many intervals were compared.
-pub fn assert_no_overlap(logs: &[(String, String)]) -> usize {
-    let mut by_shard: BTreeMap<u32, Vec<(u64, u64, String)>> = BTreeMap::new();
-    for (id, text) in logs {
-        for (shard, start, end) in intervals(text) {
-            by_shard
-                .entry(shard)
-                .or_default()
-                .push((start, end, id.clone()));
-        }
-    }
-    let mut total = 0;
-    for (shard, mut list) in by_shard {
-        total += list.len();
-        list.sort();
-        // Compare each interval with the latest end of every other replica before it.
-        let mut last_end: HashMap<String, u64> = HashMap::new();
-        for (start, end, id) in list {
-            for (other, other_end) in &last_end {
-                assert!(
-                    *other == id || *other_end <= start,
-                    "shard {shard}: {other} reconciled until {other_end}, {id} from {start}"
-                );
-            }
-            let e = last_end.entry(id).or_insert(0);
-            *e = (*e).max(end);
-        }
-    }
-    total
-}
-
 /// A holder change seen on a shard Lease: (lease, holder, acquireTime, renewTime) in order.
 pub type LeaseLog = Arc<Mutex<Vec<(String, Option<String>, Option<String>, Option<String>)>>>;
 
@@ -524,6 +381,60 @@ pub fn assert_takeovers_after_expiry(log: &LeaseLog, lease_duration: Duration) -
 }
 
 impl Fleet {
+    /// Whether every child of every current set is what the operator's builders make of the
+    /// set's spec now (every field they set, as the API server returned it; the shard label
+    /// for `shards` shards under the default hash). `Err` names the first that is not.
+    /// Returns how many children were compared.
+    pub async fn children_match_specs(
+        &self,
+        client: &Client,
+        shards: u32,
+    ) -> Result<usize, String> {
+        use vecodex_operator::diff::is_subset;
+        let all: Api<VecodexSet> = Api::all(client.clone());
+        let sets = all
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list sets: {e}"))?
+            .items;
+        let mut compared = 0;
+        for set in sets {
+            let ns = set.namespace().unwrap_or_default();
+            let mut desired = vecodex_operator::children::build(&set)
+                .map_err(|e| format!("{ns}/{}: {e}", set.name_any()))?;
+            desired.label_shard(super::shard_of(&ns, shards));
+            let mut pairs: Vec<(String, serde_json::Value, Option<serde_json::Value>)> = Vec::new();
+            macro_rules! live {
+                ($kind:ty, $items:expr) => {
+                    for want in $items {
+                        let name = want.name_any();
+                        let have = Api::<$kind>::namespaced(client.clone(), &ns)
+                            .get_opt(&name)
+                            .await
+                            .map_err(|e| format!("get {ns}/{name}: {e}"))?;
+                        pairs.push((
+                            format!("{} {ns}/{name}", <$kind>::kind(&())),
+                            serde_json::to_value(want).unwrap(),
+                            have.map(|h| serde_json::to_value(h).unwrap()),
+                        ));
+                    }
+                };
+            }
+            live!(Deployment, &desired.deployments);
+            live!(Service, &desired.services);
+            live!(ConfigMap, &desired.config_maps);
+            live!(Ingress, desired.ingress.iter());
+            for (what, want, have) in pairs {
+                let have = have.ok_or_else(|| format!("{what} is missing"))?;
+                if !is_subset(&want, &have) {
+                    return Err(format!("{what} differs from its set's spec"));
+                }
+                compared += 1;
+            }
+        }
+        Ok(compared)
+    }
+
     /// Waits until [`Fleet::check`] passes; panics with what was still wrong after
     /// `timeout`. Returns how long it took.
     pub async fn converge(&self, client: &Client, what: &str, timeout: Duration) -> Duration {

@@ -3,6 +3,7 @@
 //! namespace per test.
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod fleet;
 pub mod proxy;
 #[path = "../../loadtest/shared.rs"]
@@ -39,9 +40,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The control plane of this test binary: `VECODEX_TEST_KUBECONFIG` if set (a cluster you
-/// started yourself), else a new one from `deploy/local/cluster.sh up` that goes down when
+/// started yourself, with `VECODEX_K8S_AUDIT=1` for the tests that read its audit log), else a new one from `deploy/local/cluster.sh up` that goes down when
 /// this process exits.
 pub fn cluster() -> &'static Cluster {
+    audit::mark_start();
     CLUSTER.get_or_init(|| {
         let cluster = if let Ok(kc) = std::env::var("VECODEX_TEST_KUBECONFIG") {
             let kubeconfig = PathBuf::from(kc);
@@ -76,6 +78,8 @@ fn start_cluster() -> Cluster {
     let out = Command::new("bash")
         .arg(&script)
         .args(["up", "--owner-pid", &std::process::id().to_string()])
+        // The audit log: the tests' witness of what the replicas wrote (see `audit`).
+        .env("VECODEX_K8S_AUDIT", "1")
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));

@@ -5,18 +5,18 @@
 //! can be switched at any time to:
 //!
 //! - [`Mode::Pass`]: forward everything;
-//! - [`Mode::BlackHole`]: a network cut. Nothing more is forwarded in either direction:
-//!   open connections are held without reading (bytes already read and not yet written are
-//!   dropped), new connections are accepted and held without connecting upstream. Nothing is
-//!   closed, so the client sees silence, not a reset. When the cut heals every connection
-//!   that lived through it is closed (as a real cut outlasting TCP's retransmissions would),
-//!   so nothing sent before or during the cut is ever delivered after it;
+//! - [`Mode::BlackHole`]: a network cut. Nothing is forwarded in either direction: open
+//!   connections are held without reading, bytes already read wait, and new connections are
+//!   accepted and held without connecting upstream. Nothing is closed, so the client sees
+//!   silence, not a reset. When the cut heals, forwarding resumes where it stopped, as TCP
+//!   retransmission does after a short partition: a request sent before or during the cut,
+//!   even by a client that gave up on it, is delivered late;
 //! - [`Mode::Delay`]: every chunk the server sends is written to the client that much later
 //!   (added latency, not less throughput: chunks keep their order and are not delayed by each
 //!   other).
 //!
-//! Every forwarded chunk is logged with its direction, size and time, so a test can show
-//! that nothing went from the client to the server after a cut.
+//! Every forwarded chunk is logged with its direction, size and time, and the chunks a cut
+//! held back are counted, so a test can show that late requests really were delivered.
 //!
 //! The proxy runs on a thread and runtime of its own, so a test blocking its own runtime
 //! never stalls the traffic of the operator it is testing.
@@ -39,6 +39,7 @@ pub enum Mode {
 }
 
 /// One forwarded chunk.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk {
     /// Unix time in milliseconds when it was handed to the other side.
@@ -55,16 +56,12 @@ struct Counters {
     /// flight holds a connection, so this bounds the requests in flight (plus the watches).
     open: u64,
     max_open: u64,
-    /// Connections closed because they lived through a cut.
-    killed: u64,
-    /// Chunks read but dropped because of a cut.
-    dropped: u64,
+    /// Chunks that waited out a cut and were forwarded after it.
+    late: u64,
 }
 
 struct State {
     mode: Mode,
-    /// Incremented by every cut; a connection from an older epoch is closed on heal.
-    epoch: u64,
     log: Vec<Chunk>,
     counters: Counters,
 }
@@ -73,7 +70,7 @@ struct Shared {
     upstream: SocketAddr,
     state: Mutex<State>,
     /// Wakes every connection when the mode changes.
-    changed: watch::Sender<(Mode, u64)>,
+    changed: watch::Sender<Mode>,
 }
 
 impl Shared {
@@ -96,12 +93,11 @@ pub fn unix_ms() -> u64 {
 impl Proxy {
     /// Listens on a free port of 127.0.0.1 and forwards to `upstream`, in [`Mode::Pass`].
     pub fn start(upstream: SocketAddr) -> Proxy {
-        let (changed, _) = watch::channel((Mode::Pass, 0));
+        let (changed, _) = watch::channel(Mode::Pass);
         let shared = Arc::new(Shared {
             upstream,
             state: Mutex::new(State {
                 mode: Mode::Pass,
-                epoch: 0,
                 log: Vec::new(),
                 counters: Counters::default(),
             }),
@@ -159,14 +155,10 @@ impl Proxy {
     /// Switches the mode; returns the unix time (ms) at which it took effect.
     pub fn set(&self, mode: Mode) -> u64 {
         let mut state = self.shared.lock();
-        if mode == Mode::BlackHole && state.mode != Mode::BlackHole {
-            state.epoch += 1;
-        }
         state.mode = mode;
-        let epoch = state.epoch;
         let at = unix_ms();
         drop(state);
-        self.shared.changed.send_replace((mode, epoch));
+        self.shared.changed.send_replace(mode);
         at
     }
 
@@ -184,10 +176,10 @@ impl Proxy {
             .fold((0, 0), |(n, b), c| (n + 1, b + c.bytes))
     }
 
-    /// (accepted, killed by a cut, chunks dropped by a cut).
-    pub fn counters(&self) -> (u64, u64, u64) {
+    /// (connections accepted, chunks forwarded late because of a cut).
+    pub fn counters(&self) -> (u64, u64) {
         let s = self.shared.lock();
-        (s.counters.accepted, s.counters.killed, s.counters.dropped)
+        (s.counters.accepted, s.counters.late)
     }
 
     /// (connections open now, most open at once since the last call); resets the maximum.
@@ -199,22 +191,21 @@ impl Proxy {
     }
 }
 
-/// Waits until the proxy is cut or `epoch` has ended (a cut came and went).
-async fn until_cut(changed: &mut watch::Receiver<(Mode, u64)>, epoch: u64) {
-    let _ = changed
-        .wait_for(|(mode, e)| *mode == Mode::BlackHole || *e != epoch)
-        .await;
+/// Waits until the cut (if any) heals; whether there was one to wait for.
+async fn healed(changed: &mut watch::Receiver<Mode>) -> bool {
+    let cut = *changed.borrow_and_update() == Mode::BlackHole;
+    let _ = changed.wait_for(|mode| *mode != Mode::BlackHole).await;
+    cut
 }
 
 async fn connection(shared: Arc<Shared>, client: TcpStream) {
     let mut changed = shared.changed.subscribe();
-    let epoch = {
+    {
         let mut state = shared.lock();
         state.counters.accepted += 1;
         state.counters.open += 1;
         state.counters.max_open = state.counters.max_open.max(state.counters.open);
-        state.epoch
-    };
+    }
     struct Open(Arc<Shared>);
     impl Drop for Open {
         fn drop(&mut self) {
@@ -222,13 +213,8 @@ async fn connection(shared: Arc<Shared>, client: TcpStream) {
         }
     }
     let _open = Open(shared.clone());
-    let (mode, _) = *changed.borrow_and_update();
-    if mode == Mode::BlackHole {
-        // Accepted and held: no upstream connection, nothing read, until the cut heals.
-        let _ = changed.wait_for(|(mode, _)| *mode != Mode::BlackHole).await;
-        shared.lock().counters.killed += 1;
-        return;
-    }
+    // Accepted during a cut: held, with no upstream connection, until it heals.
+    healed(&mut changed).await;
     let Ok(server) = TcpStream::connect(shared.upstream).await else {
         return;
     };
@@ -236,85 +222,77 @@ async fn connection(shared: Arc<Shared>, client: TcpStream) {
     let _ = server.set_nodelay(true);
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
-    // At a cut both pumps stop forwarding but keep their sockets until it heals; then they
-    // end and the connection is closed.
     tokio::join!(
-        pump(shared.clone(), epoch, client_r, server_w, true),
-        pump(shared.clone(), epoch, server_r, client_w, false),
+        pump(shared.clone(), client_r, server_w, true),
+        pump(shared.clone(), server_r, client_w, false),
     );
-    let mut state = shared.lock();
-    if state.epoch != epoch {
-        state.counters.killed += 1;
-    }
 }
 
 /// Copies one direction. Each chunk read is stamped with the time it may be written (now,
-/// or now plus the delay for responses) and written in order by a second task.
+/// or now plus the delay for responses) and written in order by a second task. During a
+/// cut nothing is read or written; what waits is forwarded when it heals.
 async fn pump(
     shared: Arc<Shared>,
-    epoch: u64,
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     to_server: bool,
 ) {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(4096);
+    // (when it may be written, the bytes, whether a cut held them back).
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>, bool)>(4096);
     let reader = {
         let shared = shared.clone();
         async move {
             let mut changed = shared.changed.subscribe();
             let mut buf = vec![0u8; 64 * 1024];
+            // What is read first after a cut waited in the socket through it.
+            let mut held = false;
             loop {
+                held |= healed(&mut changed).await;
                 let n = tokio::select! {
                     r = from.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
-                    _ = until_cut(&mut changed, epoch) => {
-                        // Hold the socket, read nothing, until the cut heals.
-                        let _ = changed.wait_for(|(mode, _)| *mode != Mode::BlackHole).await;
-                        break;
-                    }
+                    _ = changed.wait_for(|mode| *mode == Mode::BlackHole) => continue,
                 };
                 let mode = shared.lock().mode;
                 let at = match mode {
                     Mode::Delay(d) if !to_server => Instant::now() + d,
                     _ => Instant::now(),
                 };
-                if tx.send((at, buf[..n].to_vec())).await.is_err() {
+                if tx.send((at, buf[..n].to_vec(), held)).await.is_err() {
                     break;
                 }
+                held = false;
             }
         }
     };
     let writer = async move {
-        // After a cut nothing more is written, but the socket is kept (not closed) until the
-        // reader ends at the heal.
-        let mut dead = false;
-        while let Some((at, bytes)) = rx.recv().await {
-            if dead {
-                shared.lock().counters.dropped += 1;
-                continue;
-            }
+        let mut changed = shared.changed.subscribe();
+        while let Some((at, bytes, mut late)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
-            {
-                let mut state = shared.lock();
-                if state.mode == Mode::BlackHole || state.epoch != epoch {
-                    state.counters.dropped += 1;
-                    dead = true;
-                    continue;
+            loop {
+                // Logged, then written, under the lock that `set` takes: no chunk is logged
+                // (or written) from a cut's time until it heals.
+                {
+                    let mut state = shared.lock();
+                    if state.mode != Mode::BlackHole {
+                        if late {
+                            state.counters.late += 1;
+                        }
+                        state.log.push(Chunk {
+                            at_ms: unix_ms(),
+                            to_server,
+                            bytes: bytes.len(),
+                        });
+                        break;
+                    }
                 }
-                // Logged, then written, only if the cut has not happened: no chunk is logged
-                // at or after the cut's time, and none is forwarded after it.
-                state.log.push(Chunk {
-                    at_ms: unix_ms(),
-                    to_server,
-                    bytes: bytes.len(),
-                });
+                late = true;
+                healed(&mut changed).await;
             }
             if to.write_all(&bytes).await.is_err() {
-                dead = true;
+                break;
             }
         }
-        if !dead {
-            let _ = to.shutdown().await;
-        }
+        let _ = to.shutdown().await;
     };
     tokio::join!(reader, writer);
 }
