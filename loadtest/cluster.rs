@@ -323,12 +323,6 @@ pub fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     Some((hwm_kib * 1024, ticks / 100.0))
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Where traces go, for the tracing-cost scenario.
 #[derive(Clone)]
 pub struct Otlp {
@@ -355,7 +349,7 @@ impl Replica {
     pub fn start(opts: &ReplicaOptions, identity: &str, log: &Path) -> anyhow::Result<Replica> {
         let bin = std::env::current_exe()?.with_file_name("vecodex-operator");
         let file = std::fs::File::create(log)?;
-        let metrics_port = free_port()?;
+        let metrics_port = crate::shared::free_port()?;
         let lease = opts.lease_seconds.max(3);
         let mut cmd = Command::new(&bin);
         cmd.args(["run", "--identity", identity])

@@ -918,9 +918,9 @@ fn rotel_agent() -> anyhow::Result<PathBuf> {
 
 /// A collector that receives and discards spans, logging one line per batch.
 fn start_collector(out: &Path) -> anyhow::Result<(Child, Otlp)> {
-    let grpc = cluster::free_port()?;
+    let grpc = shared::free_port()?;
     let log = std::fs::File::create(out.join("rotel.log"))?;
-    let http = cluster::free_port()?;
+    let http = shared::free_port()?;
     let child = shared::rotel_command(&rotel_agent()?, grpc, http, "basic", out)
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -1,5 +1,6 @@
 //! What the load test and the integration tests share (the tests include this file with
-//! `#[path]`): reading the API server's request counters, and starting the rotel collector.
+//! `#[path]`): reading the API server's request counters, starting the rotel collector, and
+//! free local ports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,4 +86,11 @@ pub fn wait_listening(port: u16) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -18,6 +18,25 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::cache::Raw;
 use crate::children::FIELD_MANAGER;
 
+/// What the operator writes: a namespaced Kubernetes object with a static type.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+{
+}
+
 /// The field manager that keeps a Deployment's replicas where they are when its set stops
 /// setting them (see [`Writer::hand_over_replicas`]).
 pub const HANDOVER_MANAGER: &str = "vecodex-operator-handover";
@@ -40,6 +59,17 @@ pub fn status_code(err: &kube::Error) -> Option<u16> {
 /// once the cluster changes, and is retried with backoff instead.
 pub fn is_rejection(err: &kube::Error) -> bool {
     matches!(status_code(err), Some(400 | 422))
+}
+
+/// The namespace is being deleted: the API server refuses new objects in it (403 from its
+/// NamespaceLifecycle admission), and the set goes with the namespace.
+pub fn is_namespace_terminating(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => {
+            status.code == 403 && status.message.contains("because it is being terminated")
+        }
+        _ => false,
+    }
 }
 
 /// Runs one API call in a child span (`otel.kind = client`) with the method, resource, name
@@ -125,11 +155,7 @@ impl Writer {
     /// never decoded.
     pub async fn apply<K>(&self, obj: &K, creates: bool) -> Result<Raw<K>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + Debug,
+        K: Child,
     {
         let name = obj.meta().name.clone().unwrap_or_default();
         let ns = obj.meta().namespace.clone().unwrap_or_default();
@@ -152,11 +178,7 @@ impl Writer {
     /// before anything is written.
     pub async fn dry_run_apply<K>(&self, obj: &K) -> Result<(), kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + Debug,
+        K: Child,
     {
         let name = obj.meta().name.clone().unwrap_or_default();
         let ns = obj.meta().namespace.clone().unwrap_or_default();

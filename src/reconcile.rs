@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::api::{Writer, is_rejection};
+use crate::api::{Child, Writer, is_namespace_terminating, is_rejection};
 use crate::cache::{Cache, Parts, Raw, Stored};
 use crate::children::{self, Desired, child_name};
 use crate::crd::{Component, VecodexSet};
@@ -414,6 +414,10 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     // cache, so the status written next does not need a second reconcile to catch up.
     let mut applied = Vec::new();
     if let Err(err) = apply_children(ctx, &set, desired, &mut changes, &mut applied).await {
+        // The namespace is going, and the set with it: nothing to retry or report.
+        if matches!(&err, Error::Write { source, .. } if is_namespace_terminating(source)) {
+            return Ok(Report::Gone);
+        }
         let rejected = matches!(&err, Error::Write { source, .. } if is_rejection(source));
         // A rejected child means the spec is wrong in a way validation missed: report it as
         // invalid instead of retrying the same request for ever, and undo what this
@@ -782,11 +786,7 @@ where
 /// before anything was written.
 async fn dry_run<K>(ctx: &Context, writes: &[Write<'_, K>]) -> Result<(), Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let checks = writes.iter().map(|w| async move {
         ctx.writer.dry_run_apply(w.desired).await.map_err(|e| {
@@ -801,11 +801,7 @@ where
 /// them, and the first error if any failed.
 async fn write_all<K>(ctx: &Context, writes: Vec<Write<'_, K>>) -> Ensured<K>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let results = futures::future::join_all(writes.into_iter().map(|w| write(ctx, w))).await;
     let mut ensured = Ensured {
@@ -831,11 +827,7 @@ where
 /// with.
 async fn write<K>(ctx: &Context, w: Write<'_, K>) -> Result<(Change, Raw<K>), Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let desired = w.desired;
     let name = desired.meta().name.clone().unwrap_or_default();

@@ -27,11 +27,7 @@ impl Drop for Collector {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::shared::free_port().expect("a free local port")
 }
 
 #[tokio::test]

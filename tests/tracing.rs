@@ -26,11 +26,7 @@ fn rotel_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::shared::free_port().expect("a free local port")
 }
 
 /// A rotel collector printing every span it receives into `out`.
