@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::audit::{self, LeaseHistory};
+use common::audit;
 use common::fleet::{assert_takeovers_after_expiry, record_leases};
 use common::{
     LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, shard_of,
@@ -311,13 +311,8 @@ async fn shards_spread_fail_over_hand_over_and_never_overlap() {
 
     // 5a. The API server's audit log: every child and status write came from the replica
     //     that held its namespace's shard at that moment, by the Lease writes of the same log.
-    let records = audit::records();
-    let history = LeaseHistory::new(
-        &records,
-        &format!("{GROUP}-shard-"),
-        Duration::from_secs(LEASE_DURATION_S),
-    );
-    let checked = audit::assert_writes_by_holders(&records, &history, |replica, ns| {
+    let lease_duration = Duration::from_secs(LEASE_DURATION_S);
+    let checked = audit::assert_group_writes_by_holders(GROUP, lease_duration, |replica, ns| {
         replicas
             .contains_key(replica)
             .then(|| shard_lease_name(GROUP, shard_of(ns, SHARDS), SHARDS))

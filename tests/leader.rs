@@ -180,17 +180,13 @@ async fn one_shard_is_classic_leader_election() {
     .await;
     // The witness: the audit log. Every write of a set's children or status came from the
     // replica holding the one shard at that moment, by the Lease writes of the same log.
-    let records = common::audit::records();
-    let history = common::audit::LeaseHistory::new(
-        &records,
-        "solo-shard-",
-        Duration::from_secs(LEASE_DURATION_S),
-    );
     let ids = [a.identity.as_str(), b.identity.as_str()];
-    let checked = common::audit::assert_writes_by_holders(&records, &history, |replica, _| {
-        ids.contains(&replica)
-            .then(|| vecodex_operator::shard::shard_lease_name("solo", 0, 1))
-    });
+    let lease_duration = Duration::from_secs(LEASE_DURATION_S);
+    let checked =
+        common::audit::assert_group_writes_by_holders("solo", lease_duration, |replica, _| {
+            ids.contains(&replica)
+                .then(|| vecodex_operator::shard::shard_lease_name("solo", 0, 1))
+        });
     eprintln!("audit: {checked} writes, each by the leader of the moment");
     standby.signal(libc::SIGTERM);
 }

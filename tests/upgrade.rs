@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::audit::{self, LeaseHistory};
+use common::audit;
 use common::fleet::{Fleet, assert_takeovers_after_expiry, record_leases};
 use common::{
     LEASE_DURATION_S, Replica, ReplicaOptions, client, failover_bound, metric, replica_http,
@@ -161,13 +161,17 @@ async fn a_new_shard_scheme_serves_only_once_the_old_replicas_are_gone() {
             .all(|s| s.as_deref() == Some("mixed/8")),
         "every shard Lease records the new scheme"
     );
+    // Each replica clears its waiting gauge at its next heartbeat round (a retry period).
     for id in ["n1", "n2", "n3"] {
-        let metrics = replica_http(&replicas[id].log, "/metrics").expect("metrics");
-        assert_eq!(
-            metric(&metrics, "vecodex_operator_shard_scheme_waiting"),
-            Some(0.0),
-            "{id} no longer waits"
-        );
+        wait_for(
+            &format!("{id} to stop waiting"),
+            Duration::from_secs(5),
+            || async {
+                let metrics = replica_http(&replicas[id].log, "/metrics")?;
+                (metric(&metrics, "vecodex_operator_shard_scheme_waiting")? == 0.0).then_some(())
+            },
+        )
+        .await;
     }
     stop.cancel();
     let updates = churn.await.unwrap();
@@ -202,13 +206,8 @@ async fn a_new_shard_scheme_serves_only_once_the_old_replicas_are_gone() {
     //    namespace's shard under that replica's own scheme, by the Lease writes of the same
     //    log, so no namespace was ever served under two schemes; and no shard Lease changed
     //    hands before a release or an expiry.
-    let records = audit::records();
-    let history = LeaseHistory::new(
-        &records,
-        &format!("{GROUP}-shard-"),
-        Duration::from_secs(LEASE_DURATION_S),
-    );
-    let checked = audit::assert_writes_by_holders(&records, &history, |replica, ns| {
+    let lease_duration = Duration::from_secs(LEASE_DURATION_S);
+    let checked = audit::assert_group_writes_by_holders(GROUP, lease_duration, |replica, ns| {
         let hash = match replica {
             "o1" | "o2" | "o3" => ShardHash::Fnv1a,
             "n1" | "n2" | "n3" => ShardHash::Mixed,

@@ -288,3 +288,15 @@ pub fn assert_writes_by_holders(
     assert!(checked > 0, "the audit log holds writes of the replicas");
     checked
 }
+
+/// [`assert_writes_by_holders`] over the log since the mark, against the history of the
+/// shard Leases of `group` (each `lease_duration` long).
+pub fn assert_group_writes_by_holders(
+    group: &str,
+    lease_duration: Duration,
+    lease_of: impl Fn(&str, &str) -> Option<String>,
+) -> usize {
+    let records = records();
+    let history = LeaseHistory::new(&records, &format!("{group}-shard-"), lease_duration);
+    assert_writes_by_holders(&records, &history, lease_of)
+}
