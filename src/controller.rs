@@ -19,12 +19,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::api::Writer;
 use crate::cache::{Cache, Raw, Stored};
+use crate::census;
 use crate::children::shard_selector;
 use crate::crd::VecodexSet;
 use crate::events::{EventSender, Recorder};
 use crate::hosts::HostIndex;
 use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, results};
 use crate::policy::Policy;
 use crate::queue::{Item, Priority, QueueConfig, Trigger, WorkQueue};
 use crate::reconcile::{Context, RecentWrites, Report, Stores, reconcile};
@@ -616,6 +617,13 @@ pub async fn run(
         }
     });
 
+    tasks.spawn(take_census(
+        stores.clone(),
+        gate.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
     let writer = Writer::new(client.clone());
     let (events, events_task) = EventSender::start(
         Arc::new(Recorder::new(
@@ -677,6 +685,49 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// How often the census gauges of the served sets are refreshed.
+const CENSUS_PERIOD: Duration = Duration::from_secs(15);
+
+/// Refreshes the census gauges (`vecodex_operator_sets`) from the set cache: the sets of the
+/// shards held now, by their Ready condition.
+async fn take_census(
+    stores: Stores,
+    gate: Arc<ShardGate>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CENSUS_PERIOD);
+    while tokio::select! { _ = shutdown.cancelled() => false, _ = tick.tick() => true } {
+        let mut held = vec![false; stores.scheme.shards as usize];
+        for shard in gate.held() {
+            held[shard as usize] = true;
+        }
+        let sets = stores.sets.state();
+        let served: Vec<_> = sets
+            .iter()
+            .filter(|s| {
+                s.namespace()
+                    .is_some_and(|ns| held[stores.scheme.shard_of(ns) as usize])
+            })
+            .map(|s| {
+                let status = s.parts::<serde::de::IgnoredAny, census::ReadyOnly>().status;
+                (s.generation, s.observed_generation, status)
+            })
+            .collect();
+        let tally = census::count(
+            served
+                .iter()
+                .map(|(generation, observed, status)| census::Entry {
+                    generation: *generation,
+                    observed_generation: *observed,
+                    status: status.as_ref(),
+                }),
+            jiff::Timestamp::now().as_second(),
+        );
+        metrics.census(&tally);
+    }
 }
 
 /// Sets per shard, from the set cache every replica keeps whole: what the shard manager
@@ -1065,24 +1116,27 @@ async fn work(
     };
     drop(guard);
     let (outcome, result_label) = match &result {
-        None => ("cancelled: shard lost".to_owned(), "cancelled"),
-        Some(Ok(Report::Gone)) => ("gone".to_owned(), "gone"),
-        Some(Ok(Report::NotSynced)) => ("shard's caches not listed yet".to_owned(), "not_synced"),
-        Some(Ok(Report::Invalid)) => ("invalid".to_owned(), "invalid"),
+        None => ("cancelled: shard lost".to_owned(), results::CANCELLED),
+        Some(Ok(Report::Gone)) => ("gone".to_owned(), results::GONE),
+        Some(Ok(Report::NotSynced)) => (
+            "shard's caches not listed yet".to_owned(),
+            results::NOT_SYNCED,
+        ),
+        Some(Ok(Report::Invalid)) => ("invalid".to_owned(), results::INVALID),
         Some(Ok(Report::Applied {
             writes: 0,
             status_patched: false,
             ..
-        })) => ("no-op".to_owned(), "noop"),
+        })) => ("no-op".to_owned(), results::NOOP),
         Some(Ok(Report::Applied {
             writes,
             status_patched,
             ..
         })) => (
             format!("applied {} objects", writes + usize::from(*status_patched)),
-            "applied",
+            results::APPLIED,
         ),
-        Some(Err(_)) => ("error".to_owned(), "error"),
+        Some(Err(_)) => ("error".to_owned(), results::ERROR),
     };
     span.record("vecodex.outcome", outcome.as_str());
     metrics.reconciled(result_label, started.elapsed(), &trace_id);

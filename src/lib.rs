@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod census;
 pub mod children;
 pub mod controller;
 pub mod crd;

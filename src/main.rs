@@ -291,6 +291,7 @@ fn main() -> std::process::ExitCode {
                     args.log_format,
                     &args.log_level,
                     &traces,
+                    metrics.spans_exported.clone(),
                     metrics.spans_dropped.clone(),
                 ) {
                     Ok(t) => t,

@@ -1,6 +1,7 @@
 //! The Prometheus registry of the process: reconcile, work-queue, shard, Kubernetes client and
 //! tracing metrics, and build info.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -10,17 +11,40 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::census::{self, Tally};
 use crate::queue::QueueMetrics;
 use crate::shard::ShardMetrics;
 
+/// Values of the `result` label of `vecodex_operator_reconciles`.
+pub mod results {
+    pub const APPLIED: &str = "applied";
+    pub const NOOP: &str = "noop";
+    pub const INVALID: &str = "invalid";
+    pub const ERROR: &str = "error";
+    pub const CANCELLED: &str = "cancelled";
+    pub const GONE: &str = "gone";
+    pub const NOT_SYNCED: &str = "not_synced";
+    /// Every result is exported from the start (at 0): an error ratio never lacks a series.
+    pub const ALL: [&str; 7] = [APPLIED, NOOP, INVALID, ERROR, CANCELLED, GONE, NOT_SYNCED];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// applied, noop, invalid, error, cancelled, gone
+    /// One of [`results::ALL`].
     pub result: String,
+}
+
+/// A set's Ready condition: see `census`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    /// True, False or Unknown
+    pub ready: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,7 +80,10 @@ pub struct Metrics {
     pub reconcile_duration: HistogramWithExemplars<TraceLabels>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub spans_exported: Counter<u64, AtomicU64>,
     pub spans_dropped: Counter<u64, AtomicU64>,
+    pub sets: Family<SetLabels, Gauge>,
+    pub sets_longest: Family<SetLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,6 +94,13 @@ impl Default for Metrics {
         let shard = ShardMetrics::default();
         shard.register(&mut registry);
         let reconciles = Family::<ResultLabels, Counter>::default();
+        for result in results::ALL {
+            reconciles
+                .get_or_create(&ResultLabels {
+                    result: result.to_owned(),
+                })
+                .inc_by(0);
+        }
         registry.register(
             "vecodex_operator_reconciles",
             "Reconciles by result",
@@ -91,11 +125,29 @@ impl Default for Metrics {
             "Kubernetes API request latency (for watches: until the response headers)",
             request_duration.clone(),
         );
+        let spans_exported = Counter::default();
+        registry.register(
+            "vecodex_operator_spans_exported",
+            "Spans the OTLP collector accepted",
+            spans_exported.clone(),
+        );
         let spans_dropped = Counter::default();
         registry.register(
             "vecodex_operator_spans_dropped",
             "Spans not exported: queue full, collector down or slow",
             spans_dropped.clone(),
+        );
+        let sets = Family::<SetLabels, Gauge>::default();
+        registry.register(
+            "vecodex_operator_sets",
+            "Sets of the shards this replica holds, by their Ready condition's status and reason",
+            sets.clone(),
+        );
+        let sets_longest = Family::<SetLabels, Gauge>::default();
+        registry.register(
+            "vecodex_operator_sets_longest_in_state_seconds",
+            "Of those sets, the longest time one has had this Ready status (from its lastTransitionTime)",
+            sets_longest.clone(),
         );
         registry.register(
             "vecodex_operator_build",
@@ -110,7 +162,10 @@ impl Default for Metrics {
             reconcile_duration,
             requests,
             request_duration,
+            spans_exported,
             spans_dropped,
+            sets,
+            sets_longest,
         }
     }
 }
@@ -122,6 +177,23 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
+    }
+
+    /// Sets every (ready, reason) pair, 0 for those with no set, so the series never vanish.
+    pub fn census(&self, tally: &BTreeMap<(&'static str, &'static str), Tally>) {
+        for ready in census::STATES {
+            for reason in census::REASONS.iter().chain([&census::OTHER]) {
+                let t = tally.get(&(ready, *reason)).cloned().unwrap_or_default();
+                let labels = SetLabels {
+                    ready: ready.to_owned(),
+                    reason: (*reason).to_owned(),
+                };
+                self.sets.get_or_create(&labels).set(t.sets);
+                self.sets_longest
+                    .get_or_create(&labels)
+                    .set(t.oldest_seconds);
+            }
+        }
     }
 
     pub fn reconciled(&self, result: &str, took: Duration, trace_id: &str) {

@@ -15,6 +15,10 @@ pub const RESTRICTED: &str = "Restricted";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 pub const POLICY_VIOLATION: &str = "PolicyViolation";
 pub const HOST_CONFLICT: &str = "HostConflict";
+/// Reasons of the Ready condition of a set whose spec was accepted.
+pub const ALL_COMPONENTS_READY: &str = "AllComponentsReady";
+pub const COMPONENTS_NOT_READY: &str = "ComponentsNotReady";
+pub const APPLY_FAILED: &str = "ApplyFailed";
 
 /// What this reconcile achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +207,7 @@ pub fn summarize(
             .collect()
         }
         Outcome::Failed(message) => vec![
-            condition(READY, false, "ApplyFailed", message.clone(), generation),
+            condition(READY, false, APPLY_FAILED, message.clone(), generation),
             condition(
                 PROGRESSING,
                 true,
@@ -211,7 +215,7 @@ pub fn summarize(
                 "applying children failed; retrying".to_owned(),
                 generation,
             ),
-            condition(DEGRADED, true, "ApplyFailed", message.clone(), generation),
+            condition(DEGRADED, true, APPLY_FAILED, message.clone(), generation),
         ]
         .into_iter()
         .chain(kept_restricted())
@@ -228,7 +232,7 @@ pub fn summarize(
                 condition(
                     READY,
                     true,
-                    "AllComponentsReady",
+                    ALL_COMPONENTS_READY,
                     "all components are ready".to_owned(),
                     generation,
                 )
@@ -236,7 +240,7 @@ pub fn summarize(
                 condition(
                     READY,
                     false,
-                    "ComponentsNotReady",
+                    COMPONENTS_NOT_READY,
                     not_ready.join(", "),
                     generation,
                 )

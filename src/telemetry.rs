@@ -82,6 +82,7 @@ impl SpanProcessor for BoundedExport {
 async fn export_loop(
     mut rx: mpsc::Receiver<SpanData>,
     exporter: opentelemetry_otlp::SpanExporter,
+    exported: Counter,
     dropped: Counter,
     stop: CancellationToken,
 ) {
@@ -111,7 +112,9 @@ async fn export_loop(
         match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(&mut batch)))
             .await
         {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                exported.inc_by(n);
+            }
             Ok(Err(e)) => {
                 dropped.inc_by(n);
                 tracing::debug!(error = %e, spans = n, "span export failed; dropped");
@@ -162,11 +165,13 @@ impl Telemetry {
 }
 
 /// Installs logging and tracing. Must run inside a Tokio runtime (the gRPC exporter and the
-/// export task need one). `dropped` counts spans that were not exported.
+/// export task need one). `exported` counts the spans the collector accepted, `dropped` those
+/// that were not exported.
 pub fn init(
     format: LogFormat,
     level: &str,
     traces: &TraceConfig,
+    exported: Counter,
     dropped: Counter,
 ) -> anyhow::Result<Telemetry> {
     let log_filter = EnvFilter::try_from_default_env()
@@ -198,6 +203,7 @@ pub fn init(
         exporter_task = Some(tokio::spawn(export_loop(
             rx,
             exporter,
+            exported,
             dropped.clone(),
             stop.clone(),
         )));

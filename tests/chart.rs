@@ -4,38 +4,24 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{client, repo_root, seed_example, wait_for};
+use common::{client, repo_root, seed_example, tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::ApiResource;
+use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
 
 const WAIT: Duration = Duration::from_secs(30);
 const RELEASE_NS: &str = "vecodex-system";
-
-fn tool(name: &str) -> PathBuf {
-    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/vecodex-operator/tools/bin")
-        .join(name);
-    if cached.exists() {
-        return cached;
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| PathBuf::from(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found: run deploy/local/tools.sh"))
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("command runs")
@@ -283,6 +269,45 @@ fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
     std::fs::write(out, config).unwrap();
 }
 
+/// The FlowSchema the chart makes for the operator's Lease requests, as the v1.20 API server
+/// serves it.
+const LEASE_FLOW_SCHEMA: &str = "vecodex-operator-vecodex-system-leases";
+
+fn flow_schemas(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("flowcontrol.apiserver.k8s.io", "v1beta1", "FlowSchema");
+    Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk))
+}
+
+/// `apiserver_flowcontrol_dispatched_requests_total` by (flow schema, priority level), from the
+/// API server's own /metrics.
+async fn dispatched(client: &kube::Client) -> HashMap<(String, String), f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's /metrics");
+    let mut out = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let value: f64 = value.parse().expect("a sample value");
+        out.insert((label("flow_schema"), label("priority_level")), value);
+    }
+    out
+}
+
 fn sets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
 }
@@ -326,6 +351,25 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
             .flatten()
             .all(|res| res != "secrets" && res != "pods" && res != "*")
     }));
+    // Lease requests of the ServiceAccount go to the leader-election priority level: the
+    // FlowSchema is served as v1beta1 (the newest version on v1.20), and it is not dangling.
+    let schema = flow_schemas(&client)
+        .get(LEASE_FLOW_SCHEMA)
+        .await
+        .expect("the chart's FlowSchema, as v1beta1");
+    assert_eq!(
+        schema.data["spec"]["priorityLevelConfiguration"]["name"],
+        "leader-election"
+    );
+    wait_for("the FlowSchema's priority level resolved", WAIT, || async {
+        let s = flow_schemas(&client).get(LEASE_FLOW_SCHEMA).await.ok()?;
+        s.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Dangling" && c["status"] == "False")
+            .then_some(())
+    })
+    .await;
 
     // RBAC proof: the operator, run outside the cluster with the ServiceAccount's token,
     // does its whole job.
@@ -345,6 +389,7 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
     let sa_kubeconfig = cluster.dir.join("operator-sa.kubeconfig");
     token_kubeconfig(&kubeconfig, &token, &sa_kubeconfig);
     let log = cluster.dir.join("operator-sa.log");
+    let before = dispatched(&client).await;
     let mut operator =
         common::spawn_operator(&sa_kubeconfig, &log, &["--lease-namespace", RELEASE_NS]);
 
@@ -441,6 +486,21 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
     assert!(
         !text.contains("Forbidden") && !text.contains("code=403"),
         "no request was forbidden:\n{text}"
+    );
+    // API Priority and Fairness saw the operator's Lease requests under the chart's
+    // FlowSchema at the leader-election level, and its other requests under the built-in
+    // service-accounts FlowSchema (the controller manager's ServiceAccounts live in kube-system,
+    // which has a FlowSchema of its own).
+    let after = dispatched(&client).await;
+    let delta = |schema: &str, level: &str| {
+        let key = (schema.to_owned(), level.to_owned());
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    let leases = delta(LEASE_FLOW_SCHEMA, "leader-election");
+    let others = delta("service-accounts", "workload-low");
+    assert!(
+        leases > 0.0 && others > 0.0,
+        "dispatched: {leases} Lease requests at leader-election, {others} other requests at workload-low; all: {after:?}"
     );
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
@@ -541,6 +601,11 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
                 .is_none()
             && Api::<ServiceAccount>::namespaced(client.clone(), RELEASE_NS)
                 .get_opt("vecodex-operator")
+                .await
+                .ok()?
+                .is_none()
+            && flow_schemas(&client)
+                .get_opt(LEASE_FLOW_SCHEMA)
                 .await
                 .ok()?
                 .is_none();

@@ -407,6 +407,17 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
         "{note}"
     );
 
+    // Spans the collector received are counted as exported.
+    let (_, samples) = parse_metrics(&http_get(&metrics_addr, "/metrics").1);
+    let exported = samples
+        .get("vecodex_operator_spans_exported_total")
+        .and_then(|s| s.first())
+        .map(|(_, v)| *v);
+    assert!(
+        exported.is_some_and(|v| v > 0.0),
+        "exported spans counted: {exported:?}"
+    );
+
     // The collector dies: reconciles go on, spans are counted as dropped.
     collector.stop();
     create(&client, &ns, seed_example(&ns, "unobserved")).await;
@@ -446,9 +457,14 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
             "vecodex_operator_kube_request_duration_seconds",
             "histogram",
         ),
+        ("vecodex_operator_spans_exported", "counter"),
         ("vecodex_operator_spans_dropped", "counter"),
         ("vecodex_operator_build", "info"),
+        ("vecodex_operator_shards_configured", "gauge"),
         ("vecodex_operator_shards_held", "gauge"),
+        ("vecodex_operator_shard_held", "gauge"),
+        ("vecodex_operator_sets", "gauge"),
+        ("vecodex_operator_sets_longest_in_state_seconds", "gauge"),
         ("workqueue_depth", "gauge"),
         ("workqueue_adds", "counter"),
         ("workqueue_retries", "counter"),
@@ -463,12 +479,19 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
             "family {family}"
         );
     }
-    let results: BTreeSet<String> = samples["vecodex_operator_reconciles_total"]
+    // Every result is exported from the start; those that happened count more than 0.
+    let results: BTreeMap<String, f64> = samples["vecodex_operator_reconciles_total"]
         .iter()
-        .map(|(l, _)| l.clone())
+        .cloned()
         .collect();
+    for result in vecodex_operator::metrics::results::ALL {
+        assert!(
+            results.contains_key(&format!("result=\"{result}\"")),
+            "{result} exported: {results:?}"
+        );
+    }
     assert!(
-        results.contains("result=\"applied\"") && results.contains("result=\"invalid\""),
+        results["result=\"applied\""] > 0.0 && results["result=\"invalid\""] > 0.0,
         "{results:?}"
     );
     let requests = &samples["vecodex_operator_kube_requests_total"];

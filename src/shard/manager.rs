@@ -196,6 +196,7 @@ impl ShardManager {
             config.lease_duration,
             &config.group,
         );
+        metrics.configured(config.scheme.shards);
         ShardManager {
             config,
             leases,
@@ -234,7 +235,7 @@ impl ShardManager {
                         );
                         metrics.lost();
                     }
-                    metrics.held(gate.held().len());
+                    metrics.held(&gate.held());
                 }
             }
         });
@@ -487,7 +488,7 @@ impl ShardManager {
         if !self.send(&ops, roles).await {
             warn!("cannot read the Leases; holding what we have until the renew deadline");
             self.release_unconfirmed().await;
-            self.metrics.held(self.gate.held().len());
+            self.metrics.held(&self.gate.held());
             return;
         }
         self.collect_dead_members().await;
@@ -502,7 +503,7 @@ impl ShardManager {
             }
         }
         self.confirm_takes().await;
-        self.metrics.held(self.gate.held().len());
+        self.metrics.held(&self.gate.held());
         let view = self.view();
         let warm = match view.waiting_for {
             Some(_) => Vec::new(),

@@ -2,14 +2,25 @@
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
 #[derive(Clone)]
 pub struct ShardMetrics {
+    /// Shards of this replica's scheme.
+    configured: Gauge,
     held: Gauge,
+    /// Per shard of the scheme: 1 while this replica holds it, else 0.
+    held_by_shard: Family<ShardLabels, Gauge>,
     acquisitions: Counter,
     losses: Counter,
     handovers: Counter,
@@ -23,7 +34,9 @@ pub struct ShardMetrics {
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
+            configured: Gauge::default(),
             held: Gauge::default(),
+            held_by_shard: Family::default(),
             acquisitions: Counter::default(),
             losses: Counter::default(),
             handovers: Counter::default(),
@@ -38,9 +51,19 @@ impl Default for ShardMetrics {
 impl ShardMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
+            "vecodex_operator_shards_configured",
+            "Shards of this replica's scheme (--shards)",
+            self.configured.clone(),
+        );
+        registry.register(
             "vecodex_operator_shards_held",
             "Shards this replica holds",
             self.held.clone(),
+        );
+        registry.register(
+            "vecodex_operator_shard_held",
+            "1 while this replica holds the shard, else 0; summed over the replicas, 0 is a shard nobody serves",
+            self.held_by_shard.clone(),
         );
         registry.register(
             "vecodex_operator_shard_acquisitions",
@@ -84,8 +107,22 @@ impl ShardMetrics {
         (last > 0).then(|| unix_now().saturating_sub(last as u64))
     }
 
-    pub fn held(&self, n: usize) {
-        self.held.set(n as i64);
+    /// Exports every shard of the scheme, held or not, so that a shard nobody holds shows
+    /// as a sum of 0 rather than as a missing series.
+    pub fn configured(&self, shards: u32) {
+        self.configured.set(i64::from(shards));
+        self.held(&[]);
+    }
+
+    pub fn held(&self, held: &[u32]) {
+        self.held.set(held.len() as i64);
+        for shard in 0..self.configured.get() {
+            let labels = ShardLabels {
+                shard: shard.to_string(),
+            };
+            let on = held.contains(&(shard as u32));
+            self.held_by_shard.get_or_create(&labels).set(i64::from(on));
+        }
     }
 
     pub fn acquired(&self, waited: Duration) {

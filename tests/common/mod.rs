@@ -650,14 +650,34 @@ pub fn sa_replica_options() -> ReplicaOptions {
     }
 }
 
-/// Fetches `path` from a replica's metrics listener (its address is in its log).
-pub fn replica_http(log: &Path, path: &str) -> Option<String> {
+/// A command-line tool of the tests: from `deploy/local/tools.sh`'s cache, else from PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/vecodex-operator/tools/bin")
+        .join(name);
+    if cached.exists() {
+        return cached;
+    }
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not found: run deploy/local/tools.sh"))
+}
+
+/// The address of a replica's metrics listener, from its log.
+pub fn metrics_addr(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    let addr = text
-        .lines()
+    text.lines()
         .find(|l| l.contains("serving /metrics"))
         .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())?;
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+}
+
+/// Fetches `path` from a replica's metrics listener (its address is in its log).
+pub fn replica_http(log: &Path, path: &str) -> Option<String> {
+    let addr = metrics_addr(log)?;
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(&addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
