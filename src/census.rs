@@ -16,8 +16,9 @@ use crate::status;
 pub const NOT_OBSERVED: &str = "NotObserved";
 /// A Ready reason this operator does not write (an older version's, or someone else's).
 pub const OTHER: &str = "Other";
+const UNKNOWN: &str = "Unknown";
 /// The values of the `ready` label.
-pub const STATES: [&str; 3] = ["True", "False", "Unknown"];
+pub const STATES: [&str; 3] = ["True", "False", UNKNOWN];
 /// The Ready reasons the census keeps apart.
 pub const REASONS: [&str; 7] = [
     status::ALL_COMPONENTS_READY,
@@ -64,6 +65,15 @@ pub struct Tally {
     pub oldest_seconds: i64,
 }
 
+/// `value` as one of `known`, else `other`: label values stay within a fixed set.
+fn bounded(known: &[&'static str], value: &str, other: &'static str) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .unwrap_or(other)
+}
+
 /// Counts `entries` by (ready, reason); `now` in Unix seconds.
 pub fn count<'a>(
     entries: impl IntoIterator<Item = Entry<'a>>,
@@ -71,23 +81,16 @@ pub fn count<'a>(
 ) -> BTreeMap<(&'static str, &'static str), Tally> {
     let mut out: BTreeMap<(&'static str, &'static str), Tally> = BTreeMap::new();
     for e in entries {
+        // A status of an older generation does not describe the set.
         let ready = e
             .status
+            .filter(|_| e.observed_generation == e.generation)
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY));
         let (state, reason, since) = match ready {
-            Some(_) if e.observed_generation != e.generation => ("Unknown", NOT_OBSERVED, None),
-            None => ("Unknown", NOT_OBSERVED, None),
+            None => (UNKNOWN, NOT_OBSERVED, None),
             Some(c) => (
-                match c.status.as_str() {
-                    "True" => "True",
-                    "False" => "False",
-                    _ => "Unknown",
-                },
-                REASONS
-                    .iter()
-                    .find(|r| **r == c.reason)
-                    .copied()
-                    .unwrap_or(OTHER),
+                bounded(&STATES, &c.status, UNKNOWN),
+                bounded(&REASONS, &c.reason, OTHER),
                 c.last_transition_time
                     .parse::<jiff::Timestamp>()
                     .ok()
