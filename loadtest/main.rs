@@ -1028,7 +1028,7 @@ async fn main() -> anyhow::Result<()> {
         let (base_2, _) =
             fresh_cold_start(&args, &spec, "tracing-off-2", args.replicas, n, None).await?;
         // One line per batch received: a tracing-on run that exported nothing measured no
-        // tracing (as when the log level turned the spans off, before 2026-12-02).
+        // tracing, and fails.
         let collector_batches = std::fs::read_to_string(args.out.join("rotel.log"))
             .map(|t| t.matches("Received traces").count())
             .unwrap_or(0);

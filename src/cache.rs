@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::hosts::HostClaim;
+use crate::key::SetKey;
 use crate::shard::Scheme;
 
 /// One store and what it covers.
@@ -243,8 +244,8 @@ where
 impl<K> Stored<K> {
     /// Whether the desired object with digest `desired` was already found to be a subset of
     /// this version. A reconcile compares every child with its cached version, and most of
-    /// the time neither changed since the last one: unpacking and parsing the live object
-    /// for that was the largest item of a replica's CPU under churn.
+    /// the time neither changed since the last one, and unpacking and parsing the live object
+    /// again would be the largest item of a replica's CPU under churn.
     pub fn verified(&self, desired: u64) -> bool {
         desired != 0 && self.verified.0.load(Ordering::Relaxed) == desired
     }
@@ -284,14 +285,14 @@ impl<K> Stored<K> {
     }
 
     /// `namespace/name`, the work-queue key of a set.
-    pub fn key(&self) -> Option<String> {
-        Some(format!("{}/{}", self.namespace()?, self.name))
+    pub fn key(&self) -> Option<SetKey> {
+        Some(SetKey::new(self.namespace()?, &self.name))
     }
 
     /// The key of the VecodexSet controlling the object, if one does.
-    pub fn controller_key(&self) -> Option<String> {
+    pub fn controller_key(&self) -> Option<SetKey> {
         let (name, _) = self.controller.as_ref()?;
-        Some(format!("{}/{name}", self.namespace()?))
+        Some(SetKey::new(self.namespace()?, name))
     }
 
     /// Whether the operator's server-side apply owns `spec.replicas` (read from the
@@ -315,8 +316,8 @@ impl<K> Stored<K> {
 /// An object as a watch or list delivered it: its metadata parsed, the rest kept as the API
 /// server printed it, without `managedFields` and the last-applied annotation. The watches
 /// read this instead of the typed object: decoding a whole Deployment (its managedFields
-/// into trees of `serde_json::Value` that were then dropped) and printing it again for the
-/// cache was most of what a replica spent on each child event, and every child event
+/// into trees of `serde_json::Value`, only to drop them) and printing it again for the cache
+/// would be most of what a replica spends on each child event, and every child event
 /// reaches two replicas, every set event all of them.
 #[derive(Clone, Debug)]
 pub struct Raw<K> {
@@ -682,8 +683,8 @@ mod tests {
         assert!(!json.contains("managedFields"), "{json}");
         assert!(!json.contains("last-applied"), "{json}");
         assert!(json.contains(r#""note":"kept""#), "{json}");
-        assert_eq!(stored.key().as_deref(), Some("t/s-searcher"));
-        assert_eq!(stored.controller_key().as_deref(), Some("t/s"));
+        assert_eq!(stored.key().unwrap(), "t/s-searcher");
+        assert_eq!(stored.controller_key().unwrap(), "t/s");
         assert!(stored.controlled_by(Some("u1")));
         assert_eq!(
             (stored.generation, stored.observed_generation),
@@ -788,7 +789,7 @@ mod tests {
         assert_eq!(stored.object(), Some(cm.clone()));
         assert_eq!(stored.value(), serde_json::to_value(&cm).unwrap());
         assert_eq!(stored.name(), "c");
-        assert_eq!(stored.key().as_deref(), Some("n/c"));
+        assert_eq!(stored.key().unwrap(), "n/c");
         assert_eq!(stored.controller_key(), None);
         assert!(
             stored.packed.len() < 200,

@@ -20,8 +20,7 @@ use crate::api::Writer;
 /// How long an Event counts as recent for deduplication.
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// How often the recent Events are pruned. Pruning visits every one of them (one per set
-/// after a cold start), so it is not done on every publish: that was 5 % of a replica's CPU
-/// under churn at 3,000 sets.
+/// after a cold start), so it is not done on every publish.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// The Events API rejects notes above 1 kB.
 const MAX_NOTE: usize = 1000;

@@ -11,6 +11,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
+use crate::key::SetKey;
+
 /// What a set asks of a host, from its cached version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostClaim {
@@ -27,30 +29,26 @@ pub struct HostClaim {
 struct Rank {
     not_serving: bool,
     created: i64,
-    key: String,
+    key: SetKey,
 }
 
 #[derive(Default)]
 struct Inner {
     /// Each set's claims (a set serving one host and asking for another has two).
-    by_key: HashMap<String, Vec<(Box<str>, Rank)>>,
+    by_key: HashMap<SetKey, Vec<(Box<str>, Rank)>>,
     by_host: HashMap<Box<str>, BTreeSet<Rank>>,
 }
 
 impl Inner {
-    fn holder(&self, host: &str) -> Option<&str> {
+    fn holder(&self, host: &str) -> Option<&SetKey> {
         self.by_host
             .get(host)
             .and_then(|line| line.first())
-            .map(|r| r.key.as_str())
+            .map(|r| &r.key)
     }
 
-    fn claimants(&self, host: &str) -> impl Iterator<Item = &str> {
-        self.by_host
-            .get(host)
-            .into_iter()
-            .flatten()
-            .map(|r| r.key.as_str())
+    fn claimants(&self, host: &str) -> impl Iterator<Item = &SetKey> {
+        self.by_host.get(host).into_iter().flatten().map(|r| &r.key)
     }
 }
 
@@ -64,17 +62,15 @@ impl HostIndex {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The key (`namespace/name`) of the set holding `host`, if any set asks for it.
-    pub fn holder(&self, host: &str) -> Option<String> {
-        self.lock()
-            .holder(&host.to_ascii_lowercase())
-            .map(str::to_owned)
+    /// The set holding `host`, if any set asks for it.
+    pub fn holder(&self, host: &str) -> Option<SetKey> {
+        self.lock().holder(&host.to_ascii_lowercase()).cloned()
     }
 
     /// Records what set `key` claims now (none: no host, or the set is gone). Returns the
     /// other sets asking for a host whose holder this changed: they are to be reconciled
     /// (the new holder applies its Ingress, the others name the new holder).
-    pub fn update(&self, key: &str, claims: Vec<HostClaim>) -> Vec<String> {
+    pub fn update(&self, key: &SetKey, claims: Vec<HostClaim>) -> Vec<SetKey> {
         let mut inner = self.lock();
         let before = inner.by_key.get(key).cloned().unwrap_or_default();
         let mut new: Vec<(Box<str>, Rank)> = claims
@@ -85,7 +81,7 @@ impl HostIndex {
                     Rank {
                         not_serving: !c.serving,
                         created: c.created,
-                        key: key.to_owned(),
+                        key: key.clone(),
                     },
                 )
             })
@@ -98,10 +94,8 @@ impl HostIndex {
         let mut hosts: Vec<Box<str>> = before.iter().chain(&new).map(|(h, _)| h.clone()).collect();
         hosts.sort();
         hosts.dedup();
-        let holders_before: Vec<Option<String>> = hosts
-            .iter()
-            .map(|h| inner.holder(h).map(str::to_owned))
-            .collect();
+        let holders_before: Vec<Option<SetKey>> =
+            hosts.iter().map(|h| inner.holder(h).cloned()).collect();
         for (host, rank) in &before {
             if let Some(line) = inner.by_host.get_mut(host) {
                 line.remove(rank);
@@ -120,17 +114,12 @@ impl HostIndex {
         if new.is_empty() {
             inner.by_key.remove(key);
         } else {
-            inner.by_key.insert(key.to_owned(), new);
+            inner.by_key.insert(key.clone(), new);
         }
-        let mut wake: Vec<String> = Vec::new();
+        let mut wake: Vec<SetKey> = Vec::new();
         for (host, before) in hosts.iter().zip(holders_before) {
-            if inner.holder(host).map(str::to_owned) != before {
-                wake.extend(
-                    inner
-                        .claimants(host)
-                        .filter(|k| *k != key)
-                        .map(str::to_owned),
-                );
+            if inner.holder(host).cloned() != before {
+                wake.extend(inner.claimants(host).filter(|k| *k != key).cloned());
             }
         }
         wake.sort();
@@ -142,6 +131,10 @@ impl HostIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn k(key: &str) -> SetKey {
+        key.parse().expect("a namespace/name key")
+    }
 
     fn claim(host: &str, serving: bool, created: i64) -> Vec<HostClaim> {
         vec![HostClaim {
@@ -155,59 +148,59 @@ mod tests {
     fn the_first_claimant_holds_a_host_and_the_next_gets_it_when_it_lets_go() {
         let index = HostIndex::default();
         assert_eq!(
-            index.update("a/x", claim("h.example.com", false, 10)),
-            Vec::<String>::new()
+            index.update(&k("a/x"), claim("h.example.com", false, 10)),
+            Vec::<SetKey>::new()
         );
-        assert_eq!(index.holder("H.example.com").as_deref(), Some("a/x"));
+        assert_eq!(index.holder("H.example.com"), Some(k("a/x")));
         // A later set asking for the same host waits; nobody else changes standing.
         assert!(
             index
-                .update("b/y", claim("h.example.com", false, 20))
+                .update(&k("b/y"), claim("h.example.com", false, 20))
                 .is_empty()
         );
-        assert_eq!(index.holder("h.example.com").as_deref(), Some("a/x"));
+        assert_eq!(index.holder("h.example.com"), Some(k("a/x")));
         // Same second: namespace and name decide.
         assert!(
             index
-                .update("c/z", claim("h.example.com", false, 20))
+                .update(&k("c/z"), claim("h.example.com", false, 20))
                 .is_empty()
         );
         // The holder changes its host: the next in line (b/y, then c/z) is woken.
         assert_eq!(
-            index.update("a/x", claim("other.example.com", false, 10)),
-            vec!["b/y".to_owned(), "c/z".to_owned()]
+            index.update(&k("a/x"), claim("other.example.com", false, 10)),
+            vec![k("b/y"), k("c/z")]
         );
-        assert_eq!(index.holder("h.example.com").as_deref(), Some("b/y"));
+        assert_eq!(index.holder("h.example.com"), Some(k("b/y")));
         // b/y is deleted: c/z is woken and holds it.
-        assert_eq!(index.update("b/y", vec![]), vec!["c/z".to_owned()]);
-        assert_eq!(index.holder("h.example.com").as_deref(), Some("c/z"));
-        assert_eq!(index.update("c/z", vec![]), Vec::<String>::new());
+        assert_eq!(index.update(&k("b/y"), vec![]), vec![k("c/z")]);
+        assert_eq!(index.holder("h.example.com"), Some(k("c/z")));
+        assert_eq!(index.update(&k("c/z"), vec![]), Vec::<SetKey>::new());
         assert_eq!(index.holder("h.example.com"), None);
     }
 
     #[test]
     fn a_serving_set_keeps_its_host_against_an_older_one() {
         let index = HostIndex::default();
-        index.update("b/new", claim("h", true, 50));
+        index.update(&k("b/new"), claim("h", true, 50));
         // An older set that changes its host to one already served does not take it.
-        assert!(index.update("a/old", claim("h", false, 1)).is_empty());
-        assert_eq!(index.holder("h").as_deref(), Some("b/new"));
+        assert!(index.update(&k("a/old"), claim("h", false, 1)).is_empty());
+        assert_eq!(index.holder("h"), Some(k("b/new")));
         // Two that both say they serve it (from before hosts were owned): the older wins.
         assert_eq!(
-            index.update("a/old", claim("h", true, 1)),
-            vec!["b/new".to_owned()]
+            index.update(&k("a/old"), claim("h", true, 1)),
+            vec![k("b/new")]
         );
-        assert_eq!(index.holder("h").as_deref(), Some("a/old"));
+        assert_eq!(index.holder("h"), Some(k("a/old")));
         // An unchanged claim changes nothing.
-        assert!(index.update("a/old", claim("h", true, 1)).is_empty());
+        assert!(index.update(&k("a/old"), claim("h", true, 1)).is_empty());
     }
 
     /// A set moving to another host keeps the one it serves until its Ingress moved.
     #[test]
     fn a_served_host_is_kept_while_the_set_moves_to_another() {
         let index = HostIndex::default();
-        index.update("a/x", claim("old", true, 1));
-        index.update("b/y", claim("old", false, 5));
+        index.update(&k("a/x"), claim("old", true, 1));
+        index.update(&k("b/y"), claim("old", false, 5));
         let moving = vec![
             HostClaim {
                 host: "new".into(),
@@ -221,16 +214,16 @@ mod tests {
             },
         ];
         assert!(
-            index.update("a/x", moving).is_empty(),
+            index.update(&k("a/x"), moving).is_empty(),
             "old is still served by a/x"
         );
-        assert_eq!(index.holder("old").as_deref(), Some("a/x"));
-        assert_eq!(index.holder("new").as_deref(), Some("a/x"));
+        assert_eq!(index.holder("old"), Some(k("a/x")));
+        assert_eq!(index.holder("new"), Some(k("a/x")));
         // The status now names the new host: the old one goes to the next in line.
         assert_eq!(
-            index.update("a/x", claim("new", true, 1)),
-            vec!["b/y".to_owned()]
+            index.update(&k("a/x"), claim("new", true, 1)),
+            vec![k("b/y")]
         );
-        assert_eq!(index.holder("old").as_deref(), Some("b/y"));
+        assert_eq!(index.holder("old"), Some(k("b/y")));
     }
 }

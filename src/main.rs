@@ -11,7 +11,7 @@ use vecodex_operator::kube_metrics::RequestMetricsLayer;
 use vecodex_operator::metrics::Metrics;
 use vecodex_operator::policy::Policy;
 use vecodex_operator::queue::QueueConfig;
-use vecodex_operator::shard::{DEFAULT_SHARDS, Scheme, ShardConfig, ShardHash, default_identity};
+use vecodex_operator::shard::{Scheme, ShardConfig, ShardHash, default_identity};
 use vecodex_operator::telemetry::{self, LogFormat, TraceConfig};
 use vecodex_operator::validate::Limits;
 
@@ -48,11 +48,11 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct SchemeArgs {
     /// Namespaces are hashed into this many shards, one Lease each (1 = single leader).
-    #[arg(long, default_value_t = DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=4096), env = "VECODEX_SHARDS")]
+    #[arg(long, default_value_t = Scheme::default().shards, value_parser = clap::value_parser!(u32).range(1..=4096), env = "VECODEX_SHARDS")]
     shards: u32,
     /// The namespace hash: `mixed` (similar names spread like random ones) or `fnv1a`
     /// (the upstream sharded-watch hash; names differing only at the end cluster).
-    #[arg(long, value_enum, default_value_t = ShardHash::Mixed, env = "VECODEX_SHARD_HASH")]
+    #[arg(long, value_enum, default_value_t = Scheme::default().hash, env = "VECODEX_SHARD_HASH")]
     shard_hash: ShardHash,
 }
 
@@ -67,10 +67,10 @@ struct ShardArgs {
     #[command(flatten)]
     scheme: SchemeArgs,
     /// Namespace of the Leases (default: POD_NAMESPACE, else `default`).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "POD_NAMESPACE", default_value_t = ShardConfig::default().namespace)]
     lease_namespace: String,
     /// Lease name prefix; replicas with the same group share the shards.
-    #[arg(long, default_value = "vecodex-operator", env = "VECODEX_LEASE_GROUP")]
+    #[arg(long, default_value_t = ShardConfig::default().group, env = "VECODEX_LEASE_GROUP")]
     lease_group: String,
 }
 
@@ -80,29 +80,29 @@ struct RunArgs {
     #[arg(long, env = "VECODEX_NAMESPACE", value_delimiter = ',')]
     namespace: Vec<String>,
     /// Reconciles running at once.
-    #[arg(long, default_value_t = 16, env = "VECODEX_CONCURRENCY")]
+    #[arg(long, default_value_t = Config::default().concurrency, env = "VECODEX_CONCURRENCY")]
     concurrency: usize,
     /// Largest replicas a component may ask for; more is reported as InvalidSpec.
-    #[arg(long, default_value_t = 100, env = "VECODEX_MAX_REPLICAS")]
+    #[arg(long, default_value_t = Limits::default().max_replicas, env = "VECODEX_MAX_REPLICAS")]
     max_replicas: i32,
     /// First retry delay of a failing set, in milliseconds (doubles per failure).
-    #[arg(long, default_value_t = 5, env = "VECODEX_RETRY_BASE_MS")]
+    #[arg(long, default_value_t = QueueConfig::default().base_delay.as_millis() as u64, env = "VECODEX_RETRY_BASE_MS")]
     retry_base_ms: u64,
     /// Longest retry delay of a failing set, in seconds.
-    #[arg(long, default_value_t = 1000, env = "VECODEX_RETRY_MAX_SECONDS")]
+    #[arg(long, default_value_t = QueueConfig::default().max_delay.as_secs(), env = "VECODEX_RETRY_MAX_SECONDS")]
     retry_max_seconds: u64,
     /// Retries per second over all sets (token bucket; 0 = unlimited).
-    #[arg(long, default_value_t = 10.0, env = "VECODEX_RETRY_RATE")]
+    #[arg(long, default_value_t = QueueConfig::default().retry_rate, env = "VECODEX_RETRY_RATE")]
     retry_rate: f64,
     /// Retries allowed at once before the rate applies.
-    #[arg(long, default_value_t = 100, env = "VECODEX_RETRY_BURST")]
+    #[arg(long, default_value_t = QueueConfig::default().retry_burst, env = "VECODEX_RETRY_BURST")]
     retry_burst: u32,
     /// Queued sets at which the watches wait for the workers (backpressure).
-    #[arg(long, default_value_t = 100_000, env = "VECODEX_QUEUE_CAPACITY")]
+    #[arg(long, default_value_t = QueueConfig::default().capacity, env = "VECODEX_QUEUE_CAPACITY")]
     queue_capacity: usize,
     /// How often every set is reconciled even without events, ±10 % (e.g. 30m, 90s, 1h).
-    #[arg(long, default_value = "30m", value_parser = parse_duration, env = "VECODEX_RESYNC")]
-    resync: Duration,
+    #[arg(long, default_value_t = Dur(Config::default().resync), env = "VECODEX_RESYNC")]
+    resync: Dur,
     /// Address of the /metrics, /healthz and /readyz listener.
     #[arg(long, default_value = "0.0.0.0:8080", env = "VECODEX_METRICS_ADDR")]
     metrics_addr: std::net::SocketAddr,
@@ -137,17 +137,17 @@ struct RunArgs {
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
     otel_sampler_arg: Option<f64>,
     /// How long a shard Lease lasts without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "VECODEX_LEASE_DURATION")]
-    lease_duration: Duration,
+    #[arg(long, default_value_t = Dur(ShardConfig::default().lease_duration), env = "VECODEX_LEASE_DURATION")]
+    lease_duration: Dur,
     /// A replica that could not renew a shard for this long stops reconciling it.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "VECODEX_RENEW_DEADLINE")]
-    renew_deadline: Duration,
+    #[arg(long, default_value_t = Dur(ShardConfig::default().renew_deadline), env = "VECODEX_RENEW_DEADLINE")]
+    renew_deadline: Dur,
     /// How often Leases are read, renewed and acquired.
-    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "VECODEX_RETRY_PERIOD")]
-    retry_period: Duration,
+    #[arg(long, default_value_t = Dur(ShardConfig::default().retry_period), env = "VECODEX_RETRY_PERIOD")]
+    retry_period: Dur,
     /// A reconcile running longer than this is cancelled and retried with backoff.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "VECODEX_RECONCILE_TIMEOUT")]
-    reconcile_timeout: Duration,
+    #[arg(long, default_value_t = Dur(Config::default().reconcile_timeout), env = "VECODEX_RECONCILE_TIMEOUT")]
+    reconcile_timeout: Dur,
     /// This replica's identity on Leases (default: POD_NAME or host name, plus a random suffix).
     #[arg(long, env = "VECODEX_IDENTITY")]
     identity: Option<String>,
@@ -316,7 +316,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
-    if !(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration) {
+    let (lease_duration, renew_deadline, retry_period) = (
+        args.lease_duration.0,
+        args.renew_deadline.0,
+        args.retry_period.0,
+    );
+    if !(retry_period < renew_deadline && renew_deadline < lease_duration) {
         anyhow::bail!(
             "need --retry-period < --renew-deadline < --lease-duration (fencing relies on it)"
         );
@@ -361,18 +366,18 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
             retry_burst: args.retry_burst,
             ..QueueConfig::default()
         },
-        resync: args.resync,
+        resync: args.resync.0,
         sharding: ShardConfig {
             scheme: args.sharding.scheme.scheme(),
             namespace: args.sharding.lease_namespace.clone(),
             group: args.sharding.lease_group.clone(),
             identity,
-            lease_duration: args.lease_duration,
-            renew_deadline: args.renew_deadline,
-            retry_period: args.retry_period,
+            lease_duration,
+            renew_deadline,
+            retry_period,
         },
         instance: args.instance,
-        reconcile_timeout: args.reconcile_timeout,
+        reconcile_timeout: args.reconcile_timeout.0,
         ..Config::default()
     };
     info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?config.namespaces, policy = ?config.policy, "starting vecodex-operator");
@@ -398,6 +403,31 @@ fn user_agent(identity: &str) -> String {
         "vecodex-operator/{} ({identity})",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// A duration on the command line (see [`parse_duration`]), printed in the largest unit that
+/// divides it, so that `--help` shows each default as one would write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dur(Duration);
+
+impl std::str::FromStr for Dur {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Dur, String> {
+        parse_duration(s).map(Dur)
+    }
+}
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1_000) => write!(f, "{}s", ms / 1_000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
 }
 
 /// Parses `1500ms`, `90s`, `30m`, `1h` or a plain number of seconds.
@@ -449,6 +479,15 @@ mod tests {
         assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for d in [
+            Duration::from_millis(1500),
+            Duration::from_secs(90),
+            Duration::from_secs(1800),
+            Duration::from_secs(7200),
+        ] {
+            assert_eq!(Dur(d).to_string().parse::<Dur>(), Ok(Dur(d)), "{d:?}");
+        }
+        assert_eq!(Dur(Duration::from_secs(1800)).to_string(), "30m");
         for bad in [
             "",
             "0s",

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
@@ -25,80 +25,12 @@ use crate::crd::{Component, VecodexSet};
 use crate::diff::is_subset;
 use crate::events::{EventSender, EventType};
 use crate::hosts::HostIndex;
+use crate::key::SetKey;
 use crate::policy::{self, Policy};
-use crate::shard::Scheme;
+use crate::recent_writes::RecentWrites;
 use crate::status::{self, Applied, DeploymentState, Outcome, summarize};
+use crate::stores::Stores;
 use crate::validate::{Limits, validate};
-
-/// The caches the reconcile reads instead of the API server. The child caches hold only
-/// the shards this replica serves (see `cache`).
-#[derive(Clone)]
-pub struct Stores {
-    pub sets: Cache<Stored<VecodexSet>>,
-    pub deployments: Cache<Stored<Deployment>>,
-    pub services: Cache<Stored<Service>>,
-    pub config_maps: Cache<Stored<ConfigMap>>,
-    pub ingresses: Cache<Stored<Ingress>>,
-    pub scheme: Scheme,
-    /// Shards whose child watches run here: (which start of them, whether they have listed).
-    shard_caches: Arc<Mutex<HashMap<u32, (u64, bool)>>>,
-}
-
-impl Stores {
-    pub fn new(sets: Cache<Stored<VecodexSet>>, scheme: Scheme) -> Self {
-        Stores {
-            sets,
-            deployments: Cache::sharded(scheme),
-            services: Cache::sharded(scheme),
-            config_maps: Cache::sharded(scheme),
-            ingresses: Cache::sharded(scheme),
-            scheme,
-            shard_caches: Arc::default(),
-        }
-    }
-
-    fn shard_caches(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, bool)>> {
-        self.shard_caches.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the child caches of `shard` have listed.
-    pub fn children_synced(&self, shard: u32) -> bool {
-        self.shard_caches()
-            .get(&shard)
-            .is_some_and(|(_, listed)| *listed)
-    }
-
-    /// The child watches of `shard` start, as its `generation`-th start.
-    pub fn start_shard(&self, shard: u32, generation: u64) {
-        self.shard_caches().insert(shard, (generation, false));
-    }
-
-    /// The child watches of `shard` started as `generation` have listed; false if they have
-    /// been stopped since.
-    pub fn mark_synced(&self, shard: u32, generation: u64) -> bool {
-        match self.shard_caches().get_mut(&shard) {
-            Some((g, listed)) if *g == generation => {
-                *listed = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Drops the child caches of `shard` that the start `generation` of its watches added.
-    pub fn drop_shard(&self, shard: u32, generation: u64) {
-        {
-            let mut caches = self.shard_caches();
-            if caches.get(&shard).is_some_and(|(g, _)| *g == generation) {
-                caches.remove(&shard);
-            }
-        }
-        self.deployments.remove(shard, generation);
-        self.services.remove(shard, generation);
-        self.config_maps.remove(shard, generation);
-        self.ingresses.remove(shard, generation);
-    }
-}
 
 pub struct Context {
     pub writer: Writer,
@@ -113,104 +45,12 @@ pub struct Context {
     pub recent: Arc<RecentWrites>,
     /// Sets whose generation the API server refused (a child rejected): key → generation.
     /// Nothing of that generation is sent again by this process (see `reconcile`).
-    pub rejected: Mutex<HashMap<String, i64>>,
-}
-
-/// Writes this process made whose watch events may not have reached the caches yet, keyed
-/// `kind/namespace/name`.
-///
-/// A reconcile that runs right after another one can read a cache that does not show the
-/// first one's write; without this it would send the same write again. An entry only counts
-/// while the cache still shows exactly the version the write was decided on.
-///
-/// The version each write produced also tells its watch event (its echo) apart from someone
-/// else's change: the reconcile that wrote already knew everything the echo carries, so the
-/// echo queues nothing. Without that, a Deployment the operator had just changed looked like
-/// drift and cost a second, normal-priority reconcile, and every status write a low-priority
-/// one. An echo that arrives before the response (the watch can win) is queued as before.
-#[derive(Default)]
-pub struct RecentWrites {
-    entries: Mutex<HashMap<String, RecentWrite>>,
-}
-
-struct RecentWrite {
-    /// The cached version the write was decided on (`None` for a create).
-    seen_version: Option<String>,
-    digest: u64,
-    /// The version the write produced.
-    written_version: Option<String>,
-    at: Instant,
-}
-
-const RECENT_TTL: Duration = Duration::from_secs(60);
-
-impl RecentWrites {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RecentWrite>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether `digest` was already written over the cached version `seen`.
-    fn covers(&self, key: &str, seen: Option<&str>, digest: u64) -> bool {
-        let Some(seen) = seen else { return false };
-        self.lock().get(key).is_some_and(|w| {
-            w.seen_version.as_deref() == Some(seen)
-                && w.digest == digest
-                && w.at.elapsed() < RECENT_TTL
-        })
-    }
-
-    /// The key of an object's writes.
-    pub fn key(kind: &str, ns: &str, name: &str) -> String {
-        format!("{kind}/{ns}/{name}")
-    }
-
-    /// Whether a watch event of `key` at `version` is the echo of our own write.
-    pub fn is_echo(&self, key: &str, version: Option<&str>) -> bool {
-        self.echo_digest(key, version).is_some()
-    }
-
-    /// Whether this process wrote `key` less than `within` ago.
-    pub fn written_within(&self, key: &str, within: Duration) -> bool {
-        self.lock()
-            .get(key)
-            .is_some_and(|w| w.at.elapsed() < within)
-    }
-
-    /// The digest of what our write of `key` that produced `version` wrote, if one did.
-    pub fn echo_digest(&self, key: &str, version: Option<&str>) -> Option<u64> {
-        version?;
-        self.lock()
-            .get(key)
-            .filter(|w| w.written_version.as_deref() == version)
-            .map(|w| w.digest)
-    }
-
-    pub(crate) fn record(
-        &self,
-        key: String,
-        seen_version: Option<String>,
-        digest: u64,
-        written_version: Option<String>,
-    ) {
-        let mut entries = self.lock();
-        if entries.len() % 256 == 255 {
-            entries.retain(|_, w| w.at.elapsed() < RECENT_TTL);
-        }
-        entries.insert(
-            key,
-            RecentWrite {
-                seen_version,
-                digest,
-                written_version,
-                at: Instant::now(),
-            },
-        );
-    }
+    pub rejected: Mutex<HashMap<SetKey, i64>>,
 }
 
 /// A digest of `value` as serde_json prints it, streamed into the hasher through a buffer:
 /// no `Value` and no string is built for it, and the hasher gets a few large writes instead
-/// of one per token (which made digests 5 % of a replica's CPU under churn).
+/// of one per token.
 fn digest<T: Serialize + ?Sized>(value: &T) -> u64 {
     struct HashWriter(std::collections::hash_map::DefaultHasher);
     impl std::io::Write for HashWriter {
@@ -236,8 +76,6 @@ fn digest<T: Serialize + ?Sized>(value: &T) -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid key {0:?}: expected namespace/name")]
-    BadKey(String),
     #[error("cannot build children: {0}")]
     Build(#[from] children::BuildError),
     #[error(
@@ -298,10 +136,8 @@ struct Change {
     uid: Option<String>,
 }
 
-pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
-    let (ns, name) = key
-        .split_once('/')
-        .ok_or_else(|| Error::BadKey(key.to_owned()))?;
+pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
+    let (ns, name) = (key.namespace(), key.name());
     let Some(set) = ctx
         .stores
         .sets
@@ -374,7 +210,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
     // Another set holds the host: everything but the Ingress (one this set had is pruned).
     let host_conflict = set.spec.ingress.as_ref().and_then(|ingress| {
         let holder = ctx.hosts.holder(&ingress.host).filter(|h| h != key)?;
-        let (holder_ns, _) = holder.split_once('/').unwrap_or((holder.as_str(), ""));
+        let holder_ns = holder.namespace();
         Some(format!(
             "host {} is held by a VecodexSet in namespace {holder_ns}; this set gets no Ingress until it lets go",
             ingress.host
@@ -426,7 +262,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
             ctx.rejected
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key.to_owned(), generation);
+                .insert(key.clone(), generation);
             changes = roll_back(ctx, ns, changes).await;
             // What was undone is not there to report on.
             applied.retain(|d| {
@@ -507,7 +343,7 @@ pub async fn reconcile(ctx: &Context, key: &str) -> Result<Report, Error> {
 }
 
 /// Drops the memory of a refused generation once a later one applied.
-fn forget_rejection(ctx: &Context, key: &str) {
+fn forget_rejection(ctx: &Context, key: &SetKey) {
     let mut rejected = ctx.rejected.lock().unwrap_or_else(|e| e.into_inner());
     if !rejected.is_empty() {
         rejected.remove(key);
@@ -1040,10 +876,8 @@ fn event(ctx: &Context, set: &VecodexSet, type_: EventType, reason: &str, note: 
 }
 
 #[cfg(test)]
-mod recent_writes_tests {
-    use std::time::Duration;
-
-    use super::{RecentWrites, awaiting_controller};
+mod tests {
+    use super::awaiting_controller;
     use crate::status::{DeploymentState, Outcome};
 
     #[test]
@@ -1083,39 +917,5 @@ mod recent_writes_tests {
                 "{reported_at_once:?} is reported at once"
             );
         }
-    }
-
-    #[test]
-    fn a_write_is_recent_for_as_long_as_asked() {
-        let recent = RecentWrites::default();
-        recent.record("Deployment/t/a".into(), None, 1, Some("7".into()));
-        assert!(recent.written_within("Deployment/t/a", Duration::from_secs(10)));
-        assert!(!recent.written_within("Deployment/t/a", Duration::ZERO));
-        assert!(!recent.written_within("Deployment/t/b", Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn only_the_version_a_write_produced_is_its_echo() {
-        let recent = RecentWrites::default();
-        recent.record("Deployment/t/a".into(), None, 1, Some("7".into()));
-        assert!(recent.is_echo("Deployment/t/a", Some("7")));
-        assert!(
-            !recent.is_echo("Deployment/t/a", Some("8")),
-            "someone else's change"
-        );
-        assert!(!recent.is_echo("Service/t/a", Some("7")));
-        assert!(!recent.is_echo("Deployment/t/a", None));
-        assert!(
-            !recent.covers("Deployment/t/a", None, 1),
-            "a create covers no cached version"
-        );
-        recent.record(
-            "Deployment/t/a".into(),
-            Some("7".into()),
-            2,
-            Some("9".into()),
-        );
-        assert!(recent.covers("Deployment/t/a", Some("7"), 2));
-        assert!(!recent.covers("Deployment/t/a", Some("9"), 2));
     }
 }

@@ -213,9 +213,8 @@ pub fn init(
     let provider = builder.build();
     let tracer = provider.tracer("vecodex-operator");
     // The log level filters logs only. Traces always have the same shape (the operator's
-    // spans, all at info), whatever the log level: with one filter for both, `--log-level
-    // warn` turned every span off, so nothing was exported and Warning Events and logs
-    // carried the all-zero trace id.
+    // spans, all at info), whatever the log level, so that Warning Events and logs always
+    // carry a real trace id.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(FilterFn::new(operator_span));

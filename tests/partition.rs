@@ -337,8 +337,8 @@ const RECONCILE_TIMEOUT: &str = "1500ms";
 /// do not pile up, no shard is lost, and everything converges once the latency is gone.
 ///
 /// The reconcile timeout is shorter than one round trip, so every reconcile that calls the
-/// API server times out, however few calls it chains. With a timeout of a few round trips the
-/// outcome hung on that count, and a CI run once saw none time out.
+/// API server times out, however few calls it chains (with a timeout of a few round trips,
+/// whether any timed out would hang on that count).
 async fn slow_api_server(client: &Client, fleet: &Fleet) {
     let base = sa_replica_options();
     let opts = ReplicaOptions {
@@ -456,8 +456,8 @@ async fn slow_api_server(client: &Client, fleet: &Fleet) {
     // API server's delayed answer has drained, by which time its requester has started the
     // next one, so each can count twice; the bound allows two heartbeat rounds. All of it
     // comes on top of the connections open before (watches and the idle pool). The count
-    // rises as failing sets fill the queue until every worker is busy, then stays: 21 to 34
-    // above the count before, when measured. Abandoned requests that kept their connections
+    // rises as failing sets fill the queue until every worker is busy, then stays. Abandoned
+    // requests that kept their connections
     // (a pile-up) would add one per timeout, about 50 per replica in the 40 s. Events (at
     // most EVENTS_IN_FLIGHT more) do not count here: every reconcile times out before its
     // apply answers, and only an answered apply leads to an Event.

@@ -524,9 +524,7 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
 }
 
 /// The log level filters logs, not traces: an operator logging only warnings still exports
-/// every reconcile's trace, and its Warning Events name a real trace. (With one filter for
-/// both, `--log-level warn` exported nothing and the load test's tracing cost measured no
-/// tracing at all.)
+/// every reconcile's trace, and its Warning Events name a real trace.
 #[tokio::test]
 async fn traces_are_exported_whatever_the_log_level() {
     let cluster = common::cluster();

@@ -1,7 +1,7 @@
 //! The work queue between the watches and the workers, with client-go's workqueue semantics
 //! and what kube-runtime's `Controller` lacks:
 //!
-//! - a key (`namespace/name`) is queued at most once and never processed by two workers at
+//! - a key (a [`SetKey`]) is queued at most once and never processed by two workers at
 //!   once; an add while it is processed marks it dirty, and it runs again right after;
 //! - bounded: state grows with distinct keys, never with events; at capacity `add` waits;
 //! - two priorities (initial list, resyncs and takeovers are `Low`), and round-robin across
@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::key::SetKey;
 
 pub use bucket::TokenBucket;
 pub use metrics::QueueMetrics;
@@ -96,7 +98,7 @@ impl Trigger {
 /// A key handed to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
-    pub key: String,
+    pub key: SetKey,
     pub priority: Priority,
     /// Why it was queued (the first reason, or the one that raised its priority).
     pub trigger: Trigger,
@@ -106,32 +108,28 @@ pub struct Item {
     pub waited: Duration,
 }
 
-fn namespace_of(key: &str) -> &str {
-    key.split_once('/').map_or("", |(ns, _)| ns)
-}
-
 /// Keys of one priority, served round-robin by namespace.
 #[derive(Default)]
 struct Lane {
     /// Namespaces that have keys here, in serving order.
     order: VecDeque<String>,
-    keys: HashMap<String, VecDeque<String>>,
+    keys: HashMap<String, VecDeque<SetKey>>,
 }
 
 impl Lane {
-    fn push(&mut self, key: &str) {
-        let ns = namespace_of(key);
+    fn push(&mut self, key: &SetKey) {
+        let ns = key.namespace();
         match self.keys.get_mut(ns) {
-            Some(keys) => keys.push_back(key.to_owned()),
+            Some(keys) => keys.push_back(key.clone()),
             None => {
                 self.keys
-                    .insert(ns.to_owned(), VecDeque::from([key.to_owned()]));
+                    .insert(ns.to_owned(), VecDeque::from([key.clone()]));
                 self.order.push_back(ns.to_owned());
             }
         }
     }
 
-    fn pop(&mut self) -> Option<String> {
+    fn pop(&mut self) -> Option<SetKey> {
         let ns = self.order.pop_front()?;
         let keys = self.keys.get_mut(&ns)?;
         let key = keys.pop_front();
@@ -143,8 +141,8 @@ impl Lane {
         key
     }
 
-    fn remove(&mut self, key: &str) {
-        let ns = namespace_of(key);
+    fn remove(&mut self, key: &SetKey) {
+        let ns = key.namespace();
         if let Some(keys) = self.keys.get_mut(ns) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
@@ -163,15 +161,15 @@ struct Queued {
 
 struct State {
     lanes: [Lane; 2],
-    queued: HashMap<String, Queued>,
+    queued: HashMap<SetKey, Queued>,
     /// Keys being processed, with their start.
-    processing: HashMap<String, Instant>,
+    processing: HashMap<SetKey, Instant>,
     /// Keys added while processed, with the highest priority they were added at.
-    dirty: HashMap<String, (Priority, Trigger)>,
+    dirty: HashMap<SetKey, (Priority, Trigger)>,
     /// Keys in backoff: when they come back, and at which priority.
-    waiting: HashMap<String, (Instant, Priority, Trigger)>,
-    timeline: BTreeSet<(Instant, String)>,
-    failures: HashMap<String, u32>,
+    waiting: HashMap<SetKey, (Instant, Priority, Trigger)>,
+    timeline: BTreeSet<(Instant, SetKey)>,
+    failures: HashMap<SetKey, u32>,
     bucket: TokenBucket,
     shut_down: bool,
 }
@@ -231,17 +229,23 @@ impl WorkQueue {
     /// Queues `key` unless it is already queued (then raises its priority if needed), marks
     /// it dirty if it is being processed, and leaves it alone while it waits out a backoff.
     /// Waits while the queue is at capacity.
-    pub async fn add(&self, key: &str, priority: Priority, trigger: Trigger) {
+    pub async fn add(&self, key: &SetKey, priority: Priority, trigger: Trigger) {
         self.add_inner(key, priority, trigger, false).await;
     }
 
     /// Like [`add`](Self::add), but also ends a backoff: for changes someone waits for
     /// (a spec change).
-    pub async fn add_now(&self, key: &str, priority: Priority, trigger: Trigger) {
+    pub async fn add_now(&self, key: &SetKey, priority: Priority, trigger: Trigger) {
         self.add_inner(key, priority, trigger, true).await;
     }
 
-    async fn add_inner(&self, key: &str, priority: Priority, trigger: Trigger, cut_backoff: bool) {
+    async fn add_inner(
+        &self,
+        key: &SetKey,
+        priority: Priority,
+        trigger: Trigger,
+        cut_backoff: bool,
+    ) {
         loop {
             let space = self.space.notified();
             {
@@ -250,7 +254,7 @@ impl WorkQueue {
                     return;
                 }
                 if cut_backoff && let Some((at, _, _)) = s.waiting.remove(key) {
-                    s.timeline.remove(&(at, key.to_owned()));
+                    s.timeline.remove(&(at, key.clone()));
                 }
                 let full = s.queued.len() >= self.config.capacity;
                 let is_new = !s.queued.contains_key(key)
@@ -267,12 +271,12 @@ impl WorkQueue {
     }
 
     /// Puts a key where it belongs; the caller holds the lock.
-    fn insert(&self, s: &mut State, key: &str, priority: Priority, trigger: Trigger) {
+    fn insert(&self, s: &mut State, key: &SetKey, priority: Priority, trigger: Trigger) {
         if s.waiting.contains_key(key) {
             return;
         }
         if s.processing.contains_key(key) {
-            let d = s.dirty.entry(key.to_owned()).or_insert((priority, trigger));
+            let d = s.dirty.entry(key.clone()).or_insert((priority, trigger));
             if priority > d.0 {
                 *d = (priority, trigger);
             }
@@ -289,7 +293,7 @@ impl WorkQueue {
             return;
         }
         s.queued.insert(
-            key.to_owned(),
+            key.clone(),
             Queued {
                 priority,
                 trigger,
@@ -346,7 +350,7 @@ impl WorkQueue {
     }
 
     /// Marks `key` finished; a key that became dirty meanwhile is queued again.
-    pub fn done(&self, key: &str) {
+    pub fn done(&self, key: &SetKey) {
         let mut s = self.lock();
         if let Some(started) = s.processing.remove(key) {
             self.metrics.worked(
@@ -363,22 +367,22 @@ impl WorkQueue {
 
     /// Queues `key` after `delay` (an earlier deadline of the key wins). Until then, adds
     /// of the key are absorbed, except those that end a backoff.
-    pub fn add_after(&self, key: &str, delay: Duration, priority: Priority, trigger: Trigger) {
+    pub fn add_after(&self, key: &SetKey, delay: Duration, priority: Priority, trigger: Trigger) {
         let mut s = self.lock();
         let at = Instant::now() + delay;
         self.schedule(&mut s, key, at, priority, trigger);
     }
 
     /// The key succeeded: its backoff starts over.
-    pub fn forget(&self, key: &str) {
+    pub fn forget(&self, key: &SetKey) {
         self.lock().failures.remove(key);
     }
 
     /// The key failed: it comes back after `max(per-key backoff, token bucket delay)`.
     /// Returns that delay.
-    pub fn retry(&self, key: &str, priority: Priority) -> Duration {
+    pub fn retry(&self, key: &SetKey, priority: Priority) -> Duration {
         let mut s = self.lock();
-        let failures = s.failures.entry(key.to_owned()).or_insert(0);
+        let failures = s.failures.entry(key.clone()).or_insert(0);
         let exp = (*failures).min(63);
         *failures = failures.saturating_add(1);
         let backoff = if exp >= 32 {
@@ -399,7 +403,7 @@ impl WorkQueue {
     fn schedule(
         &self,
         s: &mut State,
-        key: &str,
+        key: &SetKey,
         at: Instant,
         priority: Priority,
         trigger: Trigger,
@@ -412,13 +416,13 @@ impl WorkQueue {
             if old <= at {
                 return;
             }
-            s.timeline.remove(&(old, key.to_owned()));
-            s.waiting.insert(key.to_owned(), (at, p.max(priority), t));
+            s.timeline.remove(&(old, key.clone()));
+            s.waiting.insert(key.clone(), (at, p.max(priority), t));
         } else {
-            s.waiting.insert(key.to_owned(), (at, priority, trigger));
+            s.waiting.insert(key.clone(), (at, priority, trigger));
         }
         let earliest = s.timeline.first().is_none_or(|(first, _)| at < *first);
-        s.timeline.insert((at, key.to_owned()));
+        s.timeline.insert((at, key.clone()));
         if earliest {
             self.timer.notify_one();
         }
@@ -473,15 +477,15 @@ impl WorkQueue {
     /// failures; the failures that led to a lost shard (most often the API server not
     /// answering until the renew deadline) are not the key's, and whichever replica holds the
     /// shard next starts the key afresh. A replica that wins the shard back does the same.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    pub fn retain(&self, keep: impl Fn(&SetKey) -> bool) {
         let mut s = self.lock();
-        let dropped: Vec<String> = s.queued.keys().filter(|k| !keep(k)).cloned().collect();
+        let dropped: Vec<SetKey> = s.queued.keys().filter(|k| !keep(k)).cloned().collect();
         for key in &dropped {
             if let Some(q) = s.queued.remove(key) {
                 s.lanes[q.priority as usize].remove(key);
             }
         }
-        let waiting: Vec<(Instant, String)> = s
+        let waiting: Vec<(Instant, SetKey)> = s
             .waiting
             .iter()
             .filter(|(k, _)| !keep(k))
@@ -518,6 +522,7 @@ impl WorkQueue {
     }
 
     /// Keys waiting out a backoff.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }

@@ -6,8 +6,12 @@ fn config() -> QueueConfig {
     QueueConfig::default()
 }
 
+fn k(key: &str) -> SetKey {
+    key.parse().expect("a namespace/name key")
+}
+
 async fn key(q: &WorkQueue) -> String {
-    q.get().await.expect("queue open").key
+    q.get().await.expect("queue open").key.to_string()
 }
 
 /// `get` that must not wait (paused time: a pending get would auto-advance the clock).
@@ -16,15 +20,15 @@ async fn try_key(q: &WorkQueue) -> Option<String> {
         .await
         .ok()
         .flatten()
-        .map(|i| i.key)
+        .map(|i| i.key.to_string())
 }
 
 #[tokio::test(start_paused = true)]
 async fn keys_are_deduplicated() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    q.add("a/y", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/y"), Priority::Normal, Trigger::Update).await;
     assert_eq!(q.len(), 2);
     assert_eq!(key(&q).await, "a/x");
     assert_eq!(key(&q).await, "a/y");
@@ -34,22 +38,22 @@ async fn keys_are_deduplicated() {
 #[tokio::test(start_paused = true)]
 async fn a_key_is_never_processed_twice_at_once_and_dirty_keys_run_again() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    let k = key(&q).await;
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    let taken = k(&key(&q).await);
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
     assert_eq!(
         try_key(&q).await,
         None,
         "not handed to a second worker while processing"
     );
-    q.done(&k);
+    q.done(&taken);
     assert_eq!(
         try_key(&q).await.as_deref(),
         Some("a/x"),
         "dirty key runs again, once"
     );
-    q.done("a/x");
+    q.done(&k("a/x"));
     assert_eq!(try_key(&q).await, None);
 }
 
@@ -61,20 +65,20 @@ async fn backoff_doubles_caps_and_resets_on_success() {
         ..config()
     });
     let delays: Vec<u128> = (0..6)
-        .map(|_| q.retry("a/x", Priority::Normal).as_millis())
+        .map(|_| q.retry(&k("a/x"), Priority::Normal).as_millis())
         .collect();
     assert_eq!(delays, [5, 10, 20, 40, 80, 80]);
-    q.forget("a/x");
-    assert_eq!(q.retry("a/x", Priority::Normal).as_millis(), 5);
+    q.forget(&k("a/x"));
+    assert_eq!(q.retry(&k("a/x"), Priority::Normal).as_millis(), 5);
 }
 
 #[tokio::test(start_paused = true)]
 async fn retried_keys_come_back_after_their_delay() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    let k = key(&q).await;
-    let delay = q.retry(&k, Priority::Normal);
-    q.done(&k);
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    let taken = k(&key(&q).await);
+    let delay = q.retry(&taken, Priority::Normal);
+    q.done(&taken);
     assert_eq!(delay, Duration::from_millis(5));
     assert_eq!(try_key(&q).await, None);
     tokio::time::sleep(Duration::from_millis(6)).await;
@@ -89,7 +93,7 @@ async fn the_token_bucket_limits_retries_of_many_keys() {
         ..config()
     });
     let delays: Vec<Duration> = (0..103)
-        .map(|i| q.retry(&format!("a/k{i}"), Priority::Normal))
+        .map(|i| q.retry(&k(&format!("a/k{i}")), Priority::Normal))
         .collect();
     assert!(
         delays[..100].iter().all(|d| *d == Duration::from_millis(5)),
@@ -107,15 +111,16 @@ async fn an_event_does_not_cut_a_backoff_short_but_a_spec_change_does() {
         retry_rate: 0.0,
         ..config()
     });
-    q.retry("a/x", Priority::Normal);
+    q.retry(&k("a/x"), Priority::Normal);
     tokio::time::sleep(Duration::from_millis(10)).await;
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
     assert_eq!(
         try_key(&q).await,
         None,
         "a status echo waits for the backoff"
     );
-    q.add_now("a/x", Priority::Normal, Trigger::Update).await;
+    q.add_now(&k("a/x"), Priority::Normal, Trigger::Update)
+        .await;
     assert_eq!(
         try_key(&q).await.as_deref(),
         Some("a/x"),
@@ -129,17 +134,17 @@ async fn producers_wait_at_capacity() {
         capacity: 2,
         ..config()
     });
-    q.add("a/1", Priority::Normal, Trigger::Update).await;
-    q.add("a/2", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/1"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/2"), Priority::Normal, Trigger::Update).await;
     let third = tokio::spawn({
         let q = q.clone();
-        async move { q.add("a/3", Priority::Normal, Trigger::Update).await }
+        async move { q.add(&k("a/3"), Priority::Normal, Trigger::Update).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!third.is_finished(), "the third add waits");
     assert_eq!(q.len(), 2);
     // Re-adding a queued key never waits.
-    q.add("a/1", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/1"), Priority::Normal, Trigger::Update).await;
     assert_eq!(key(&q).await, "a/1");
     third.await.unwrap();
     assert_eq!(q.len(), 2);
@@ -148,10 +153,13 @@ async fn producers_wait_at_capacity() {
 #[tokio::test(start_paused = true)]
 async fn normal_priority_goes_first_and_upgrades_move_keys_up() {
     let q = WorkQueue::new(config());
-    q.add("a/resync-1", Priority::Low, Trigger::Resync).await;
-    q.add("a/resync-2", Priority::Low, Trigger::Resync).await;
-    q.add("b/edit", Priority::Normal, Trigger::Update).await;
-    q.add("a/resync-2", Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/resync-1"), Priority::Low, Trigger::Resync)
+        .await;
+    q.add(&k("a/resync-2"), Priority::Low, Trigger::Resync)
+        .await;
+    q.add(&k("b/edit"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/resync-2"), Priority::Normal, Trigger::Update)
+        .await;
     assert_eq!(key(&q).await, "b/edit");
     assert_eq!(key(&q).await, "a/resync-2");
     assert_eq!(key(&q).await, "a/resync-1");
@@ -161,10 +169,15 @@ async fn normal_priority_goes_first_and_upgrades_move_keys_up() {
 async fn namespaces_are_served_in_turn() {
     let q = WorkQueue::new(config());
     for i in 0..5000 {
-        q.add(&format!("flood/set-{i}"), Priority::Normal, Trigger::Update)
-            .await;
+        q.add(
+            &k(&format!("flood/set-{i}")),
+            Priority::Normal,
+            Trigger::Update,
+        )
+        .await;
     }
-    q.add("quiet/only", Priority::Normal, Trigger::Update).await;
+    q.add(&k("quiet/only"), Priority::Normal, Trigger::Update)
+        .await;
     let first: Vec<String> = [key(&q).await, key(&q).await].into();
     assert!(
         first.contains(&"quiet/only".to_owned()),
@@ -178,19 +191,19 @@ async fn retain_drops_queued_and_waiting_keys_and_their_failures() {
         retry_rate: 0.0,
         ..config()
     });
-    q.add("lost/a", Priority::Normal, Trigger::Update).await;
-    q.add("kept/b", Priority::Normal, Trigger::Update).await;
+    q.add(&k("lost/a"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("kept/b"), Priority::Normal, Trigger::Update).await;
     for _ in 0..4 {
-        q.retry("lost/c", Priority::Normal);
-        q.retry("kept/d", Priority::Normal);
+        q.retry(&k("lost/c"), Priority::Normal);
+        q.retry(&k("kept/d"), Priority::Normal);
     }
-    q.retain(|k| !k.starts_with("lost/"));
+    q.retain(|k| k.namespace() != "lost");
     assert_eq!(q.len(), 1);
     assert_eq!(q.waiting(), 1, "kept/d still waits");
     assert_eq!(key(&q).await, "kept/b");
     // The shard comes back: its keys start their backoff over, the others do not.
-    assert_eq!(q.retry("lost/c", Priority::Normal).as_millis(), 5);
-    assert_eq!(q.retry("kept/d", Priority::Normal).as_millis(), 80);
+    assert_eq!(q.retry(&k("lost/c"), Priority::Normal).as_millis(), 5);
+    assert_eq!(q.retry(&k("kept/d"), Priority::Normal).as_millis(), 80);
 }
 
 #[tokio::test(start_paused = true)]
@@ -210,13 +223,13 @@ async fn metrics_follow_client_go_names() {
     let q = WorkQueue::new(config());
     let mut registry = prometheus_client::registry::Registry::default();
     q.metrics().register(&mut registry);
-    q.add("a/x", Priority::Normal, Trigger::Update).await;
-    q.add("a/y", Priority::Normal, Trigger::Update).await;
-    let k = key(&q).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::Update).await;
+    q.add(&k("a/y"), Priority::Normal, Trigger::Update).await;
+    let taken = k(&key(&q).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     q.update_unfinished_work();
-    q.retry(&k, Priority::Normal);
-    q.done(&k);
+    q.retry(&taken, Priority::Normal);
+    q.done(&taken);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     for line in [
@@ -235,8 +248,9 @@ async fn metrics_follow_client_go_names() {
 #[tokio::test(start_paused = true)]
 async fn items_carry_their_trigger_and_attempt() {
     let q = WorkQueue::new(config());
-    q.add("a/x", Priority::Low, Trigger::Resync).await;
-    q.add("a/x", Priority::Normal, Trigger::SpecChange).await;
+    q.add(&k("a/x"), Priority::Low, Trigger::Resync).await;
+    q.add(&k("a/x"), Priority::Normal, Trigger::SpecChange)
+        .await;
     let item = q.get().await.unwrap();
     assert_eq!(
         (item.trigger, item.attempt),

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::hash::Scheme;
+use crate::key::SetKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -112,8 +113,8 @@ impl ShardGate {
         self.scheme
     }
 
-    pub fn shard_of_key(&self, key: &str) -> u32 {
-        self.scheme.shard_of_key(key)
+    pub fn shard_of_key(&self, key: &SetKey) -> u32 {
+        self.scheme.shard_of(key.namespace())
     }
 
     fn fresh(&self, slot: &Slot, now: Instant) -> bool {
@@ -121,7 +122,7 @@ impl ShardGate {
     }
 
     /// Whether a key of this shard should be queued now.
-    pub fn accepts(&self, key: &str) -> bool {
+    pub fn accepts(&self, key: &SetKey) -> bool {
         let shard = self.shard_of_key(key);
         let slots = self.lock();
         let slot = &slots[shard as usize];
@@ -129,7 +130,7 @@ impl ShardGate {
     }
 
     /// Registers a reconcile of `key`; `None` if its shard is not served here now.
-    pub fn begin(self: &Arc<Self>, key: &str) -> Option<WorkGuard> {
+    pub fn begin(self: &Arc<Self>, key: &SetKey) -> Option<WorkGuard> {
         let shard = self.shard_of_key(key);
         let mut slots = self.lock();
         let slot = &mut slots[shard as usize];
@@ -270,20 +271,21 @@ mod tests {
 
     use super::super::hash::{Scheme, ShardHash};
     use super::{ShardEvent, ShardGate};
+    use crate::key::SetKey;
 
     #[tokio::test(start_paused = true)]
     async fn keys_are_served_only_while_the_shard_is_held_and_fresh() {
         let (gate, mut events) =
             ShardGate::new(Scheme::new(ShardHash::Mixed, 1), Duration::from_secs(10));
-        assert!(!gate.accepts("ns/a"));
-        assert!(gate.begin("ns/a").is_none());
+        assert!(!gate.accepts(&SetKey::new("ns", "a")));
+        assert!(gate.begin(&SetKey::new("ns", "a")).is_none());
         gate.gain(0, Instant::now());
         assert_eq!(events.recv().await, Some(ShardEvent::Gained(0)));
-        assert!(gate.accepts("ns/a"));
-        let guard = gate.begin("ns/a").expect("served");
+        assert!(gate.accepts(&SetKey::new("ns", "a")));
+        let guard = gate.begin(&SetKey::new("ns", "a")).expect("served");
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(
-            !gate.accepts("ns/a"),
+            !gate.accepts(&SetKey::new("ns", "a")),
             "not renewed within the deadline: fenced"
         );
         assert_eq!(gate.fence(), vec![0]);
@@ -296,9 +298,12 @@ mod tests {
         let (gate, _events) =
             ShardGate::new(Scheme::new(ShardHash::Mixed, 1), Duration::from_secs(10));
         gate.gain(0, Instant::now());
-        let guard = gate.begin("ns/a").unwrap();
+        let guard = gate.begin(&SetKey::new("ns", "a")).unwrap();
         gate.drain(0);
-        assert!(gate.begin("ns/b").is_none(), "no new work while draining");
+        assert!(
+            gate.begin(&SetKey::new("ns", "b")).is_none(),
+            "no new work while draining"
+        );
         let waiter = tokio::spawn({
             let gate = gate.clone();
             async move { gate.drained(0, Duration::from_secs(5)).await }

@@ -88,11 +88,6 @@ impl Scheme {
         ((u128::from(self.hash.hash(namespace)) * n) >> 64) as u32
     }
 
-    /// The shard of a `namespace/name` key (a key without a slash is a namespace).
-    pub fn shard_of_key(&self, key: &str) -> u32 {
-        self.shard_of(key.split_once('/').map_or(key, |(ns, _)| ns))
-    }
-
     /// The record on every Lease a replica writes, e.g. `mixed/32`.
     pub fn id(&self) -> String {
         self.to_string()
@@ -138,8 +133,6 @@ mod tests {
         assert_eq!(Scheme::new(ShardHash::Mixed, 0).shards, 1);
         assert_eq!(Scheme::default().id(), "mixed/32");
         assert_eq!(Scheme::new(ShardHash::Fnv1a, 16).id(), "fnv1a/16");
-        let s = Scheme::default();
-        assert_eq!(s.shard_of_key("tenant-7/search"), s.shard_of("tenant-7"));
     }
 
     /// Every input bit flips each of the top bits (those that pick the shard) about half the

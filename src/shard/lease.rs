@@ -20,6 +20,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use super::names::{GROUP_LABEL, group_selector};
+
 pub const LEASE_KIND_LABEL: &str = "vecodex.link/lease";
 /// The shard scheme (`Scheme::id`) of the replica that last wrote a Lease.
 pub const SCHEME_ANNOTATION: &str = "vecodex.link/shard-scheme";
@@ -128,7 +130,7 @@ impl LeaseClient {
             identity: identity.to_owned(),
             scheme: scheme.to_owned(),
             duration,
-            labels: BTreeMap::from([("app.kubernetes.io/name".to_owned(), group.to_owned())]),
+            labels: BTreeMap::from([(GROUP_LABEL.to_owned(), group.to_owned())]),
             observed: HashMap::new(),
         }
     }
@@ -178,8 +180,8 @@ impl LeaseClient {
 
     /// A Lease from the watch, received at `at`. The watch sees a renewal as it happens, where
     /// the list of the next tick sees it up to a retry period later, and expiry counts from
-    /// when a renewal was seen: without it, a dead replica's shards were taken up to a retry
-    /// period after they expired. Still never earlier: `at` comes after the write.
+    /// when a renewal was seen, so a dead replica's shards are taken as soon as they expire,
+    /// not up to a retry period later. Never earlier: `at` comes after the write.
     /// Only known Leases count (the lists decide which exist, so an event that arrives after
     /// a deletion cannot bring a Lease back), and only versions at least as new as known.
     /// The lists stay authoritative: one that crossed a newer watch event notes its older
@@ -212,7 +214,7 @@ impl LeaseClient {
     pub fn watch(&self) -> impl Stream<Item = Lease> + Send + 'static {
         let config = watcher::Config::default().labels(&selector(&self.labels));
         watcher::watcher(self.api.clone(), config)
-            .backoff(crate::controller::WatchBackoff::default())
+            .backoff(crate::backoff::WatchBackoff::default())
             .applied_objects()
             .filter_map(|lease| std::future::ready(lease.ok()))
     }
@@ -305,15 +307,6 @@ impl LeaseClient {
             Ok(None) => Ok(Attempt::NotHeld),
             Err(e) => Err(e),
         }
-    }
-
-    /// Acquires, renews or takes over `name` if it is ours or free; a conditional write, so
-    /// exactly one of several contenders can succeed.
-    pub async fn try_acquire(&mut self, name: &str, kind: &str) -> Result<Attempt, kube::Error> {
-        let now = Instant::now();
-        let plan = self.plan(name, kind, now);
-        let sent = send(&self.api, name, plan).await;
-        self.finish(sent, now)
     }
 
     /// Lists the group's Leases and sends every operation of `ops` at once, each request
@@ -436,14 +429,9 @@ async fn list(
         .await
 }
 
-/// The label selector of one group's Leases.
+/// The label selector of the group whose `labels` these are.
 fn selector(labels: &BTreeMap<String, String>) -> String {
-    format!(
-        "app.kubernetes.io/name={}",
-        labels
-            .get("app.kubernetes.io/name")
-            .map_or("", String::as_str)
-    )
+    group_selector(labels.get(GROUP_LABEL).map_or("", String::as_str))
 }
 
 /// Sends a [`Plan`]: the written Lease, or `None` when someone else holds it or won the race.

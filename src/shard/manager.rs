@@ -37,6 +37,7 @@ use super::gate::ShardGate;
 use super::hash::Scheme;
 use super::lease::{Attempt, LeaseClient, Observed, Op};
 use super::metrics::ShardMetrics;
+use super::names::{member_prefix, shard_lease_name, shard_prefix};
 
 /// Sets per shard under this replica's scheme (index = shard), from its set cache.
 pub type ShardLoads = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
@@ -52,9 +53,28 @@ pub struct ShardConfig {
     pub group: String,
     /// This replica's identity (pod name plus a random suffix).
     pub identity: String,
+    /// How long a Lease lasts without renewal: another replica takes it only after that
+    /// long without a renewal it can see. Default 15 s (client-go's).
     pub lease_duration: Duration,
+    /// A replica that could not renew a shard for this long stops reconciling it, before
+    /// the Lease can expire. Default 10 s (client-go's).
     pub renew_deadline: Duration,
+    /// How often Leases are read, renewed and acquired. Default 2 s (client-go's).
     pub retry_period: Duration,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            scheme: Scheme::default(),
+            namespace: "default".to_owned(),
+            group: "vecodex-operator".to_owned(),
+            identity: default_identity(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
 }
 
 impl ShardConfig {
@@ -68,8 +88,8 @@ impl ShardConfig {
 
     /// How old a held Lease's last renewal may get before the next one: half the renew
     /// deadline, so a failed renewal still has the other half to be retried once per retry
-    /// period before fencing. client-go renews every retry period; at 16 shards and 3
-    /// replicas that was 9.5 etcd writes per second, which the load test's churn felt.
+    /// period before fencing. (client-go renews every retry period: with many shards, that
+    /// is etcd writes the churn feels.)
     pub fn renew_interval(&self) -> Duration {
         (self.renew_deadline / 2).max(self.retry_period)
     }
@@ -88,22 +108,6 @@ impl ShardConfig {
             .max(1.0);
         age.as_secs_f64() >= (ticks - 0.5) * retry
     }
-}
-
-/// `<group>-member-`: the start of every heartbeat Lease name of a group.
-pub fn member_prefix(group: &str) -> String {
-    format!("{group}-member-")
-}
-
-/// `<group>-shard-`: the start of every shard Lease name of a group.
-pub fn shard_prefix(group: &str) -> String {
-    format!("{group}-shard-")
-}
-
-/// `<group>-shard-07`: zero-padded so the Leases sort by shard.
-pub fn shard_lease_name(group: &str, shard: u32, shards: u32) -> String {
-    let width = (shards.max(1) - 1).to_string().len().max(2);
-    format!("{}{shard:0width$}", shard_prefix(group))
 }
 
 /// `POD_NAME` (else the host name) plus a random suffix, so a restarted pod never mistakes

@@ -9,10 +9,12 @@ pub mod hash;
 pub mod lease;
 pub mod manager;
 pub mod metrics;
+pub mod names;
 pub mod table;
 
 pub use gate::{ShardEvent, ShardGate, WorkGuard};
 pub use hash::{DEFAULT_SHARDS, Scheme, ShardHash};
-pub use manager::{ShardConfig, ShardLoads, ShardManager, default_identity, shard_lease_name};
+pub use manager::{ShardConfig, ShardLoads, ShardManager, default_identity};
 pub use metrics::ShardMetrics;
+pub use names::shard_lease_name;
 pub use table::shards_table;

@@ -11,7 +11,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::hash::Scheme;
 use super::lease::SCHEME_ANNOTATION;
-use super::manager::shard_lease_name;
+use super::names::{group_selector, shard_lease_name};
 use crate::crd::VecodexSet;
 
 /// Lists the group's Leases and every set, and renders [`render`].
@@ -23,7 +23,7 @@ pub async fn shards_table(
 ) -> Result<String, kube::Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), lease_namespace);
     let leases = leases
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={group}")))
+        .list(&ListParams::default().labels(&group_selector(group)))
         .await?
         .items;
     let sets: Api<VecodexSet> = Api::all(client);

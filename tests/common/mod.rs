@@ -374,8 +374,8 @@ pub const RETRY_PERIOD_S: u64 = 1;
 /// How soon after a replica dies (or is cut off) the others must hold its shards: the load
 /// test's failover bar, lease duration + 5 s. What it covers: they observe its last renewal
 /// up to a retry period late, wait out the lease, then write the Leases (and may hand one
-/// over to balance) on a 2-core machine that also runs the control plane. 7-8 s is typical
-/// here with 6 s Leases; CI once measured 9.08 s, so lease + retry + 2 s was too tight.
+/// over to balance) on a 2-core machine that also runs the control plane, where lease +
+/// retry + 2 s is too tight.
 pub fn failover_bound(lease_duration_s: u64) -> Duration {
     Duration::from_secs(lease_duration_s + 5)
 }
