@@ -23,9 +23,7 @@ pub(super) async fn resync(
 ) {
     loop {
         // Jitter from the clock's nanoseconds: replicas started together spread out.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = jiff::Timestamp::now().subsec_nanosecond().unsigned_abs();
         let jitter = 0.9 + 0.2 * (f64::from(nanos) / 1e9);
         tokio::select! {
             _ = shutdown.cancelled() => return,

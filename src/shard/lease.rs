@@ -374,22 +374,13 @@ impl LeaseClient {
 
     /// Gives `name` up so another replica can take it at once (holder cleared, conditional).
     pub async fn release(&mut self, name: &str) -> Result<(), kube::Error> {
-        let Some(observed) = self.observed.get(name).cloned() else {
-            return Ok(());
-        };
-        if observed.holder() != Some(self.identity.as_str()) {
-            return Ok(());
-        }
-        let mut lease = observed.lease;
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        spec.holder_identity = None;
-        spec.renew_time = Some(now_micro());
-        spec.lease_duration_seconds = Some(1);
-        match self.api.replace(name, &PostParams::default(), &lease).await {
-            Ok(written) => {
+        let plan = self.plan_release(name);
+        match send(&self.api, name, plan).await {
+            Ok(Some(written)) => {
                 self.note(written, Instant::now());
                 Ok(())
             }
+            Ok(None) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
             Err(e) => Err(e),
         }

@@ -123,9 +123,7 @@ pub fn default_identity() -> String {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map(|_| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
         .unwrap_or_else(|_| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
+            let nanos = jiff::Timestamp::now().subsec_nanosecond().unsigned_abs();
             format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
         });
     let clean: String = base
@@ -600,13 +598,7 @@ impl ShardManager {
                     }
                 }
                 Role::Release(shard) => {
-                    // Whether or not the write got through, we stop serving the shard.
-                    self.gate.lose(shard);
-                    info!(
-                        shard,
-                        released = matches!(result, Some(Ok(_))),
-                        "released shard"
-                    );
+                    self.stop_serving(shard, matches!(result, Some(Ok(_))));
                     self.metrics.handed_over();
                 }
             }
@@ -641,9 +633,13 @@ impl ShardManager {
 
     async fn release(&mut self, shard: u32, name: &str) {
         let released = bounded(self.call_timeout(), "release", self.leases.release(name)).await;
-        // Whether or not the write got through, we stop serving the shard.
+        self.stop_serving(shard, released.is_some());
+    }
+
+    /// A released shard is not served any more, whether or not the release got through.
+    fn stop_serving(&mut self, shard: u32, released: bool) {
         self.gate.lose(shard);
-        info!(shard, released = released.is_some(), "released shard");
+        info!(shard, released, "released shard");
     }
 
     /// Heartbeats of replicas gone for ten lease durations are deleted.

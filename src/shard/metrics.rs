@@ -144,7 +144,5 @@ impl ShardMetrics {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0)
 }
