@@ -2,6 +2,7 @@
 //! one replica holds at a time (`--shards 1` is classic leader election with hot standbys).
 
 pub mod assign;
+pub mod config;
 #[cfg(test)]
 mod families;
 pub mod gate;
@@ -12,9 +13,10 @@ pub mod metrics;
 pub mod names;
 pub mod table;
 
+pub use config::{ShardConfig, default_identity};
 pub use gate::{ShardEvent, ShardGate, WorkGuard};
 pub use hash::{DEFAULT_SHARDS, Scheme, ShardHash};
-pub use manager::{ShardConfig, ShardLoads, ShardManager, default_identity};
+pub use manager::{ShardLoads, ShardManager};
 pub use metrics::ShardMetrics;
 pub use names::shard_lease_name;
 pub use table::shards_table;
