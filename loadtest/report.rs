@@ -1,122 +1,198 @@
-//! The SVG charts: convergence over time per cold start, and the latency distributions.
+//! The bars every run is held to, and the summary printed at the end.
 
-use std::fmt::Write as _;
+use serde_json::{Value, json};
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-];
-const W: f64 = 720.0;
-const H: f64 = 360.0;
-const PAD: f64 = 50.0;
+use crate::Args;
 
-fn frame(title: &str, x_label: &str, y_label: &str, max_x: f64, max_y: &str) -> String {
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{PAD}" y="20">{title}</text>
-<line x1="{PAD}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>
-<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{y0}" stroke="black"/>
-<text x="{x1}" y="{yl}" text-anchor="end">{max_x:.1} {x_label}</text>
-<text x="{PAD}" y="{yl}">0</text>
-<text x="4" y="{PAD}">{max_y}</text>
-<text x="4" y="{ym}">{y_label}</text>
-"##,
-        y0 = H - PAD,
-        x1 = W - PAD,
-        yl = H - PAD + 16.0,
-        ym = H / 2.0,
-    )
+pub(crate) fn bar(name: &str, wanted: &str, value: f64, met: bool) -> Value {
+    json!({"bar": name, "wanted": wanted, "value": value, "met": met})
 }
 
-fn polyline(points: &[(f64, f64)], max_x: f64, max_y: f64, color: &str) -> String {
-    let pts: Vec<String> = points
-        .iter()
-        .map(|(x, y)| {
-            let px = PAD + x / max_x.max(1e-9) * (W - 2.0 * PAD);
-            let py = H - PAD - y / max_y.max(1e-9) * (H - 2.0 * PAD);
-            format!("{px:.1},{py:.1}")
-        })
-        .collect();
-    format!(
-        "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
-        pts.join(" ")
-    )
-}
-
-fn legend(out: &mut String, i: usize, label: &str) {
-    let y = PAD + 16.0 * i as f64;
-    let x = W - PAD - 220.0;
-    let _ = writeln!(
-        out,
-        "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{y}\">{label}</text>",
-        y - 5.0,
-        COLORS[i % COLORS.len()],
-        x + 16.0
-    );
-}
-
-/// A chart of fractions (0 to 1) over x from 0 to `max_x`: one line per (label, points).
-fn chart(title: &str, y_label: &str, max_x: f64, lines: &[(&str, Vec<(f64, f64)>)]) -> String {
-    let mut out = frame(title, "s", y_label, max_x, "100%");
-    for (i, (label, points)) in lines.iter().enumerate() {
-        out += &polyline(points, max_x, 1.0, COLORS[i % COLORS.len()]);
-        legend(&mut out, i, label);
+/// Each bar of the load-test issue with this run's figure.
+pub(crate) fn bars(r: &Value, args: &Args) -> Value {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let peak_rss = r["whole_run_per_replica"]
+        .as_array()
+        .map(|a| a.iter().map(|s| f(&s["peak_rss_mib"])).fold(0.0, f64::max))
+        .unwrap_or(f64::NAN);
+    let ratio = f(&r["converge_to_limit_ratio"]);
+    let idle = f(&r["idle"]["write_requests_per_minute"]);
+    let churn = f(&r["churn"]["p99_seconds"]);
+    let flood = f(&r["flood"]["p99_seconds"]);
+    let failover = f(&r["failover"]["converged_after_kill_seconds"]);
+    let failover_bar = args.lease_seconds as f64 + 5.0;
+    let imbalance = f(&r["cold_start"]["shares"]["max_over_mean_sets"]);
+    let mut bars = vec![
+        bar(
+            &format!("sets per replica, max/mean ({} replicas)", args.replicas),
+            "<= 1.15",
+            imbalance,
+            imbalance <= 1.15,
+        ),
+        bar(
+            "cold start / plain-client limit",
+            ">= 0.8",
+            ratio,
+            ratio >= 0.8,
+        ),
+        bar("idle write requests per minute", "0", idle, idle == 0.0),
+        bar(
+            "peak RSS per replica (MiB)",
+            "<= 200",
+            peak_rss,
+            peak_rss <= 200.0,
+        ),
+        bar(
+            &format!("churn p99 at {}/s (s)", args.churn_rate),
+            "<= 1",
+            churn,
+            churn <= 1.0,
+        ),
+        bar("tenant under flood p99 (s)", "<= 2", flood, flood <= 2.0),
+        bar(
+            &format!(
+                "failover under {}/s churn: converged after kill (s)",
+                r["failover"]["churn_rate_per_second"]
+            ),
+            &format!("<= lease + 5 = {failover_bar}"),
+            failover,
+            failover <= failover_bar,
+        ),
+    ];
+    if let Some(cost) = r["tracing"]["cost"].as_f64() {
+        bars.push(bar(
+            &format!("tracing cost at sampling {}", args.sampling_ratio),
+            "<= 0.10",
+            cost,
+            cost <= 0.10,
+        ));
     }
-    out + "</svg>\n"
+    json!(bars)
 }
 
-/// A cold start's curve: its label, its sets, and (seconds, converged sets) samples.
-pub type Curve = (String, usize, Vec<(f64, usize)>);
-
-/// Converged fraction over time, one curve per cold start.
-pub fn convergence(curves: &[Curve]) -> String {
-    let max_t = curves
-        .iter()
-        .filter_map(|c| c.2.last().map(|p| p.0))
-        .fold(1.0, f64::max);
-    let lines: Vec<(&str, Vec<(f64, f64)>)> = curves
-        .iter()
-        .map(|(label, total, curve)| {
-            let points = curve
-                .iter()
-                .map(|(t, n)| (*t, *n as f64 / (*total).max(1) as f64))
-                .collect();
-            (label.as_str(), points)
-        })
-        .collect();
-    chart(
-        "Cold start: converged sets over time",
-        "% converged",
-        max_t,
-        &lines,
-    )
-}
-
-/// Cumulative distribution of update latencies, one curve per scenario.
-pub fn latency(series: &[(String, Vec<f64>)]) -> String {
-    let max_l = series
-        .iter()
-        .filter_map(|s| s.1.last().copied())
-        .fold(0.1, f64::max);
-    let lines: Vec<(&str, Vec<(f64, f64)>)> = series
-        .iter()
-        .map(|(label, sorted)| {
-            let n = sorted.len().max(1) as f64;
-            let points = std::iter::once((0.0, 0.0))
-                .chain(
-                    sorted
-                        .iter()
-                        .enumerate()
-                        .map(|(k, l)| (*l, (k + 1) as f64 / n)),
-                )
-                .collect();
-            (label.as_str(), points)
-        })
-        .collect();
-    chart(
-        "Update latency: cumulative distribution",
-        "% applied",
-        max_l,
-        &lines,
-    )
+pub(crate) fn summary(r: &Value, args: &Args) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!("scenario      | figure");
+    println!("--------------|------------------------------------------------------------");
+    println!(
+        "limit         | {:.1} sets/s (plain client, 8 writes/set)",
+        f(&r["limit"]["sets_per_second"])
+    );
+    let c = &r["cold_start"];
+    println!(
+        "cold start    | {:.1} sets/s over {:.1} s, {:.1} reconciles/s, {:.1} writes/set",
+        f(&c["sets_per_second"]),
+        f(&c["seconds"]),
+        f(&c["reconciles_per_second"]),
+        f(&c["write_requests_per_set"])
+    );
+    println!(
+        "ratio         | {:.2} of the plain client's limit",
+        f(&r["converge_to_limit_ratio"])
+    );
+    println!(
+        "CPU per set   | plain client: control plane {:.3} s; operator run: {:.3} s (control plane and operator), ratio {:.2}",
+        f(&r["limit"]["cpu_seconds_per_set"]),
+        f(&c["cpu_seconds_per_set"]),
+        f(&c["cpu_cost_ratio"])
+    );
+    for s in r["whole_run_per_replica"].as_array().into_iter().flatten() {
+        println!(
+            "replica       | {}: peak RSS {:.1} MiB, {:.1} CPU s",
+            s["identity"].as_str().unwrap_or(""),
+            f(&s["peak_rss_mib"]),
+            f(&s["cpu_seconds"])
+        );
+    }
+    for (name, s) in [
+        ("flood", "flood"),
+        ("churn", "churn"),
+        ("failover", "failover"),
+    ] {
+        let v = &r[s];
+        println!(
+            "{name:<13} | {} updates: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
+            v["updates"],
+            f(&v["p50_seconds"]),
+            f(&v["p95_seconds"]),
+            f(&v["p99_seconds"]),
+            v["not_applied_within_60s"]
+        );
+    }
+    for row in r["churn_limit"]["rates"].as_array().into_iter().flatten() {
+        println!(
+            "churn limit   | {}/s: p99 operator {:.3} s, plain client {:.3} s",
+            row["rate_per_second"],
+            f(&row["operator_p99_seconds"]),
+            f(&row["plain_p99_seconds"])
+        );
+    }
+    println!(
+        "churn limit   | highest rate with p99 <= 1 s: operator {}/s, plain client {}/s",
+        r["churn_limit"]["operator_highest_rate_within_p99_1s"],
+        r["churn_limit"]["plain_highest_rate_within_p99_1s"]
+    );
+    println!(
+        "failover      | converged {:.1} s after kill -9 (lease {} s, churn {}/s)",
+        f(&r["failover"]["converged_after_kill_seconds"]),
+        args.lease_seconds,
+        r["failover"]["churn_rate_per_second"]
+    );
+    println!(
+        "idle          | {:.1} write requests/min",
+        f(&r["idle"]["write_requests_per_minute"])
+    );
+    let shares = &r["cold_start"]["shares"];
+    for s in shares["per_replica"].as_array().into_iter().flatten() {
+        println!(
+            "share         | {}: {} shards, {} sets ({:.1} %), {} reconciles, {:.2} CPU ms per reconcile, queue wait p99 {} s",
+            s["identity"].as_str().unwrap_or(""),
+            s["shards"],
+            s["sets"],
+            f(&s["share_of_sets"]) * 100.0,
+            s["reconciles"],
+            f(&s["cpu_ms_per_reconcile"]),
+            s["queue_wait_p99_seconds"]
+        );
+    }
+    println!(
+        "imbalance     | max/mean of sets per replica {:.3} (scheme {})",
+        f(&shares["max_over_mean_sets"]),
+        shares["scheme"].as_str().unwrap_or("")
+    );
+    if r["scale_out"].is_object() {
+        for run in r["scale_out"]["runs"].as_array().into_iter().flatten() {
+            println!(
+                "scale-out     | {} replicas: {:.1} sets/s (x{:.2} of 1), sets max/mean {:.3}",
+                run["replicas"],
+                f(&run["sets_per_second"]),
+                f(&run["throughput_vs_one_replica"]),
+                f(&run["shares"]["max_over_mean_sets"])
+            );
+        }
+        println!(
+            "tracing       | off {:.1} sets/s, on ({}) {:.1} sets/s: cost {:.1} %",
+            f(&r["tracing"]["off"]["sets_per_second"]),
+            args.sampling_ratio,
+            f(&r["tracing"]["on"]["sets_per_second"]),
+            f(&r["tracing"]["cost"]) * 100.0
+        );
+    }
+    for b in r["bars"].as_array().into_iter().flatten() {
+        println!(
+            "bar           | {}: {:.3} (wanted {}) {}",
+            b["bar"].as_str().unwrap_or(""),
+            f(&b["value"]),
+            b["wanted"].as_str().unwrap_or(""),
+            if b["met"].as_bool() == Some(true) {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    println!(
+        "results       | {}",
+        args.out.join("results.json").display()
+    );
 }

@@ -1,0 +1,279 @@
+//! The scenarios run against the operator: cold start (and the fresh control planes of
+//! scale-out and tracing cost) and failover, with the replica helpers they share.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use serde_json::{Value, json};
+use vecodex_operator::crd::VecodexSetSpec;
+
+use crate::churn::{Churner, latency_summary, settle};
+use crate::cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
+use crate::track::Tracker;
+use crate::{Args, is_tenant};
+use crate::{cluster, kubelet, shared, shares};
+
+/// Starts `n` replicas; logs go next to the cluster's.
+pub(crate) fn start_replicas(
+    n: usize,
+    opts: &ReplicaOptions,
+    logs: &Path,
+    label: &str,
+) -> anyhow::Result<Vec<Replica>> {
+    (0..n)
+        .map(|i| {
+            Replica::start(
+                opts,
+                &format!("{label}-{i}"),
+                &logs.join(format!("loadtest-{label}-{i}.log")),
+            )
+        })
+        .collect()
+}
+
+pub(crate) async fn reconciles(replicas: &[Replica]) -> f64 {
+    let mut total = 0.0;
+    for r in replicas {
+        total += r.reconciles().await;
+    }
+    total
+}
+
+pub(crate) fn stop_replicas(replicas: &mut [Replica]) {
+    for r in replicas.iter_mut() {
+        r.kill("-TERM");
+    }
+}
+
+/// The write requests among a reading of [`cluster::requests`] (see `write_requests`).
+pub(crate) fn write_total(requests: &std::collections::BTreeMap<String, f64>) -> f64 {
+    requests
+        .iter()
+        .filter(|(k, _)| {
+            let resource = k.split_once(' ').map_or("", |(_, r)| r);
+            shared::is_write(k)
+                && matches!(
+                    resource,
+                    "deployments"
+                        | "services"
+                        | "configmaps"
+                        | "ingresses"
+                        | "vecodexsets"
+                        | "vecodexsets/status"
+                )
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// CPU seconds per component between two readings, and their total.
+pub(crate) fn cpu_delta(
+    before: &serde_json::Map<String, Value>,
+    after: &serde_json::Map<String, Value>,
+) -> Value {
+    let mut delta = serde_json::Map::new();
+    let mut total = 0.0;
+    for (k, v) in after {
+        let d = v.as_f64().unwrap_or(0.0) - before.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        total += d;
+        delta.insert(k.clone(), json!(d));
+    }
+    delta.insert("total".into(), json!(total));
+    Value::Object(delta)
+}
+
+/// Where a run's sets live: `namespaces` namespaces (see `cluster::place`), hashed by
+/// `scheme` into shards.
+pub(crate) struct Placement {
+    pub(crate) namespaces: usize,
+    pub(crate) scheme: vecodex_operator::shard::Scheme,
+}
+
+/// A cold start: `replicas` start over `sets` existing sets; figures until all converged.
+/// Besides wall-clock time it reports the CPU seconds per set that the control plane and the
+/// operator spent, which other work on a shared machine does not distort.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn cold_start(
+    cluster: &LocalCluster,
+    cpu_before: &serde_json::Map<String, Value>,
+    client: &Client,
+    tracker: &Tracker,
+    replicas: &[Replica],
+    sets: usize,
+    placement: &Placement,
+    started: Instant,
+    requests_before: &std::collections::BTreeMap<String, f64>,
+    timeout: Duration,
+) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+    let curve = tracker.wait_converged(sets, is_tenant, timeout).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let writes = cluster::write_requests(client).await? - write_total(requests_before);
+    let requests = cluster::requests_delta(requests_before, &cluster::requests(client).await?);
+    let reconciles = reconciles(replicas).await;
+    let cpu = cpu_delta(cpu_before, &cluster.cpu_seconds());
+    let per_replica: Vec<Value> = replicas.iter().map(Replica::stats).collect();
+    let operator_cpu: f64 = per_replica
+        .iter()
+        .filter_map(|r| r["cpu_seconds"].as_f64())
+        .sum();
+    let per_set = (cpu["total"].as_f64().unwrap_or(0.0) + operator_cpu) / sets.max(1) as f64;
+    let set_namespaces: Vec<String> = (0..sets)
+        .map(|i| cluster::place(i, placement.namespaces).0)
+        .collect();
+    let shares = shares::shares(client, replicas, placement.scheme, &set_namespaces).await?;
+    Ok((
+        json!({
+            "sets": sets,
+            "replicas": replicas.len(),
+            "seconds": secs,
+            "sets_per_second": sets as f64 / secs,
+            "reconciles": reconciles,
+            "reconciles_per_second": reconciles / secs,
+            "write_requests": writes,
+            "write_requests_per_set": writes / sets.max(1) as f64,
+            "requests": requests,
+            "control_plane_cpu_seconds": cpu,
+            "operator_cpu_seconds": operator_cpu,
+            "cpu_seconds_per_set": per_set,
+            "per_replica": per_replica,
+            "shares": shares,
+        }),
+        curve,
+    ))
+}
+
+/// Scenario 6: kill -9 of one replica during churn; churn goes on through the outage (one
+/// lease duration); time from the kill until every set is converged and every update applied.
+pub(crate) async fn failover(
+    client: &Client,
+    tracker: &Tracker,
+    churner: &mut Churner,
+    replicas: &mut [Replica],
+    args: &Args,
+    rate: f64,
+) -> anyhow::Result<Value> {
+    let gc_before = cluster::collect_apiserver_garbage(client).await;
+    let before = 5.0_f64.min(args.churn_seconds as f64);
+    let mut sent = churner
+        .run(client, tracker, args, rate, "failover", before)
+        .await;
+    let victim = replicas[0].identity.clone();
+    replicas[0].kill("-KILL");
+    let killed = Instant::now();
+    sent += churner
+        .run(
+            client,
+            tracker,
+            args,
+            rate,
+            "failover",
+            args.lease_seconds as f64,
+        )
+        .await;
+    tracker
+        .wait_converged(args.sets, is_tenant, args.timeout())
+        .await?;
+    let recovered = killed.elapsed().as_secs_f64();
+    let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
+    let mut result = latency_summary(tracker, "failover", sent, &lost);
+    result["killed"] = json!(victim);
+    result["churn_rate_per_second"] = json!(rate);
+    result["lease_seconds"] = json!(args.lease_seconds);
+    result["converged_after_kill_seconds"] = json!(recovered);
+    result["apiserver_gc_cycles"] = gc_cycles_since(client, gc_before).await;
+    Ok(result)
+}
+
+/// The API server's GC cycles since `before` (from `collect_apiserver_garbage`), or null
+/// with the reason printed when either count could not be read.
+pub(crate) async fn gc_cycles_since(client: &Client, before: anyhow::Result<f64>) -> Value {
+    match (before, cluster::gc_cycles(client).await) {
+        (Ok(before), Ok(after)) => json!(after - before),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("loadtest: API server GC cycles unknown: {e:#}");
+            Value::Null
+        }
+    }
+}
+
+/// The failover's churn rate when `--failover-churn-rate` is not given: the highest rate of
+/// the sweep (below `--churn-rate`) the operator kept within a p99 of 1 s, else the lowest
+/// measured. Not `--churn-rate` itself: that is the stress rate, at which the machine has no
+/// headroom left to absorb the backlog of a Lease duration's outage on top of the ongoing
+/// churn, so the scenario would measure the backlog and not the failover.
+pub(crate) fn default_failover_rate(args: &Args, operator_churn: &[Value]) -> f64 {
+    let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
+    operator_churn
+        .iter()
+        .filter(|c| c["p99_seconds"].as_f64().is_some_and(|p| p <= 1.0))
+        .filter_map(|c| c["rate_per_second"].as_f64())
+        .filter(|&rate| rate < args.churn_rate)
+        .reduce(f64::max)
+        .unwrap_or(lowest)
+}
+
+/// Cold starts of one configuration taken together: sets per second over their summed
+/// time, CPU per set over their summed sets, and each run as it was.
+pub(crate) fn pooled(runs: &[Value]) -> Value {
+    let sum = |field: &str| -> f64 { runs.iter().filter_map(|r| r[field].as_f64()).sum() };
+    let cpu: f64 = runs
+        .iter()
+        .filter_map(|r| Some(r["cpu_seconds_per_set"].as_f64()? * r["sets"].as_f64()?))
+        .sum();
+    json!({
+        "sets": sum("sets"),
+        "seconds": sum("seconds"),
+        "sets_per_second": sum("sets") / sum("seconds").max(1e-9),
+        "cpu_seconds_per_set": cpu / sum("sets").max(1.0),
+        "runs": runs,
+    })
+}
+
+/// Scale-out and tracing cost: a cold start on a fresh control plane.
+pub(crate) async fn fresh_cold_start(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    label: &str,
+    replicas: usize,
+    sets: usize,
+    otlp: Option<&Otlp>,
+) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+    let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
+    eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
+    let cluster = LocalCluster::up(&args.apiserver_gc())?;
+    let result = async {
+        let client = cluster::client_for(&cluster.kubeconfig()).await?;
+        cluster::install_crd(&client).await?;
+        let kubelet = kubelet::start(client.clone());
+        let tracker = Tracker::start(&client);
+        cluster::create_sets(&client, sets, namespaces, spec).await?;
+        cluster.wait_quiet(Duration::from_secs(120)).await;
+        let requests_before = cluster::requests(&client).await?;
+        let kubeconfig = cluster.kubeconfig();
+        let opts = args.replica_options(&kubeconfig, otlp);
+        let cpu_before = cluster.cpu_seconds();
+        let mut running = start_replicas(replicas, &opts, &cluster.dir, label)?;
+        let started = Instant::now();
+        let result = cold_start(
+            &cluster,
+            &cpu_before,
+            &client,
+            &tracker,
+            &running,
+            sets,
+            &args.placement(namespaces),
+            started,
+            &requests_before,
+            args.timeout(),
+        )
+        .await;
+        stop_replicas(&mut running);
+        tracker.stop();
+        kubelet.abort();
+        result
+    }
+    .await;
+    cluster.down();
+    result
+}
