@@ -7,16 +7,14 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
+use kube::Client;
 use kube::runtime::watcher;
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::triggers::classify_children;
-use super::watch::{self, Sink, list_config};
+use super::watch::{self, Sink, Watched, list_config};
 use crate::cache::{Cache, Stored};
 use crate::children::shard_selector;
 use crate::key::SetKey;
@@ -205,13 +203,7 @@ impl ShardWatches {
         stop: &CancellationToken,
     ) -> BoxReady
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
+        K: Watched,
     {
         let store = watch::spawn(
             &self.client,

@@ -46,6 +46,29 @@ where
     }
 }
 
+/// A kind the caches watch: a namespaced API object the watcher can read.
+pub trait Watched:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Where watch events go: the queue, for the keys whose shard the gate accepts.
 #[derive(Clone)]
 pub struct Sink {
@@ -66,13 +89,7 @@ pub fn spawn<K, F, I>(
     stop: CancellationToken,
 ) -> Store<Stored<K>>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: FnMut(Event<Stored<K>>) -> I + Send + 'static,
     I: IntoIterator<Item = Enqueue> + 'static,
     I::IntoIter: Send,
