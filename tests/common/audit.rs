@@ -220,18 +220,6 @@ impl LeaseHistory {
             .then_some(holder.as_deref())
             .flatten()
     }
-
-    /// How many times a Lease was written with a holder other than the one before it.
-    pub fn handovers(&self) -> usize {
-        self.writes
-            .values()
-            .map(|w| {
-                w.windows(2)
-                    .filter(|p| p[1].1.is_some() && p[0].1 != p[1].1)
-                    .count()
-            })
-            .sum()
-    }
 }
 
 /// The child and status writes that replicas sent (by their User-Agent) and that reached the

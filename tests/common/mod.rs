@@ -1,6 +1,7 @@
 //! Shared harness of the integration tests: one real control plane per test binary (started
 //! through `deploy/local/cluster.sh`), the CRD installed once, one operator process, and a
 //! namespace per test.
+// Each test binary uses a part of this harness; what none of them uses is deleted.
 #![allow(dead_code)]
 
 pub mod audit;
@@ -145,11 +146,8 @@ async fn install_crd(kubeconfig: &Path) {
 /// `<cluster dir>/operator-<pid>.log`.
 pub fn operator() {
     OPERATOR.get_or_init(|| {
-        let cluster = cluster();
-        let log = cluster
-            .dir
-            .join(format!("operator-{}.log", std::process::id()));
-        let child = spawn_operator(&cluster.kubeconfig, &log, &[]);
+        let log = operator_log_path();
+        let child = spawn_operator(&cluster().kubeconfig, &log, &[]);
         eprintln!("operator pid {} logs to {}", child.id(), log.display());
         // Keep the handle alive for the life of the process.
         std::mem::forget(child);
@@ -323,35 +321,21 @@ fn logs_summary() -> String {
     summary
 }
 
+/// Where the operator process of this test binary logs.
+fn operator_log_path() -> PathBuf {
+    cluster()
+        .dir
+        .join(format!("operator-{}.log", std::process::id()))
+}
+
 /// The operator log of this test binary.
 pub fn operator_log() -> String {
-    let log = cluster()
-        .dir
-        .join(format!("operator-{}.log", std::process::id()));
-    std::fs::read_to_string(log).unwrap_or_default()
+    std::fs::read_to_string(operator_log_path()).unwrap_or_default()
 }
 
 /// Fetches the operator's /metrics (its address is in its log).
 pub async fn operator_metrics() -> String {
-    let log = operator_log();
-    let addr = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
-        .expect("the operator logs its metrics address");
-    // A tiny blocking HTTP/1.1 GET: local, answered in milliseconds.
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(&addr).expect("metrics listener");
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    replica_http(&operator_log_path(), "/metrics").expect("the operator serves /metrics")
 }
 
 /// The shard of a namespace under the default hash with `shards` shards, as the replicas
