@@ -348,26 +348,22 @@ pub struct ReplicaOptions<'a> {
 impl Replica {
     pub fn start(opts: &ReplicaOptions, identity: &str, log: &Path) -> anyhow::Result<Replica> {
         let bin = std::env::current_exe()?.with_file_name("vecodex-operator");
-        let file = std::fs::File::create(log)?;
         let metrics_port = crate::shared::free_port()?;
         let lease = opts.lease_seconds.max(3);
-        let mut cmd = Command::new(&bin);
-        cmd.args(["run", "--identity", identity])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--shards", &opts.shards.to_string()])
-            .args(["--concurrency", &opts.concurrency.to_string()])
-            .args(["--lease-duration", &format!("{lease}s")])
-            .args(["--renew-deadline", &format!("{}s", lease * 2 / 3)])
-            .args(["--retry-period", &format!("{}s", (lease / 7).max(1))])
-            .args([
-                "--log-level",
-                &std::env::var("VECODEX_LOADTEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
-            ])
-            .env("KUBECONFIG", opts.kubeconfig)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
+        let mut cmd = crate::shared::operator_command(&bin, opts.kubeconfig, log)?;
+        cmd.args(crate::shared::replica_flags(
+            identity,
+            opts.shards,
+            Duration::from_secs(lease),
+            Duration::from_secs(lease * 2 / 3),
+            Duration::from_secs((lease / 7).max(1)),
+        ))
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--concurrency", &opts.concurrency.to_string()])
+        .args([
+            "--log-level",
+            &std::env::var("VECODEX_LOADTEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        ]);
         if let Some(otlp) = opts.otlp {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint)
                 .env("OTEL_TRACES_SAMPLER", "traceidratio")

@@ -1,10 +1,10 @@
 //! What the load test and the integration tests share (the tests include this file with
-//! `#[path]`): reading the API server's request counters, starting the rotel collector, and
-//! free local ports.
+//! `#[path]`): starting an operator replica, reading the API server's request counters,
+//! starting the rotel collector, and free local ports.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// `apiserver_request_total` from the API server's `/metrics` text, summed by
@@ -93,4 +93,44 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// `vecodex-operator run` against `kubeconfig`, logging to `log` (stdout and stderr), with no
+/// log filter or trace endpoint inherited from this process; callers add their flags.
+pub fn operator_command(bin: &Path, kubeconfig: &Path, log: &Path) -> std::io::Result<Command> {
+    let file = std::fs::File::create(log)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    Ok(cmd)
+}
+
+/// The flags of a replica `identity` with `shards` shards and these Lease timings.
+pub fn replica_flags(
+    identity: &str,
+    shards: u32,
+    lease: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+) -> Vec<String> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        "--identity",
+        identity,
+        "--shards",
+        &shards.to_string(),
+        "--lease-duration",
+        &ms(lease),
+        "--renew-deadline",
+        &ms(renew_deadline),
+        "--retry-period",
+        &ms(retry_period),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }

@@ -179,22 +179,20 @@ pub fn spawn_operator_with_env(
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let log_file = std::fs::File::create(&log).expect("operator log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vecodex-operator"));
+        let mut cmd = shared::operator_command(
+            Path::new(env!("CARGO_BIN_EXE_vecodex-operator")),
+            &kubeconfig,
+            &log,
+        )
+        .expect("operator log file");
         cmd.args([
-            "run",
             "--max-replicas",
             &MAX_REPLICAS.to_string(),
             "--log-level",
             "info,vecodex_operator=debug",
         ])
         .args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("RUST_LOG")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .envs(env)
-        .stdout(log_file.try_clone().expect("log fd"))
-        .stderr(log_file);
+        .envs(env);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child
         // when this thread's process goes away.
         unsafe {
@@ -398,27 +396,24 @@ impl Replica {
     pub fn start_with(identity: &str, group: &str, shards: u32, opts: &ReplicaOptions) -> Replica {
         let cluster = cluster();
         let log = cluster.dir.join(format!("{group}-{identity}.log"));
-        let shards = shards.to_string();
-        let lease = format!("{}s", opts.lease_duration_s);
-        let renew = format!("{}s", opts.renew_deadline_s);
-        let retry = format!("{}s", opts.retry_period_s);
-        let mut args: Vec<&str> = vec![
-            "--identity",
+        let mut args = shared::replica_flags(
             identity,
-            "--lease-group",
-            group,
-            "--lease-namespace",
-            &opts.lease_namespace,
-            "--shards",
-            &shards,
-            "--lease-duration",
-            &lease,
-            "--renew-deadline",
-            &renew,
-            "--retry-period",
-            &retry,
-        ];
-        args.extend(opts.extra_args.iter().map(String::as_str));
+            shards,
+            Duration::from_secs(opts.lease_duration_s),
+            Duration::from_secs(opts.renew_deadline_s),
+            Duration::from_secs(opts.retry_period_s),
+        );
+        args.extend(
+            [
+                "--lease-group",
+                group,
+                "--lease-namespace",
+                &opts.lease_namespace,
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(opts.extra_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = spawn_operator(&opts.kubeconfig, &log, &args);
         if let Ok(mut logs) = REPLICA_LOGS.lock()
             && !logs.contains(&log)
