@@ -14,24 +14,17 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
-use vecodex_operator::shard::lease::{Attempt, LeaseClient, Op};
+use vecodex_operator::shard::lease::{Attempt, LeaseClient};
 
-/// Every client lists the Leases and tries to acquire `name` at once, as a shard manager's
-/// heartbeat does; returns how many succeeded.
 async fn contend(clients: &mut [LeaseClient], name: &str) -> usize {
-    let ops = [(name.to_owned(), Op::Acquire("shard"))];
-    let rounds = futures::future::join_all(
-        clients
-            .iter_mut()
-            .map(|c| c.exchange(&ops, Duration::from_secs(10))),
-    )
-    .await;
-    rounds
+    for c in clients.iter_mut() {
+        c.refresh().await.expect("list leases");
+    }
+    let attempts =
+        futures::future::join_all(clients.iter_mut().map(|c| c.try_acquire(name, "shard"))).await;
+    attempts
         .into_iter()
-        .filter(|(listed, results)| {
-            assert!(*listed, "the Leases are listed");
-            matches!(results.first(), Some(Some(Ok(Attempt::Held))))
-        })
+        .filter(|a| matches!(a, Ok(Attempt::Held)))
         .count()
 }
 
