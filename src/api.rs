@@ -15,12 +15,13 @@ use serde::de::DeserializeOwned;
 use tracing::field::Empty;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::cache::Raw;
+use crate::cache::{CachedKind, Raw};
 use crate::children::FIELD_MANAGER;
 
 /// What the operator writes: a namespaced Kubernetes object with a static type.
 pub trait Child:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    CachedKind
+    + Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Serialize
     + DeserializeOwned
     + Clone
@@ -29,7 +30,8 @@ pub trait Child:
 }
 
 impl<K> Child for K where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    K: CachedKind
+        + Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
         + DeserializeOwned
         + Clone
@@ -131,7 +133,8 @@ impl Writer {
         name: &str,
     ) -> Result<Option<ObjectMeta>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: CachedKind
+            + Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + DeserializeOwned
             + Clone
             + Debug,
@@ -206,7 +209,8 @@ impl Writer {
         replicas: i64,
     ) -> Result<(), kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: CachedKind
+            + Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + DeserializeOwned
             + Clone
             + Debug,
@@ -272,7 +276,8 @@ impl Writer {
         status: &S,
     ) -> Result<Raw<K>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        K: CachedKind
+            + Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + DeserializeOwned
             + Clone
             + Debug,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod hosts;
 pub mod http;
 pub mod key;
+pub mod kinds;
 pub mod kube_metrics;
 pub mod metrics;
 pub mod policy;

@@ -6,6 +6,7 @@
 //! re-list replaces the whole store. What a store keeps of an object is a [`Stored`], made
 //! from the [`Raw`] text a watch delivers.
 
+mod kind;
 mod raw;
 mod stored;
 #[cfg(test)]
@@ -15,6 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use kube::runtime::reflector::{Lookup, ObjectRef, Store};
 
+pub use kind::CachedKind;
 pub use raw::{Parts, Raw};
 pub use stored::Stored;
 

@@ -9,11 +9,13 @@ use std::marker::PhantomData;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::hosts::HostClaim;
+
+use super::CachedKind;
 
 /// An object as a watch or list delivered it: its metadata parsed, the rest kept as the API
 /// server printed it, without `managedFields` and the last-applied annotation. The watches
@@ -54,7 +56,7 @@ impl std::borrow::Borrow<str> for Key<'_> {
 /// one order whatever order they were printed in.
 type Fields<'a> = BTreeMap<Key<'a>, &'a RawValue>;
 
-impl<K: Resource<DynamicType = ()>> Raw<K> {
+impl<K: CachedKind> Raw<K> {
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
         let mut fields: Fields<'_> = serde_json::from_str(text)?;
         let mut meta_fields: Fields<'_> = match fields.get("metadata") {
@@ -63,7 +65,7 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
         };
         let applies_replicas = meta_fields
             .remove("managedFields")
-            .is_some_and(|m| K::kind(&()) == "Deployment" && applies_replicas(m));
+            .is_some_and(K::applies_replicas);
         let mut meta_json = serde_json::to_string(&meta_fields)?;
         let mut metadata: ObjectMeta = serde_json::from_str(&meta_json)?;
         if let Some(annotations) = metadata.annotations.as_mut()
@@ -83,11 +85,12 @@ impl<K: Resource<DynamicType = ()>> Raw<K> {
             .entry(Key("apiVersion".into()))
             .or_insert(&api_version);
         fields.entry(Key("kind".into())).or_insert(&kind);
-        let host_claims = if K::kind(&()) == crate::crd::KIND {
-            host_claims(&metadata, &fields).into()
-        } else {
-            Box::default()
-        };
+        let host_claims = K::host_claims(
+            &metadata,
+            fields.get("spec").copied(),
+            fields.get("status").copied(),
+        )
+        .into();
         Ok(Raw {
             digest: managed_digest(&metadata, &fields),
             observed_generation: observed_generation(&fields),
@@ -125,7 +128,7 @@ pub(super) fn parts_of<Sp: DeserializeOwned, St: DeserializeOwned>(json: &[u8]) 
 
 /// Takes the object's JSON as it is (a watch event's or a list item's), which only
 /// `serde_json` can hand over; kube reads both with it.
-impl<'de, K: Resource<DynamicType = ()>> Deserialize<'de> for Raw<K> {
+impl<'de, K: CachedKind> Deserialize<'de> for Raw<K> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = Box::<RawValue>::deserialize(deserializer)?;
         Raw::from_json(text.get()).map_err(serde::de::Error::custom)
@@ -154,112 +157,6 @@ impl<K: Resource<DynamicType = ()>> Resource for Raw<K> {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
     }
-}
-
-/// Whether managedFields give `spec.replicas` to the operator's server-side apply. Only the
-/// keys on that path are read; everything else is skipped unparsed.
-fn applies_replicas(managed_fields: &RawValue) -> bool {
-    #[derive(Deserialize)]
-    struct Entry<'a> {
-        #[serde(borrow)]
-        manager: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        operation: Option<Cow<'a, str>>,
-        #[serde(rename = "fieldsV1")]
-        fields: Option<Fields1>,
-    }
-    #[derive(Deserialize)]
-    struct Fields1 {
-        #[serde(rename = "f:spec")]
-        spec: Option<SpecFields>,
-    }
-    #[derive(Deserialize)]
-    struct SpecFields {
-        #[serde(rename = "f:replicas")]
-        replicas: Option<IgnoredAny>,
-    }
-    serde_json::from_str::<Vec<Entry<'_>>>(managed_fields.get())
-        .unwrap_or_default()
-        .iter()
-        .any(|e| {
-            e.manager.as_deref() == Some(crate::children::FIELD_MANAGER)
-                && e.operation.as_deref() == Some("Apply")
-                && e.fields
-                    .as_ref()
-                    .and_then(|f| f.spec.as_ref())
-                    .is_some_and(|s| s.replicas.is_some())
-        })
-}
-
-/// The hosts a set holds on to, each with whether it serves it now and its creation time:
-/// its `spec.ingress.host`, unless the operator refused the spec at this generation (an
-/// invalid or policy-breaking spec claims nothing), and the host its status says it serves
-/// (its Ingress goes on serving that until a reconcile moves or drops it). Only those keys
-/// are read.
-fn host_claims(metadata: &ObjectMeta, fields: &Fields<'_>) -> Vec<HostClaim> {
-    #[derive(Deserialize)]
-    struct Spec {
-        ingress: Option<Ingress>,
-    }
-    #[derive(Deserialize)]
-    struct Ingress {
-        host: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Status {
-        ingress_host: Option<String>,
-        observed_generation: Option<i64>,
-        #[serde(default)]
-        conditions: Vec<Condition>,
-    }
-    #[derive(Deserialize)]
-    struct Condition {
-        #[serde(rename = "type")]
-        type_: String,
-        #[serde(default)]
-        reason: String,
-    }
-    let status: Option<Status> = fields
-        .get("status")
-        .and_then(|s| serde_json::from_str(s.get()).ok());
-    let refused = status.as_ref().is_some_and(|s| {
-        s.observed_generation == metadata.generation
-            && s.conditions.iter().any(|c| {
-                c.type_ == crate::status::READY
-                    && (c.reason == crate::status::INVALID_SPEC
-                        || c.reason == crate::status::POLICY_VIOLATION)
-            })
-    });
-    let served = status
-        .and_then(|s| s.ingress_host)
-        .map(|h| h.to_ascii_lowercase());
-    let created = metadata
-        .creation_timestamp
-        .as_ref()
-        .map_or(i64::MAX, |t| t.0.as_second());
-    let asked = (!refused)
-        .then(|| {
-            let spec: Spec = serde_json::from_str(fields.get("spec")?.get()).ok()?;
-            Some(spec.ingress?.host?.to_ascii_lowercase())
-        })
-        .flatten();
-    let mut claims: Vec<HostClaim> = asked
-        .iter()
-        .map(|host| HostClaim {
-            host: host.as_str().into(),
-            serving: served.as_deref() == Some(host.as_str()),
-            created,
-        })
-        .collect();
-    if let Some(host) = served.filter(|h| asked.as_deref() != Some(h.as_str())) {
-        claims.push(HostClaim {
-            host: host.into(),
-            serving: true,
-            created,
-        });
-    }
-    claims
 }
 
 /// `status.observedGeneration`, where the object has one.

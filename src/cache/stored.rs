@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::hosts::HostClaim;
 use crate::key::SetKey;
 
+use super::CachedKind;
 use super::raw::{Parts, Raw, parts_of};
 
 /// What the operator keeps of an object: its identity and controller as a few short fields,
@@ -31,7 +32,8 @@ pub struct Stored<K> {
     pub generation: Option<i64>,
     /// `status.observedGeneration`, where the object has one (sets, Deployments).
     pub observed_generation: Option<i64>,
-    /// The VecodexSet controlling the object: (its name, its uid).
+    /// The object controlling this one, of the kind [`CachedKind::is_controlled_by`] names:
+    /// (its name, its uid).
     controller: Option<(Box<str>, Box<str>)>,
     /// See [`Stored::applies_replicas`].
     applies_replicas: bool,
@@ -59,7 +61,7 @@ impl Clone for Verified {
 #[cfg(test)]
 impl<K> Stored<K>
 where
-    K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned,
+    K: CachedKind + serde::Serialize + DeserializeOwned,
 {
     /// Stores a typed object through the same text path as a watched one (see [`Raw`]).
     pub fn new(obj: K) -> Self {
@@ -70,7 +72,7 @@ where
 
 impl<K> Stored<K>
 where
-    K: Resource<DynamicType = ()> + DeserializeOwned,
+    K: CachedKind + DeserializeOwned,
 {
     /// Stores an object as a watch delivered it.
     pub fn from_raw(raw: Raw<K>) -> Self {
@@ -80,13 +82,7 @@ where
             .owner_references
             .iter()
             .flatten()
-            .find(|o| {
-                o.controller == Some(true)
-                    && o.kind == crate::crd::KIND
-                    && o.api_version
-                        .strip_prefix(crate::crd::GROUP)
-                        .is_some_and(|v| v.starts_with('/'))
-            })
+            .find(|o| o.controller == Some(true) && K::is_controlled_by(o))
             .map(|o| (Box::from(o.name.as_str()), Box::from(o.uid.as_str())));
         Stored {
             digest: raw.digest,

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::triggers::Enqueue;
 use crate::backoff::WatchBackoff;
-use crate::cache::{Raw, Stored};
+use crate::cache::{CachedKind, Raw, Stored};
 use crate::queue::WorkQueue;
 use crate::recent_writes::RecentWrites;
 use crate::shard::ShardGate;
@@ -48,7 +48,8 @@ where
 
 /// A kind the caches watch: a namespaced API object the watcher can read.
 pub trait Watched:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    CachedKind
+    + Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + DeserializeOwned
     + Debug
@@ -59,7 +60,8 @@ pub trait Watched:
 }
 
 impl<K> Watched for K where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    K: CachedKind
+        + Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + Debug
@@ -117,7 +119,7 @@ fn reflected<K>(
     recent: Option<Arc<RecentWrites>>,
 ) -> (Store<Stored<K>>, impl Stream<Item = WatchedEvent<K>> + Send)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: CachedKind + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, mut writer) = reflector::store();
     let cached = store.clone();

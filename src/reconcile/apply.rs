@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use crate::api::Child;
-use crate::cache::{Cache, Raw, Stored};
+use crate::cache::{Cache, CachedKind, Raw, Stored};
 use crate::children::{self, Desired};
 use crate::crd::VecodexSet;
 use crate::diff::is_subset;
@@ -247,7 +247,8 @@ fn counts<K: Resource<DynamicType = ()>>(writes: &[Write<'_, K>]) -> (usize, usi
 /// field we set, or whose write this process already made over the cached version.
 fn decide<'a, K>(ctx: &Context, store: &Cache<Stored<K>>, desired: &'a [K]) -> Vec<Write<'a, K>>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    K: CachedKind
+        + Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
         + DeserializeOwned
         + Clone,
