@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use vecodex_operator::crd::VecodexSet;
 
-use crate::Args;
+use crate::args::Args;
 use crate::cluster;
 use crate::cluster::{LocalCluster, Replica};
 use crate::plain::PlainReconciler;

@@ -157,6 +157,11 @@ pub fn seed_spec() -> anyhow::Result<VecodexSetSpec> {
 }
 
 /// Namespace `i` of a group, named as multi-tenant clusters name them: `tenant-17`.
+/// Whether a namespace is one of the tenants' (see [`namespace_name`]), not the flood's.
+pub fn is_tenant(ns: &str) -> bool {
+    ns.starts_with("tenant-")
+}
+
 pub fn namespace_name(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i}")
 }

@@ -6,6 +6,7 @@
 //! and tracing cost (OTLP export to rotel at the sampling ratio against tracing off). Writes
 //! `results.json`, `convergence.svg` and `latency.svg` into `--out` and prints a summary.
 
+mod args;
 mod charts;
 mod churn;
 mod cluster;
@@ -19,14 +20,14 @@ mod shared;
 mod shares;
 mod track;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use args::Args;
 use churn::{Churner, churn_limit, flood, latency_summary, settle};
 use clap::Parser;
-use cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
+use cluster::{LocalCluster, Replica};
 use collector::start_collector;
 use machine::machine;
 use plain::limit;
@@ -39,124 +40,6 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use track::Tracker;
 use vecodex_operator::crd::VecodexSetSpec;
-
-#[derive(Parser, Debug, Clone)]
-#[command(about = "Load test of vecodex-operator on local control planes")]
-struct Args {
-    /// VecodexSets of the main cold start (and of the plain client's run).
-    #[arg(long, default_value_t = 1000)]
-    sets: usize,
-    /// Namespaces they are spread over.
-    #[arg(long, default_value_t = 100)]
-    namespaces: usize,
-    /// Operator replicas.
-    #[arg(long, default_value_t = 3)]
-    replicas: usize,
-    #[arg(long, default_value_t = vecodex_operator::shard::DEFAULT_SHARDS)]
-    shards: u32,
-    /// Reconcile concurrency per replica, and the plain client's concurrency.
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// Spec updates per second in the churn and failover scenarios.
-    #[arg(long, default_value_t = 50.0)]
-    churn_rate: f64,
-    /// How long the churn scenario runs.
-    #[arg(long, default_value_t = 30)]
-    churn_seconds: u64,
-    /// Lower churn rates, run before --churn-rate, each for --churn-seconds, by the operator
-    /// and by the plain client: the highest rate this machine sustains with p99 <= 1 s.
-    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0])]
-    churn_sweep: Vec<f64>,
-    /// Updates per second during the failover scenario. Default: the highest rate of the
-    /// sweep the operator kept within a p99 of 1 s in this run (else the lowest rate
-    /// measured), so that the scenario measures the failover and not a backlog the machine
-    /// cannot absorb (see `default_failover_rate`).
-    #[arg(long)]
-    failover_churn_rate: Option<f64>,
-    /// How long the idle scenario measures.
-    #[arg(long, default_value_t = 60)]
-    idle_seconds: u64,
-    /// The replicas' shard Lease duration (renew deadline 2/3 of it, retry period 1/7).
-    #[arg(long, default_value_t = 15)]
-    lease_seconds: u64,
-    /// Replica counts of the scale-out cold starts, each of --sets sets on a fresh control
-    /// plane: each replica's share of sets, reconciles and CPU.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3, 5])]
-    scale_out_replicas: Vec<usize>,
-    /// Sets of the tracing-cost cold starts (default: --sets).
-    #[arg(long)]
-    scale_sets: Option<usize>,
-    /// Trace sampling ratio of the tracing-cost scenario.
-    #[arg(long, default_value_t = 1.0)]
-    sampling_ratio: f64,
-    /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
-    #[arg(long)]
-    skip_fresh: bool,
-    /// GOGC of the control planes' kube-apiserver. At 10,000 sets its live heap is 1.1-2.9
-    /// GB; with Go's default (100) it collects every 6 s or so, and each mark phase (1-4 s on
-    /// two busy cores) slows every request it overlaps: those were the 2-3 s tails at 50
-    /// updates/s, of the plain client as much as the operator's. With 400 it collects about
-    /// five times less often. Both sides of every ratio run with it.
-    #[arg(long, default_value_t = 400)]
-    apiserver_gogc: u32,
-    /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none): with
-    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. Under
-    /// churn at 50/s it allocates about 250 MB/s, so with 2-3 GB live even 12 GiB means a
-    /// collection every 30-40 s; 8 GiB meant one every 20-25 s.
-    #[arg(long, default_value = "12GiB")]
-    apiserver_memory_limit: String,
-    /// Give up on a convergence after this long.
-    #[arg(long, default_value_t = 1800)]
-    timeout_seconds: u64,
-    /// Where results.json and the charts go.
-    #[arg(long, default_value = "loadtest/results")]
-    out: PathBuf,
-}
-
-impl Args {
-    /// The churn rates measured, in order: the sweep's, then --churn-rate.
-    fn churn_rates(&self) -> Vec<f64> {
-        let mut rates = self.churn_sweep.clone();
-        rates.push(self.churn_rate);
-        rates
-    }
-
-    fn apiserver_gc(&self) -> cluster::ApiServerGc {
-        cluster::ApiServerGc {
-            gogc: self.apiserver_gogc,
-            memory_limit: self.apiserver_memory_limit.clone(),
-        }
-    }
-
-    fn placement(&self, namespaces: usize) -> Placement {
-        Placement {
-            namespaces,
-            scheme: vecodex_operator::shard::Scheme::new(Default::default(), self.shards),
-        }
-    }
-
-    fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_seconds)
-    }
-
-    fn replica_options<'a>(
-        &self,
-        kubeconfig: &'a Path,
-        otlp: Option<&'a Otlp>,
-    ) -> ReplicaOptions<'a> {
-        ReplicaOptions {
-            kubeconfig,
-            shards: self.shards,
-            concurrency: self.concurrency,
-            lease_seconds: self.lease_seconds,
-            otlp,
-        }
-    }
-}
-
-fn is_tenant(ns: &str) -> bool {
-    ns.starts_with("tenant-")
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -354,7 +237,7 @@ async fn main_cluster(
         &tracker,
         &replicas,
         args.sets,
-        &args.placement(args.namespaces),
+        &Placement::of(args, args.namespaces),
         started,
         &requests_before,
         args.timeout(),
@@ -416,7 +299,7 @@ async fn main_cluster(
     // Shards move back to it (drained hand-over): let that settle before measuring idle.
     tokio::time::sleep(Duration::from_secs(args.lease_seconds * 2)).await;
     tracker
-        .wait_converged(args.sets, is_tenant, args.timeout())
+        .wait_converged(args.sets, cluster::is_tenant, args.timeout())
         .await?;
 
     // 3. Idle.

@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 use vecodex_operator::children;
 use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
 
+use crate::args::Args;
 use crate::churn::Churner;
 use crate::cluster::LocalCluster;
+use crate::cluster::is_tenant;
 use crate::scenarios::cpu_delta;
 use crate::track::Tracker;
-use crate::{Args, is_tenant};
 use crate::{cluster, kubelet};
 
 /// Scenario 2, on a control plane of its own: the same sets exist (created before the clock

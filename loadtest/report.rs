@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::Args;
+use crate::args::Args;
 
 pub(crate) fn bar(name: &str, wanted: &str, value: f64, met: bool) -> Value {
     json!({"bar": name, "wanted": wanted, "value": value, "met": met})

@@ -8,10 +8,11 @@ use kube::Client;
 use serde_json::{Value, json};
 use vecodex_operator::crd::VecodexSetSpec;
 
+use crate::args::Args;
 use crate::churn::{Churner, latency_summary, settle};
+use crate::cluster::is_tenant;
 use crate::cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
 use crate::track::Tracker;
-use crate::{Args, is_tenant};
 use crate::{cluster, kubelet, shared, shares};
 
 /// Starts `n` replicas; logs go next to the cluster's.
@@ -88,6 +89,16 @@ pub(crate) fn cpu_delta(
 pub(crate) struct Placement {
     pub(crate) namespaces: usize,
     pub(crate) scheme: vecodex_operator::shard::Scheme,
+}
+
+impl Placement {
+    /// Sets spread over `namespaces`, hashed into the run's shards.
+    pub fn of(args: &Args, namespaces: usize) -> Placement {
+        Placement {
+            namespaces,
+            scheme: vecodex_operator::shard::Scheme::new(Default::default(), args.shards),
+        }
+    }
 }
 
 /// A cold start: `replicas` start over `sets` existing sets; figures until all converged.
@@ -262,7 +273,7 @@ pub(crate) async fn fresh_cold_start(
             &tracker,
             &running,
             sets,
-            &args.placement(namespaces),
+            &Placement::of(args, namespaces),
             started,
             &requests_before,
             args.timeout(),

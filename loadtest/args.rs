@@ -1,0 +1,115 @@
+//! The load test's command line: every knob of every scenario, with its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cluster::{self, Otlp, ReplicaOptions};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load test of vecodex-operator on local control planes")]
+pub struct Args {
+    /// VecodexSets of the main cold start (and of the plain client's run).
+    #[arg(long, default_value_t = 1000)]
+    pub sets: usize,
+    /// Namespaces they are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub namespaces: usize,
+    /// Operator replicas.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    #[arg(long, default_value_t = vecodex_operator::shard::DEFAULT_SHARDS)]
+    pub shards: u32,
+    /// Reconcile concurrency per replica, and the plain client's concurrency.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Spec updates per second in the churn and failover scenarios.
+    #[arg(long, default_value_t = 50.0)]
+    pub churn_rate: f64,
+    /// How long the churn scenario runs.
+    #[arg(long, default_value_t = 30)]
+    pub churn_seconds: u64,
+    /// Lower churn rates, run before --churn-rate, each for --churn-seconds, by the operator
+    /// and by the plain client: the highest rate this machine sustains with p99 <= 1 s.
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 20.0])]
+    pub churn_sweep: Vec<f64>,
+    /// Updates per second during the failover scenario. Default: the highest rate of the
+    /// sweep the operator kept within a p99 of 1 s in this run (else the lowest rate
+    /// measured), so that the scenario measures the failover and not a backlog the machine
+    /// cannot absorb (see `default_failover_rate`).
+    #[arg(long)]
+    pub failover_churn_rate: Option<f64>,
+    /// How long the idle scenario measures.
+    #[arg(long, default_value_t = 60)]
+    pub idle_seconds: u64,
+    /// The replicas' shard Lease duration (renew deadline 2/3 of it, retry period 1/7).
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Replica counts of the scale-out cold starts, each of --sets sets on a fresh control
+    /// plane: each replica's share of sets, reconciles and CPU.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3, 5])]
+    pub scale_out_replicas: Vec<usize>,
+    /// Sets of the tracing-cost cold starts (default: --sets).
+    #[arg(long)]
+    pub scale_sets: Option<usize>,
+    /// Trace sampling ratio of the tracing-cost scenario.
+    #[arg(long, default_value_t = 1.0)]
+    pub sampling_ratio: f64,
+    /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
+    #[arg(long)]
+    pub skip_fresh: bool,
+    /// GOGC of the control planes' kube-apiserver. At 10,000 sets its live heap is 1.1-2.9
+    /// GB; with Go's default (100) it collects every 6 s or so, and each mark phase (1-4 s on
+    /// two busy cores) slows every request it overlaps: those were the 2-3 s tails at 50
+    /// updates/s, of the plain client as much as the operator's. With 400 it collects about
+    /// five times less often. Both sides of every ratio run with it.
+    #[arg(long, default_value_t = 400)]
+    pub apiserver_gogc: u32,
+    /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none): with
+    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. Under
+    /// churn at 50/s it allocates about 250 MB/s, so with 2-3 GB live even 12 GiB means a
+    /// collection every 30-40 s; 8 GiB meant one every 20-25 s.
+    #[arg(long, default_value = "12GiB")]
+    pub apiserver_memory_limit: String,
+    /// Give up on a convergence after this long.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout_seconds: u64,
+    /// Where results.json and the charts go.
+    #[arg(long, default_value = "loadtest/results")]
+    pub out: PathBuf,
+}
+
+impl Args {
+    /// The churn rates measured, in order: the sweep's, then --churn-rate.
+    pub fn churn_rates(&self) -> Vec<f64> {
+        let mut rates = self.churn_sweep.clone();
+        rates.push(self.churn_rate);
+        rates
+    }
+
+    pub fn apiserver_gc(&self) -> cluster::ApiServerGc {
+        cluster::ApiServerGc {
+            gogc: self.apiserver_gogc,
+            memory_limit: self.apiserver_memory_limit.clone(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+
+    pub fn replica_options<'a>(
+        &self,
+        kubeconfig: &'a Path,
+        otlp: Option<&'a Otlp>,
+    ) -> ReplicaOptions<'a> {
+        ReplicaOptions {
+            kubeconfig,
+            shards: self.shards,
+            concurrency: self.concurrency,
+            lease_seconds: self.lease_seconds,
+            otlp,
+        }
+    }
+}
