@@ -493,31 +493,6 @@ fn revocable_rbac() -> String {
     .join("---\n")
 }
 
-fn kubectl_stdin(args: &[&str], input: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&common::cluster().kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl is installed (tests/run.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One replica loses the right to touch Leases (its RoleBinding deleted) while it keeps
 /// reaching the API server for everything else, under churn: its Lease writes stop
 /// succeeding, but its child writes still would. The audit log is the witness that it fenced
@@ -526,7 +501,7 @@ fn kubectl_stdin(args: &[&str], input: &str) {
 /// every write of the group came from the holder of its shard at that moment. When the
 /// binding is back, it rejoins and the sets converge.
 async fn lease_access_revoked(client: &Client, fleet: &Fleet) {
-    kubectl_stdin(&["apply", "-f", "-"], &revocable_rbac());
+    common::kubectl_apply_stdin(&revocable_rbac());
     let out = common::kubectl([
         "-n",
         RELEASE_NS,
@@ -586,7 +561,7 @@ async fn lease_access_revoked(client: &Client, fleet: &Fleet) {
     // r3's shards are served by the others for a while before the binding returns.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let restored = jiff::Timestamp::now();
-    kubectl_stdin(&["apply", "-f", "-"], &revocable_rbac());
+    common::kubectl_apply_stdin(&revocable_rbac());
     wait_for("r1..r3 balanced again", Duration::from_secs(60), || {
         settled_in(client, REVOKED_GROUP, &ids, fleet)
     })

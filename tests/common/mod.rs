@@ -546,6 +546,32 @@ pub fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
 
 static SA_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
 
+/// `kubectl apply -f -` of `manifest` on the test cluster, as its admin.
+pub fn kubectl_apply_stdin(manifest: &str) {
+    use std::io::Write;
+    let mut apply = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cluster().kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is installed (tests/run.sh installs it)");
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A kubeconfig for the chart's least-privilege ServiceAccount: the ServiceAccount, the
 /// ClusterRole, the Lease Role and their bindings exactly as `deploy/operator.yaml` (the
 /// rendered chart) has them, and a token from the TokenRequest API. Operators run with it
@@ -569,32 +595,10 @@ pub fn sa_kubeconfig() -> &'static Path {
             .filter(|d| d.lines().any(|l| wanted.contains(&l.trim())))
             .collect();
         assert!(docs.len() >= 6, "deploy/operator.yaml has the RBAC objects");
-        let kubectl = || {
-            let mut c = Command::new("kubectl");
-            c.arg("--kubeconfig").arg(&cluster.kubeconfig);
-            c
-        };
-        let mut apply = kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl is installed (tests/run.sh installs it)");
-        use std::io::Write;
-        apply
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(docs.join("\n---\n").as_bytes())
-            .unwrap();
-        let out = apply.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply of the chart's RBAC: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = kubectl()
+        kubectl_apply_stdin(&docs.join("\n---\n"));
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
             .args([
                 "-n",
                 RELEASE_NS,
