@@ -60,9 +60,14 @@ fn rust_files(dir: &Path) -> Vec<(String, String)> {
 fn every_harness_helper_is_used_by_a_test() {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let harness = rust_files(&tests.join("common"));
-    let all: String = rust_files(&tests)
-        .into_iter()
-        .chain(harness.iter().cloned())
+    // Every test file: tests/*.rs and the modules of multi-file tests (tests/*/*.rs).
+    let dirs = std::fs::read_dir(&tests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir());
+    let all: String = std::iter::once(tests.clone())
+        .chain(dirs)
+        .flat_map(|d| rust_files(&d))
         .map(|(_, text)| text)
         .collect::<Vec<_>>()
         .join("\n");
