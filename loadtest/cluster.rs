@@ -2,7 +2,7 @@
 //! and what is read from the API server and from /proc to report.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -335,12 +335,7 @@ pub struct Otlp {
     pub sampling_ratio: f64,
 }
 
-/// One operator process.
-pub struct Replica {
-    pub child: Child,
-    pub identity: String,
-    pub metrics_port: u16,
-}
+pub use crate::shared::Replica;
 
 pub struct ReplicaOptions<'a> {
     pub kubeconfig: &'a Path,
@@ -378,7 +373,8 @@ impl Replica {
         Ok(Replica {
             child,
             identity: identity.to_owned(),
-            metrics_port,
+            log: log.to_owned(),
+            metrics_port: Some(metrics_port),
         })
     }
 
@@ -393,7 +389,10 @@ impl Replica {
 
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await
+        let port = self
+            .metrics_port
+            .context("started without a metrics port")?;
+        http_get(&format!("http://127.0.0.1:{port}/metrics")).await
     }
 
     /// Reconciles this replica has run, from its /metrics.
@@ -405,13 +404,6 @@ impl Replica {
             .filter(|l| l.starts_with("vecodex_operator_reconciles_total"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    }
-
-    pub fn kill(&mut self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
     }
 }
 

@@ -313,11 +313,11 @@ async fn main_cluster(
     let exits: Vec<String> = replicas
         .iter_mut()
         .filter_map(|r| {
-            r.child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| format!("{}: {s}", r.identity))
+            r.child.try_wait().ok().flatten().map(|s| {
+                let log = r.log_text();
+                let last = log.lines().last().unwrap_or_default();
+                format!("{}: {s} (last log line: {last})", r.identity)
+            })
         })
         .collect();
     let whole_run: Vec<Value> = replicas.iter().map(Replica::stats).collect();

@@ -43,7 +43,7 @@ pub(crate) async fn reconciles(replicas: &[Replica]) -> f64 {
 
 pub(crate) fn stop_replicas(replicas: &mut [Replica]) {
     for r in replicas.iter_mut() {
-        r.kill("-TERM");
+        r.stop(shared::SIGTERM);
     }
 }
 
@@ -170,7 +170,7 @@ pub(crate) async fn failover(
         .run(client, tracker, args, rate, "failover", before)
         .await;
     let victim = replicas[0].identity.clone();
-    replicas[0].kill("-KILL");
+    replicas[0].stop(shared::SIGKILL);
     let killed = Instant::now();
     sent += churner
         .run(

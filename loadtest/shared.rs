@@ -1,5 +1,5 @@
 //! What the load test and the integration tests share (the tests include this file with
-//! `#[path]`): starting an operator replica, reading the API server's request counters,
+//! `#[path]`): an operator replica (its process, how it is started), reading the API server's request counters,
 //! starting the rotel collector, and free local ports.
 
 use std::collections::BTreeMap;
@@ -109,6 +109,41 @@ pub fn operator_command(bin: &Path, kubeconfig: &Path, log: &Path) -> std::io::R
         .stderr(file);
     Ok(cmd)
 }
+
+/// One operator process of a test or the load test: who it is, the process and its log. Each
+/// side starts it its own way (`tests/common/replica.rs`, `loadtest/cluster.rs`), both through
+/// [`operator_command`] and [`replica_flags`].
+pub struct Replica {
+    pub identity: String,
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    /// Where it serves `/metrics`, when its starter chose the port.
+    pub metrics_port: Option<u16>,
+}
+
+impl Replica {
+    /// Sends `signal` (a number, as `kill -N`).
+    pub fn signal(&self, signal: i32) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop(&mut self, signal: i32) {
+        self.signal(signal);
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `SIGTERM` and `SIGKILL`, as `kill` takes them.
+pub const SIGTERM: i32 = 15;
+pub const SIGKILL: i32 = 9;
 
 /// The flags of a replica `identity` with `shards` shards and these Lease timings.
 pub fn replica_flags(

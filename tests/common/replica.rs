@@ -2,7 +2,6 @@
 //! each shard.
 
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 
 use kube::Client;
@@ -15,12 +14,7 @@ pub fn shard_of(namespace: &str, shards: u32) -> u32 {
     vecodex_operator::shard::Scheme::new(Default::default(), shards).shard_of(namespace)
 }
 
-/// One operator process of an HA test.
-pub struct Replica {
-    pub identity: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
+pub use super::shared::Replica;
 
 /// Lease timings of the HA tests (shorter than the defaults, same proportions).
 pub const LEASE_DURATION_S: u64 = 6;
@@ -97,16 +91,8 @@ impl Replica {
             identity: identity.to_owned(),
             child,
             log,
+            metrics_port: None,
         }
-    }
-
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
