@@ -14,11 +14,9 @@ use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
 
 use crate::args::Args;
 use crate::churn::Churner;
-use crate::cluster::LocalCluster;
+use crate::cluster;
 use crate::cluster::is_tenant;
-use crate::scenarios::cpu_delta;
-use crate::track::Tracker;
-use crate::{cluster, kubelet};
+use crate::scenarios::{Fresh, cpu_delta, on_fresh_control_plane};
 
 /// Scenario 2, on a control plane of its own: the same sets exist (created before the clock
 /// starts, as for the cold start), and a plain client server-side applies, for each, exactly
@@ -29,86 +27,87 @@ use crate::{cluster, kubelet};
 /// not land on the operator's cold start.
 pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
     eprintln!("loadtest: limit: fresh control plane, {} sets", args.sets);
-    let cluster = LocalCluster::up(&args.apiserver_gc())?;
-    let result = async {
-        let client = cluster::client_for(&cluster.kubeconfig()).await?;
-        cluster::install_crd(&client).await?;
-        let kubelet = kubelet::start(client.clone());
-        // Watching as on the main control plane, so that both sides pay for the same
-        // watchers (the tracker's watches of every set, child and Deployment).
-        let tracker = Tracker::start(&client);
-        cluster::create_sets(&client, args.sets, args.namespaces, spec).await?;
-        // Every set, page by page (10,000 are more than one page).
-        let mut sets: Vec<VecodexSet> = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let lp = kube::api::ListParams {
-                limit: Some(500),
-                continue_token: token.take(),
-                ..Default::default()
-            };
-            let page = Api::<VecodexSet>::all(client.clone()).list(&lp).await?;
-            sets.extend(page.items);
-            match page.metadata.continue_.filter(|t| !t.is_empty()) {
-                Some(t) => token = Some(t),
-                None => break,
+    // The tracker watches as on the main control plane, so that both sides pay for the same
+    // watchers (its watches of every set, child and Deployment).
+    on_fresh_control_plane(
+        args,
+        spec,
+        args.sets,
+        args.namespaces,
+        async |fresh: &Fresh<'_>| {
+            let Fresh {
+                cluster,
+                client,
+                tracker,
+            } = fresh;
+            // Every set, page by page (10,000 are more than one page).
+            let mut sets: Vec<VecodexSet> = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let lp = kube::api::ListParams {
+                    limit: Some(500),
+                    continue_token: token.take(),
+                    ..Default::default()
+                };
+                let page = Api::<VecodexSet>::all(client.clone()).list(&lp).await?;
+                sets.extend(page.items);
+                match page.metadata.continue_.filter(|t| !t.is_empty()) {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
             }
-        }
-        let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
-        eprintln!("loadtest: limit: control plane quiet after {waited:?}");
-        let cpu_before = cluster.cpu_seconds();
-        let requests_before = cluster::requests(&client).await?;
-        let started = Instant::now();
-        let shards = args.shards;
-        let plain = PlainReconciler::new(&client, shards);
-        futures::stream::iter(sets)
-            .map(|set| {
-                let plain = plain.clone();
-                async move { plain.create(&set).await }
-            })
-            .buffer_unordered(args.concurrency)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let secs = started.elapsed().as_secs_f64();
-        let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
-        let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
-        let requests =
-            cluster::requests_delta(&requests_before, &cluster::requests(&client).await?);
+            let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
+            eprintln!("loadtest: limit: control plane quiet after {waited:?}");
+            let cpu_before = cluster.cpu_seconds();
+            let requests_before = cluster::requests(client).await?;
+            let started = Instant::now();
+            let shards = args.shards;
+            let plain = PlainReconciler::new(client, shards);
+            futures::stream::iter(sets)
+                .map(|set| {
+                    let plain = plain.clone();
+                    async move { plain.create(&set).await }
+                })
+                .buffer_unordered(args.concurrency)
+                .try_collect::<Vec<()>>()
+                .await?;
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
+            let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
+            let requests =
+                cluster::requests_delta(&requests_before, &cluster::requests(client).await?);
 
-        // The churn limit: the same updates at the same rates, each followed at once by the
-        // writes the operator makes for it.
-        tracker
-            .wait_converged(args.sets, is_tenant, args.timeout())
-            .await?;
-        cluster.wait_quiet(Duration::from_secs(120)).await;
-        let churn = Churner::plain(&client, shards)
-            .sweep(
-                &cluster,
-                &client,
-                &tracker,
-                args,
-                &args.churn_rates(),
-                "plain-churn",
-                &[],
-            )
-            .await;
-        tracker.stop();
-        kubelet.abort();
-        Ok(json!({
-            "sets": args.sets,
-            "seconds": secs,
-            "sets_per_second": args.sets as f64 / secs,
-            "writes_per_set": 8,
-            "retries": PLAIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
-            "requests": requests,
-            "control_plane_cpu_seconds": cpu,
-            "cpu_seconds_per_set": per_set,
-            "churn": churn,
-        }))
-    }
-    .await;
-    cluster.down();
-    result
+            // The churn limit: the same updates at the same rates, each followed at once by the
+            // writes the operator makes for it.
+            tracker
+                .wait_converged(args.sets, is_tenant, args.timeout())
+                .await?;
+            cluster.wait_quiet(Duration::from_secs(120)).await;
+            let churn = Churner::plain(client, shards)
+                .sweep(
+                    cluster,
+                    client,
+                    tracker,
+                    args,
+                    &args.churn_rates(),
+                    "plain-churn",
+                    &[],
+                )
+                .await;
+            Ok(json!({
+                "sets": args.sets,
+                "seconds": secs,
+                "sets_per_second": args.sets as f64 / secs,
+                "writes_per_set": 8,
+                "retries": PLAIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
+                "requests": requests,
+                "control_plane_cpu_seconds": cpu,
+                "cpu_seconds_per_set": per_set,
+                "churn": churn,
+            }))
+        },
+    )
+    .await
 }
 
 /// A server-side apply of the plain client, retried as a controller would retry it when the

@@ -241,7 +241,48 @@ pub(crate) fn pooled(runs: &[Value]) -> Value {
     })
 }
 
-/// Scale-out and tracing cost: a cold start on a fresh control plane.
+/// A fresh control plane as every run on one starts: the CRD, the simulated kubelet, the
+/// tracker's watches, and the sets created.
+pub(crate) struct Fresh<'a> {
+    pub cluster: &'a LocalCluster,
+    pub client: Client,
+    pub tracker: Tracker,
+}
+
+/// Runs `run` on a fresh control plane with `sets` sets in `namespaces` namespaces (see
+/// [`Fresh`]). The kubelet, the tracker and the control plane stop afterwards, whatever
+/// `run` returns.
+pub(crate) async fn on_fresh_control_plane<T>(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    sets: usize,
+    namespaces: usize,
+    run: impl AsyncFnOnce(&Fresh<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let cluster = LocalCluster::up(&args.apiserver_gc())?;
+    let result = async {
+        let client = cluster::client_for(&cluster.kubeconfig()).await?;
+        cluster::install_crd(&client).await?;
+        let kubelet = kubelet::start(client.clone());
+        let fresh = Fresh {
+            cluster: &cluster,
+            tracker: Tracker::start(&client),
+            client,
+        };
+        let result = match cluster::create_sets(&fresh.client, sets, namespaces, spec).await {
+            Ok(()) => run(&fresh).await,
+            Err(e) => Err(e),
+        };
+        fresh.tracker.stop();
+        kubelet.abort();
+        result
+    }
+    .await;
+    cluster.down();
+    result
+}
+
+/// A cold start of `replicas` replicas against `sets` sets on a fresh control plane.
 pub(crate) async fn fresh_cold_start(
     args: &Args,
     spec: &VecodexSetSpec,
@@ -252,25 +293,24 @@ pub(crate) async fn fresh_cold_start(
 ) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
     let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
     eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
-    let cluster = LocalCluster::up(&args.apiserver_gc())?;
-    let result = async {
-        let client = cluster::client_for(&cluster.kubeconfig()).await?;
-        cluster::install_crd(&client).await?;
-        let kubelet = kubelet::start(client.clone());
-        let tracker = Tracker::start(&client);
-        cluster::create_sets(&client, sets, namespaces, spec).await?;
+    on_fresh_control_plane(args, spec, sets, namespaces, async |fresh: &Fresh<'_>| {
+        let Fresh {
+            cluster,
+            client,
+            tracker,
+        } = fresh;
         cluster.wait_quiet(Duration::from_secs(120)).await;
-        let requests_before = cluster::requests(&client).await?;
+        let requests_before = cluster::requests(client).await?;
         let kubeconfig = cluster.kubeconfig();
         let opts = args.replica_options(&kubeconfig, otlp);
         let cpu_before = cluster.cpu_seconds();
         let mut running = start_replicas(replicas, &opts, &cluster.dir, label)?;
         let started = Instant::now();
         let result = cold_start(
-            &cluster,
+            cluster,
             &cpu_before,
-            &client,
-            &tracker,
+            client,
+            tracker,
             &running,
             sets,
             &Placement::of(args, namespaces),
@@ -280,11 +320,7 @@ pub(crate) async fn fresh_cold_start(
         )
         .await;
         stop_replicas(&mut running);
-        tracker.stop();
-        kubelet.abort();
         result
-    }
-    .await;
-    cluster.down();
-    result
+    })
+    .await
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{client, repo_root, seed_example, tool, wait_for};
+use common::{RELEASE_NS, client, repo_root, seed_example, token_kubeconfig, tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -21,7 +21,6 @@ use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
 
 const WAIT: Duration = Duration::from_secs(30);
-const RELEASE_NS: &str = "vecodex-system";
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("command runs")
@@ -246,27 +245,6 @@ fn checkov_passes_both_renderings_and_the_children() {
     let passed = checkov(&children, &skips);
     eprintln!("checkov: {written} children, {passed} checks passed");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A kubeconfig that authenticates with `token` against the test cluster.
-fn token_kubeconfig(admin: &Path, token: &str, out: &Path) {
-    let text = std::fs::read_to_string(admin).unwrap();
-    let field = |key: &str| -> String {
-        text.lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix(&format!("{key}:"))
-                    .map(|v| v.trim().trim_matches('"').to_owned())
-            })
-            .unwrap_or_else(|| panic!("{key} in the admin kubeconfig"))
-    };
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: operator\n  context:\n    cluster: local\n    user: operator\ncurrent-context: operator\n",
-        field("server"),
-        field("certificate-authority-data"),
-        token
-    );
-    std::fs::write(out, config).unwrap();
 }
 
 /// The FlowSchema the chart makes for the operator's Lease requests, as the v1.20 API server
