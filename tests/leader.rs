@@ -14,17 +14,23 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
-use vecodex_operator::shard::lease::{Attempt, LeaseClient};
+use vecodex_operator::shard::lease::{Attempt, LeaseClient, Op};
 
 async fn contend(clients: &mut [LeaseClient], name: &str) -> usize {
     for c in clients.iter_mut() {
         c.refresh().await.expect("list leases");
     }
-    let attempts =
-        futures::future::join_all(clients.iter_mut().map(|c| c.try_acquire(name, "shard"))).await;
+    // The manager's own call: one exchange per replica, planned from the list above.
+    let ops = [(name.to_owned(), Op::Acquire("shard"))];
+    let attempts = futures::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| c.exchange(&ops, Duration::from_secs(10))),
+    )
+    .await;
     attempts
         .into_iter()
-        .filter(|a| matches!(a, Ok(Attempt::Held)))
+        .filter(|(_, results)| matches!(results.as_slice(), [Some(Ok(Attempt::Held))]))
         .count()
 }
 

@@ -309,15 +309,6 @@ impl LeaseClient {
         }
     }
 
-    /// Acquires, renews or takes over `name` if it is ours or free; a conditional write, so
-    /// exactly one of several contenders can succeed.
-    pub async fn try_acquire(&mut self, name: &str, kind: &str) -> Result<Attempt, kube::Error> {
-        let now = Instant::now();
-        let plan = self.plan(name, kind, now);
-        let sent = send(&self.api, name, plan).await;
-        self.finish(sent, now)
-    }
-
     /// Lists the group's Leases and sends every operation of `ops` at once, each request
     /// bounded by `timeout`, so that a slow API server costs one round trip per tick
     /// whatever the number of shards. Acquisitions and renewals work from the versions the
