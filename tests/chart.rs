@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{RELEASE_NS, client, repo_root, seed_example, token_kubeconfig, tool, wait_for};
+use common::{RELEASE_NS, client, repo_root, seed_example, tool, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -351,21 +351,8 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
 
     // RBAC proof: the operator, run outside the cluster with the ServiceAccount's token,
     // does its whole job.
-    let token = ok(&run(Command::new("kubectl").args([
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "-n",
-        RELEASE_NS,
-        "create",
-        "token",
-        "vecodex-operator",
-        "--duration",
-        "2h",
-    ])))
-    .trim()
-    .to_owned();
     let sa_kubeconfig = cluster.dir.join("operator-sa.kubeconfig");
-    token_kubeconfig(&kubeconfig, &token, &sa_kubeconfig);
+    common::operator_token_kubeconfig(&sa_kubeconfig);
     let log = cluster.dir.join("operator-sa.log");
     let before = dispatched(&client).await;
     let mut operator =

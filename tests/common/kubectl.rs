@@ -112,32 +112,39 @@ pub fn sa_kubeconfig() -> &'static Path {
             .collect();
         assert!(docs.len() >= 6, "deploy/operator.yaml has the RBAC objects");
         kubectl_apply_stdin(&docs.join("\n---\n"));
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
-            .args([
-                "-n",
-                RELEASE_NS,
-                "create",
-                "token",
-                "vecodex-operator",
-                "--duration",
-                "2h",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl create token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let path = cluster
             .dir
             .join(format!("operator-sa-{}.kubeconfig", std::process::id()));
-        token_kubeconfig(&cluster.kubeconfig, &token, &path);
+        operator_token_kubeconfig(&path);
         path
     })
+}
+
+/// Writes at `out` a kubeconfig with a fresh 2-hour token of the chart's ServiceAccount
+/// (`vecodex-operator` in [`RELEASE_NS`]), which must exist.
+pub fn operator_token_kubeconfig(out: &Path) {
+    let cluster = cluster();
+    let token = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args([
+            "-n",
+            RELEASE_NS,
+            "create",
+            "token",
+            "vecodex-operator",
+            "--duration",
+            "2h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "kubectl create token: {}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    token_kubeconfig(&cluster.kubeconfig, &token, out);
 }
 
 /// [`ReplicaOptions`] for the chart's ServiceAccount (Leases in [`RELEASE_NS`]).
