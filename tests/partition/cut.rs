@@ -7,7 +7,7 @@ use crate::common::audit::{self, LeaseHistory};
 use crate::common::fleet::{Fleet, assert_takeovers_after_expiry, record_leases};
 use crate::common::proxy::{Mode, Proxy};
 use crate::common::{self, shard_of};
-use crate::common::{RELEASE_NS, Replica, ReplicaOptions, sa_replica_options, wait_for};
+use crate::common::{RELEASE_NS, sa_replica_options, wait_for};
 use kube::Client;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -25,19 +25,7 @@ pub(crate) async fn network_cut(client: &Client, fleet: &Fleet) {
     let proxied = common::cluster().dir.join("cut-c3.kubeconfig");
     proxy.kubeconfig(&opts.kubeconfig, &proxied);
     let started = Instant::now();
-    let replicas = [
-        Replica::start_with("c1", GROUP, SHARDS, &opts),
-        Replica::start_with("c2", GROUP, SHARDS, &opts),
-        Replica::start_with(
-            "c3",
-            GROUP,
-            SHARDS,
-            &ReplicaOptions {
-                kubeconfig: proxied,
-                ..opts.clone()
-            },
-        ),
-    ];
+    let replicas = three_replicas("c", GROUP, &opts, proxied);
     let ids = ["c1", "c2", "c3"];
     wait_for("3 replicas balanced", Duration::from_secs(30), || {
         settled(&client, &ids, fleet)

@@ -24,7 +24,9 @@ use slow::slow_api_server;
 use std::time::Duration;
 
 use common::fleet::Fleet;
-use common::{RELEASE_NS, Replica, client, metric, replica_http, shard_holders_in, wait_for};
+use common::{
+    RELEASE_NS, Replica, ReplicaOptions, client, metric, replica_http, shard_holders_in, wait_for,
+};
 use kube::Client;
 
 pub(crate) const GROUP: &str = "cut";
@@ -55,6 +57,25 @@ pub(crate) fn shards_held(r: &Replica) -> Option<f64> {
         &replica_http(&r.log, "/metrics")?,
         "vecodex_operator_shards_held",
     )
+}
+
+/// Replicas `{prefix}1`–`{prefix}3` of `group`: the first two with `opts`, the third with
+/// `opts` but its own kubeconfig (the one each phase cuts off, slows or revokes).
+pub(crate) fn three_replicas(
+    prefix: &str,
+    group: &str,
+    opts: &ReplicaOptions,
+    third_kubeconfig: std::path::PathBuf,
+) -> [Replica; 3] {
+    let third = ReplicaOptions {
+        kubeconfig: third_kubeconfig,
+        ..opts.clone()
+    };
+    [
+        Replica::start_with(&format!("{prefix}1"), group, SHARDS, opts),
+        Replica::start_with(&format!("{prefix}2"), group, SHARDS, opts),
+        Replica::start_with(&format!("{prefix}3"), group, SHARDS, &third),
+    ]
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::common::audit::{self, LeaseHistory};
 use crate::common::fleet::Fleet;
 use crate::common::{self, shard_of};
-use crate::common::{RELEASE_NS, Replica, ReplicaOptions, sa_replica_options, wait_for};
+use crate::common::{RELEASE_NS, sa_replica_options, wait_for};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 use vecodex_operator::shard::shard_lease_name;
@@ -51,19 +51,7 @@ pub(crate) async fn lease_access_revoked(client: &Client, fleet: &Fleet) {
     common::token_kubeconfig(&cluster.kubeconfig, &token, &kubeconfig);
 
     let opts = sa_replica_options();
-    let replicas = [
-        Replica::start_with("r1", REVOKED_GROUP, SHARDS, &opts),
-        Replica::start_with("r2", REVOKED_GROUP, SHARDS, &opts),
-        Replica::start_with(
-            "r3",
-            REVOKED_GROUP,
-            SHARDS,
-            &ReplicaOptions {
-                kubeconfig,
-                ..opts.clone()
-            },
-        ),
-    ];
+    let replicas = three_replicas("r", REVOKED_GROUP, &opts, kubeconfig);
     let ids = ["r1", "r2", "r3"];
     wait_for("r1..r3 balanced", Duration::from_secs(60), || {
         settled_in(client, REVOKED_GROUP, &ids, fleet)
