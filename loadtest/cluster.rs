@@ -157,9 +157,13 @@ pub fn seed_spec() -> anyhow::Result<VecodexSetSpec> {
 }
 
 /// Namespace `i` of a group, named as multi-tenant clusters name them: `tenant-17`.
+/// The name prefix of the tenants' namespaces (the flood's have their own).
+const TENANT: &str = "tenant";
+
 /// Whether a namespace is one of the tenants' (see [`namespace_name`]), not the flood's.
 pub fn is_tenant(ns: &str) -> bool {
-    ns.starts_with("tenant-")
+    ns.strip_prefix(TENANT)
+        .is_some_and(|rest| rest.starts_with('-'))
 }
 
 pub fn namespace_name(prefix: &str, i: usize) -> String {
@@ -189,7 +193,7 @@ pub async fn create_namespaces(client: &Client, names: &[String]) -> anyhow::Res
 /// Where set `i` of `sets` spread over `namespaces` lives.
 pub fn place(i: usize, namespaces: usize) -> (String, String) {
     (
-        namespace_name("tenant", i % namespaces.max(1)),
+        namespace_name(TENANT, i % namespaces.max(1)),
         format!("set-{i}"),
     )
 }
@@ -201,7 +205,7 @@ pub async fn create_sets(
     spec: &VecodexSetSpec,
 ) -> anyhow::Result<()> {
     let names: Vec<String> = (0..namespaces.min(sets).max(1))
-        .map(|i| namespace_name("tenant", i))
+        .map(|i| namespace_name(TENANT, i))
         .collect();
     create_namespaces(client, &names).await?;
     futures::stream::iter(0..sets)
