@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use vecodex_operator::crd::VecodexSet;
 
@@ -14,7 +14,8 @@ use crate::args::Args;
 use crate::cluster;
 use crate::cluster::{LocalCluster, Replica};
 use crate::plain::PlainReconciler;
-use crate::scenarios::{cpu_delta, gc_cycles_since, reconciles};
+use crate::results::{ChurnLimit, ChurnRate, ChurnRun, Latency, one_line};
+use crate::scenarios::{gc_cycles_since, reconciles};
 use crate::track::{Tracker, percentile};
 
 /// Spec updates: each changes a set's searcher replicas to a value it did not have, so its
@@ -124,14 +125,9 @@ impl Churner {
         rates: &[f64],
         prefix: &str,
         replicas: &[Replica],
-    ) -> Vec<Value> {
+    ) -> Vec<ChurnRun> {
         let mut out = Vec::new();
-        let operator_cpu = || -> f64 {
-            replicas
-                .iter()
-                .filter_map(|r| r.stats()["cpu_seconds"].as_f64())
-                .sum()
-        };
+        let operator_cpu = || -> f64 { replicas.iter().map(|r| r.stats().cpu_seconds).sum() };
         let own_cpu = || cluster::proc_stats(std::process::id()).map_or(0.0, |(_, cpu)| cpu);
         for &rate in rates {
             // Each rate starts on a quiet control plane: after the cold start the replicas
@@ -154,21 +150,33 @@ impl Churner {
                 )
                 .await;
             let lost = settle(tracker, &scenario, Duration::from_secs(60)).await;
-            let mut summary = latency_summary(tracker, &scenario, sent, &lost);
-            summary["rate_per_second"] = json!(rate);
-            summary["seconds"] = json!(args.churn_seconds);
-            summary["control_plane_cpu_seconds"] = cpu_delta(&cpu_before, &cluster.cpu_seconds());
-            summary["loadtest_cpu_seconds"] = json!(own_cpu() - own_before);
-            summary["apiserver_gc_cycles"] = gc_cycles_since(client, gc_before).await;
-            if !replicas.is_empty() {
-                summary["operator_cpu_seconds"] = json!(operator_cpu() - operator_before);
-                summary["reconciles"] = json!(reconciles(replicas).await - reconciles_before);
-            }
+            let latency = latency_summary(tracker, &scenario, sent, &lost);
+            let control_plane_cpu_seconds = cluster.cpu_seconds().since(&cpu_before);
+            let loadtest_cpu_seconds = own_cpu() - own_before;
+            let apiserver_gc_cycles = gc_cycles_since(client, gc_before).await;
+            let (operator_cpu_seconds, reconciles) = if replicas.is_empty() {
+                (None, None)
+            } else {
+                (
+                    Some(operator_cpu() - operator_before),
+                    Some(reconciles(replicas).await - reconciles_before),
+                )
+            };
             // Every request until the updates landed, by verb and resource: what an update
             // costs each side.
             let requests = cluster::requests(client).await.unwrap_or_default();
-            summary["requests"] = json!(cluster::requests_delta(&requests_before, &requests));
-            eprintln!("loadtest: {scenario}: {summary}");
+            let summary = ChurnRun {
+                latency,
+                rate_per_second: rate,
+                seconds: args.churn_seconds,
+                control_plane_cpu_seconds,
+                loadtest_cpu_seconds,
+                apiserver_gc_cycles,
+                operator_cpu_seconds,
+                reconciles,
+                requests: cluster::requests_delta(&requests_before, &requests),
+            };
+            eprintln!("loadtest: {scenario}: {}", one_line(&summary));
             // Every update with its send time, beside results.json: a tail is then read
             // against the replicas' logs update by update, not only its ten slowest.
             let every = json!(tracker.applied(&scenario));
@@ -185,41 +193,36 @@ impl Churner {
 
 /// The operator's churn latencies against the plain client's, rate by rate, and the highest
 /// rate each kept within a p99 of 1 s.
-pub(crate) fn churn_limit(operator: &[Value], plain: &Value) -> Value {
-    let plain = plain.as_array().cloned().unwrap_or_default();
-    let p99 = |v: &Value| v["p99_seconds"].as_f64().unwrap_or(f64::INFINITY);
-    let highest = |runs: &mut dyn Iterator<Item = &Value>| {
-        runs.filter(|v| p99(v) <= 1.0)
-            .filter_map(|v| v["rate_per_second"].as_f64())
+pub(crate) fn churn_limit(operator: &[ChurnRun], plain: &[ChurnRun]) -> ChurnLimit {
+    let highest = |runs: &[ChurnRun]| {
+        runs.iter()
+            .filter(|r| r.latency.p99_seconds <= 1.0)
+            .map(|r| r.rate_per_second)
             .fold(0.0, f64::max)
     };
-    let rates: Vec<Value> = operator
+    let rates = operator
         .iter()
-        .zip(&plain)
-        .map(|(o, p)| {
-            json!({
-                "rate_per_second": o["rate_per_second"],
-                "operator_p99_seconds": o["p99_seconds"],
-                "plain_p99_seconds": p["p99_seconds"],
-                "operator_p50_seconds": o["p50_seconds"],
-                "plain_p50_seconds": p["p50_seconds"],
-                "operator_control_plane_cpu_seconds": o["control_plane_cpu_seconds"]["total"],
-                "plain_control_plane_cpu_seconds": p["control_plane_cpu_seconds"]["total"],
-                "operator_cpu_seconds": o["operator_cpu_seconds"],
-                "reconciles": o["reconciles"],
-                "operator_loadtest_cpu_seconds": o["loadtest_cpu_seconds"],
-                "plain_loadtest_cpu_seconds": p["loadtest_cpu_seconds"],
-            })
+        .zip(plain)
+        .map(|(o, p)| ChurnRate {
+            rate_per_second: o.rate_per_second,
+            operator_p99_seconds: o.latency.p99_seconds,
+            plain_p99_seconds: p.latency.p99_seconds,
+            operator_p50_seconds: o.latency.p50_seconds,
+            plain_p50_seconds: p.latency.p50_seconds,
+            operator_control_plane_cpu_seconds: o.control_plane_cpu_seconds.total,
+            plain_control_plane_cpu_seconds: p.control_plane_cpu_seconds.total,
+            operator_cpu_seconds: o.operator_cpu_seconds,
+            reconciles: o.reconciles,
+            operator_loadtest_cpu_seconds: o.loadtest_cpu_seconds,
+            plain_loadtest_cpu_seconds: p.loadtest_cpu_seconds,
         })
         .collect();
-    json!({
-        "rates": rates,
-        "operator_highest_rate_within_p99_1s": highest(&mut operator.iter()),
-        "plain_highest_rate_within_p99_1s": highest(&mut plain.iter()),
-        // Each operator run in full (requests by verb and resource); the plain client's
-        // are in `limit.churn`.
-        "operator": operator,
-    })
+    ChurnLimit {
+        rates,
+        operator_highest_rate_within_p99_1s: highest(operator),
+        plain_highest_rate_within_p99_1s: highest(plain),
+        operator: operator.to_vec(),
+    }
 }
 
 /// Waits up to `limit` for a scenario's updates to land; returns those that did not.
@@ -236,21 +239,19 @@ pub(crate) fn latency_summary(
     scenario: &str,
     sent: usize,
     lost: &[String],
-) -> Value {
+) -> Latency {
     let l = tracker.latencies(scenario);
-    json!({
-        "updates": sent,
-        "observed": l.len(),
-        "not_applied_within_60s": lost.len(),
-        "not_applied": lost,
-        "p50_seconds": percentile(&l, 0.50),
-        "p95_seconds": percentile(&l, 0.95),
-        "p99_seconds": percentile(&l, 0.99),
-        "max_seconds": l.last().copied().unwrap_or(f64::NAN),
-        // The tail, with the wall-clock time each update was sent, to look it up in the
-        // replicas' logs (`--log-level info`) and the API server's slow-request traces.
-        "slowest": tracker.slowest(scenario, 10),
-    })
+    Latency {
+        updates: sent,
+        observed: l.len(),
+        not_applied_within_60s: lost.len(),
+        not_applied: lost.to_vec(),
+        p50_seconds: percentile(&l, 0.50),
+        p95_seconds: percentile(&l, 0.95),
+        p99_seconds: percentile(&l, 0.99),
+        max_seconds: l.last().copied().unwrap_or(f64::NAN),
+        slowest: tracker.slowest(scenario, 10),
+    }
 }
 
 /// Scenario 5: one set in its own namespace changes every second from the moment the

@@ -15,6 +15,8 @@ use kube::{Api, Client, Resource};
 use serde_json::json;
 use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
 
+use crate::results::{ControlPlaneCpu, ReplicaStats, Requests};
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -83,18 +85,19 @@ impl LocalCluster {
 
     /// CPU seconds each control-plane process has used so far: a figure the other work on a
     /// shared machine does not distort the way it distorts wall-clock time.
-    pub fn cpu_seconds(&self) -> serde_json::Map<String, serde_json::Value> {
-        ["kube-apiserver", "etcd", "kube-controller-manager"]
-            .iter()
-            .map(|c| {
-                let cpu = std::fs::read_to_string(self.dir.join(format!("pids/{c}.pid")))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<u32>().ok())
-                    .and_then(proc_stats)
-                    .map_or(0.0, |s| s.1);
-                ((*c).to_owned(), json!(cpu))
-            })
-            .collect()
+    pub fn cpu_seconds(&self) -> ControlPlaneCpu {
+        let cpu = |c: &str| {
+            std::fs::read_to_string(self.dir.join(format!("pids/{c}.pid")))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .and_then(proc_stats)
+                .map_or(0.0, |s| s.1)
+        };
+        ControlPlaneCpu::new(
+            cpu("kube-apiserver"),
+            cpu("etcd"),
+            cpu("kube-controller-manager"),
+        )
     }
 
     /// Waits until the control plane uses less than 0.15 cores over 5 s (at most `max`), so
@@ -103,13 +106,10 @@ impl LocalCluster {
     /// long it waited.
     pub async fn wait_quiet(&self, max: Duration) -> Duration {
         let started = std::time::Instant::now();
-        let total = |m: &serde_json::Map<String, serde_json::Value>| -> f64 {
-            m.values().filter_map(serde_json::Value::as_f64).sum()
-        };
         while started.elapsed() < max {
-            let before = total(&self.cpu_seconds());
+            let before = self.cpu_seconds();
             tokio::time::sleep(Duration::from_secs(5)).await;
-            if (total(&self.cpu_seconds()) - before) / 5.0 < 0.15 {
+            if self.cpu_seconds().since(&before).total / 5.0 < 0.15 {
                 break;
             }
         }
@@ -283,17 +283,16 @@ pub async fn gc_cycles(client: &Client) -> anyhow::Result<f64> {
         .context("go_gc_duration_seconds_count not in the API server's /metrics")
 }
 
+/// The requests counted between two readings of [`requests`], those that grew.
 pub fn requests_delta(
     before: &std::collections::BTreeMap<String, f64>,
     after: &std::collections::BTreeMap<String, f64>,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut delta: Vec<(String, f64)> = after
+) -> Requests {
+    after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
         .filter(|(_, d)| *d > 0.0)
-        .collect();
-    delta.sort_by(|a, b| b.1.total_cmp(&a.1));
-    delta.into_iter().map(|(k, d)| (k, json!(d))).collect()
+        .collect()
 }
 
 /// Write requests on the resources the operator writes. Deployment status is left out (the
@@ -382,13 +381,13 @@ impl Replica {
         })
     }
 
-    pub fn stats(&self) -> serde_json::Value {
+    pub fn stats(&self) -> ReplicaStats {
         let (rss, cpu) = proc_stats(self.child.id()).unwrap_or((0, 0.0));
-        json!({
-            "identity": self.identity,
-            "peak_rss_mib": rss as f64 / 1048576.0,
-            "cpu_seconds": cpu,
-        })
+        ReplicaStats {
+            identity: self.identity.clone(),
+            peak_rss_mib: rss as f64 / 1048576.0,
+            cpu_seconds: cpu,
+        }
     }
 
     /// Its `/metrics` text.

@@ -1,8 +1,8 @@
 //! The facts of the machine a run measured on, recorded with the results.
 
-use serde_json::{Value, json};
+use crate::results::Machine;
 
-pub(crate) fn machine() -> Value {
+pub(crate) fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -23,9 +23,9 @@ pub(crate) fn machine() -> Value {
                 .ok()
         })
         .unwrap_or(0);
-    json!({
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "cpu": cpu,
-        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
-    })
+    Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu,
+        memory_gib: (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+    }
 }

@@ -15,6 +15,7 @@ mod kubelet;
 mod machine;
 mod plain;
 mod report;
+mod results;
 mod scenarios;
 mod shared;
 mod shares;
@@ -32,11 +33,11 @@ use collector::start_collector;
 use machine::machine;
 use plain::limit;
 use report::{bars, summary};
+use results::{Idle, Limit, Parameters, Pooled, Results, ScaleOut, ScaleRun, Tracing, one_line};
 use scenarios::{
-    Placement, cold_start, default_failover_rate, failover, fresh_cold_start, pooled,
-    start_replicas, stop_replicas, write_total,
+    Placement, cold_start, default_failover_rate, failover, fresh_cold_start, start_replicas,
+    stop_replicas, write_total,
 };
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use track::Tracker;
 use vecodex_operator::crd::VecodexSetSpec;
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     // 2. The API server's write limit for the same work, on a control plane of its own that
     // is gone before the main one starts.
     let limit = limit(&args, &spec).await?;
-    eprintln!("loadtest: limit: {limit}");
+    eprintln!("loadtest: limit: {}", one_line(&limit));
     let main = LocalCluster::up(&args.apiserver_gc())?;
     let outcome = main_cluster(&args, &spec, &main, limit).await;
     main.down();
@@ -109,35 +110,31 @@ async fn main() -> anyhow::Result<()> {
         if collector_batches == 0 {
             bail!("tracing cost: the collector received no trace from the tracing-on runs");
         }
-        let sps = |v: &Value| v["sets_per_second"].as_f64().unwrap_or(0.0);
         let one = scale_runs
             .iter()
-            .find(|r| r["replicas"] == 1)
-            .map(sps)
-            .unwrap_or(f64::NAN);
-        results["scale_out"] = json!({
-            "sets": args.sets,
-            "runs": scale_runs
-                .iter()
-                .map(|r| {
-                    json!({
-                        "replicas": r["replicas"],
-                        "sets_per_second": r["sets_per_second"],
-                        "throughput_vs_one_replica": sps(r) / one,
-                        "shares": r["shares"],
-                        "cold_start": r,
-                    })
+            .find(|r| r.replicas == 1)
+            .map_or(f64::NAN, |r| r.sets_per_second);
+        results.scale_out = Some(ScaleOut {
+            sets: args.sets,
+            runs: scale_runs
+                .into_iter()
+                .map(|r| ScaleRun {
+                    replicas: r.replicas,
+                    sets_per_second: r.sets_per_second,
+                    throughput_vs_one_replica: r.sets_per_second / one,
+                    shares: r.shares.clone(),
+                    cold_start: r,
                 })
-                .collect::<Vec<_>>(),
+                .collect(),
         });
-        let off = pooled(&[base, base_2]);
-        let on = pooled(&[on, on_2]);
-        results["tracing"] = json!({
-            "sampling_ratio": args.sampling_ratio,
-            "collector_batches": collector_batches,
-            "cost": 1.0 - sps(&on) / sps(&off).max(1e-9),
-            "off": off,
-            "on": on,
+        let off = Pooled::of(vec![base, base_2]);
+        let on = Pooled::of(vec![on, on_2]);
+        results.tracing = Some(Tracing {
+            sampling_ratio: args.sampling_ratio,
+            collector_batches,
+            cost: 1.0 - on.sets_per_second / off.sets_per_second.max(1e-9),
+            off,
+            on,
         });
         curves.push((
             format!("{} replicas, tracing off", args.replicas),
@@ -153,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
             on_curve,
         ));
     }
-    results["bars"] = bars(&results, &args);
+    results.bars = bars(&results, &args);
 
     std::fs::write(
         args.out.join("results.json"),
@@ -166,32 +163,37 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(args.out.join("latency.svg"), charts::latency(&latencies))?;
     summary(&results, &args);
 
-    if results["idle"]["write_requests"].as_f64().unwrap_or(1.0) > 0.0 {
+    if results.idle.write_requests > 0.0 {
         bail!(
-            "idle: write requests while nothing changed: {}",
-            results["idle"]
+            "idle: {} write requests while nothing changed",
+            results.idle.write_requests
         );
     }
-    let sweeps = ["operator", "plain"].iter().flat_map(|side| {
-        results["churn_limit"][side]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    });
-    for (s, v) in ["churn", "flood", "failover"]
+    // Every scenario's updates, the plain client's sweep included: a lost update fails the run.
+    let sweeps = results
+        .limit
+        .churn
         .iter()
-        .map(|s| (s.to_string(), results[s].clone()))
-        .chain(sweeps.map(|v| (format!("churn limit at {}/s", v["rate_per_second"]), v)))
-    {
-        if v["not_applied_within_60s"].as_u64().unwrap_or(0) > 0 {
-            bail!("{s}: updates were lost: {v}");
-        }
+        .chain(&results.churn_limit.operator)
+        .map(|r| {
+            (
+                format!("churn limit at {}/s", r.rate_per_second),
+                &r.latency,
+            )
+        });
+    let lost = [
+        ("churn".to_owned(), &results.churn.latency),
+        ("flood".to_owned(), &results.flood),
+        ("failover".to_owned(), &results.failover.latency),
+    ]
+    .into_iter()
+    .chain(sweeps)
+    .find(|(_, l)| l.not_applied_within_60s > 0);
+    if let Some((s, l)) = lost {
+        bail!("{s}: updates were lost: {:?}", l.not_applied);
     }
-    if results["replica_exits"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())
-    {
-        bail!("replicas exited: {}", results["replica_exits"]);
+    if !results.replica_exits.is_empty() {
+        bail!("replicas exited: {:?}", results.replica_exits);
     }
     Ok(())
 }
@@ -199,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
 /// What the main control plane's scenarios give: figures, the cold start's curve and the
 /// update latencies per scenario.
 struct MainRun {
-    results: Value,
+    results: Results,
     curve: Vec<(f64, usize)>,
     latencies: Vec<(String, Vec<f64>)>,
 }
@@ -209,7 +211,7 @@ async fn main_cluster(
     args: &Args,
     spec: &VecodexSetSpec,
     cluster: &LocalCluster,
-    limit: Value,
+    limit: Limit,
 ) -> anyhow::Result<MainRun> {
     let kubeconfig = cluster.kubeconfig();
     let client = cluster::client_for(&kubeconfig).await?;
@@ -248,18 +250,12 @@ async fn main_cluster(
     let (mut cold, curve) = cold?;
     let flood_lost = settle(&tracker, "flood", Duration::from_secs(60)).await;
     let flood = latency_summary(&tracker, "flood", flood_sent, &flood_lost);
-    eprintln!("loadtest: cold start: {cold}");
-    let ratio = cold["sets_per_second"].as_f64().unwrap_or(0.0)
-        / limit["sets_per_second"].as_f64().unwrap_or(f64::INFINITY);
-    cold["converge_to_limit_ratio"] = json!(ratio);
+    eprintln!("loadtest: cold start: {}", one_line(&cold));
+    let ratio = cold.sets_per_second / limit.sets_per_second;
+    cold.converge_to_limit_ratio = Some(ratio);
     // What the ratio would be if CPU were the only limit: the plain client's control-plane CPU
     // per set against the operator run's (control plane and operator together).
-    cold["cpu_cost_ratio"] = json!(
-        limit["cpu_seconds_per_set"].as_f64().unwrap_or(0.0)
-            / cold["cpu_seconds_per_set"]
-                .as_f64()
-                .unwrap_or(f64::INFINITY)
-    );
+    cold.cpu_cost_ratio = Some(limit.cpu_seconds_per_set / cold.cpu_seconds_per_set);
 
     // 4. Churn: the sweep's lower rates, then the bar's.
     let mut churner = Churner::default();
@@ -275,7 +271,7 @@ async fn main_cluster(
         )
         .await;
     let churn = operator_churn.last().cloned().unwrap_or_default();
-    let churn_limit = churn_limit(&operator_churn, &limit["churn"]);
+    let churn_limit = churn_limit(&operator_churn, &limit.churn);
     let failover_rate = args
         .failover_churn_rate
         .unwrap_or_else(|| default_failover_rate(args, &operator_churn));
@@ -290,7 +286,7 @@ async fn main_cluster(
         failover_rate,
     )
     .await?;
-    eprintln!("loadtest: failover: {failover}");
+    eprintln!("loadtest: failover: {}", one_line(&failover));
     replicas[0] = Replica::start(
         &opts,
         "main-0-restarted",
@@ -320,7 +316,7 @@ async fn main_cluster(
             })
         })
         .collect();
-    let whole_run: Vec<Value> = replicas.iter().map(Replica::stats).collect();
+    let whole_run = replicas.iter().map(Replica::stats).collect();
     stop_replicas(&mut replicas);
     tracker.stop();
     kubelet.abort();
@@ -345,33 +341,51 @@ async fn main_cluster(
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let results = json!({
-        "date": jiff::Timestamp::now().to_string(),
-        "machine": machine(),
-        "commit": commit,
-        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-        "parameters": {
-            "sets": args.sets, "namespaces": args.namespaces, "replicas": args.replicas,
-            "shards": args.shards, "concurrency": args.concurrency,
-            "churn_rate": args.churn_rate, "churn_seconds": args.churn_seconds,
-            "churn_sweep": args.churn_sweep, "failover_churn_rate": failover_rate,
-            "idle_seconds": args.idle_seconds, "lease_seconds": args.lease_seconds,
-            "scale_sets": args.scale_sets.unwrap_or(args.sets),
-            "scale_out_replicas": args.scale_out_replicas,
-            "sampling_ratio": args.sampling_ratio, "apiserver_gogc": args.apiserver_gogc,
-            "apiserver_memory_limit": args.apiserver_memory_limit,
+    let results = Results {
+        date: jiff::Timestamp::now().to_string(),
+        machine: machine(),
+        commit,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
         },
-        "limit": limit,
-        "cold_start": cold,
-        "converge_to_limit_ratio": ratio,
-        "flood": flood,
-        "churn": churn,
-        "churn_limit": churn_limit,
-        "failover": failover,
-        "idle": {"seconds": args.idle_seconds, "write_requests": idle_writes, "write_requests_per_minute": idle_per_minute},
-        "whole_run_per_replica": whole_run,
-        "replica_exits": exits,
-    });
+        parameters: Parameters {
+            sets: args.sets,
+            namespaces: args.namespaces,
+            replicas: args.replicas,
+            shards: args.shards,
+            concurrency: args.concurrency,
+            churn_rate: args.churn_rate,
+            churn_seconds: args.churn_seconds,
+            churn_sweep: args.churn_sweep.clone(),
+            failover_churn_rate: failover_rate,
+            idle_seconds: args.idle_seconds,
+            lease_seconds: args.lease_seconds,
+            scale_sets: args.scale_sets.unwrap_or(args.sets),
+            scale_out_replicas: args.scale_out_replicas.clone(),
+            sampling_ratio: args.sampling_ratio,
+            apiserver_gogc: args.apiserver_gogc,
+            apiserver_memory_limit: args.apiserver_memory_limit.clone(),
+        },
+        limit,
+        cold_start: cold,
+        converge_to_limit_ratio: ratio,
+        flood,
+        churn,
+        churn_limit,
+        failover,
+        idle: Idle {
+            seconds: args.idle_seconds,
+            write_requests: idle_writes,
+            write_requests_per_minute: idle_per_minute,
+        },
+        whole_run_per_replica: whole_run,
+        replica_exits: exits,
+        scale_out: None,
+        tracing: None,
+        bars: Vec::new(),
+    };
     Ok(MainRun {
         results,
         curve,

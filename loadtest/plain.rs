@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use vecodex_operator::children;
 use vecodex_operator::crd::{VecodexSet, VecodexSetSpec};
 
@@ -16,7 +16,8 @@ use crate::args::Args;
 use crate::churn::Churner;
 use crate::cluster;
 use crate::cluster::is_tenant;
-use crate::scenarios::{Fresh, cpu_delta, on_fresh_control_plane};
+use crate::results::Limit;
+use crate::scenarios::{Fresh, on_fresh_control_plane};
 
 /// Scenario 2, on a control plane of its own: the same sets exist (created before the clock
 /// starts, as for the cold start), and a plain client server-side applies, for each, exactly
@@ -25,7 +26,7 @@ use crate::scenarios::{Fresh, cpu_delta, on_fresh_control_plane};
 /// `concurrency` sets at once. A control plane of its own, so that the controllers' backlog of
 /// this phase (the garbage collector and the endpoint controllers run behind the writes) does
 /// not land on the operator's cold start.
-pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Value> {
+pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Limit> {
     eprintln!("loadtest: limit: fresh control plane, {} sets", args.sets);
     // The tracker watches as on the main control plane, so that both sides pay for the same
     // watchers (its watches of every set, child and Deployment).
@@ -72,8 +73,8 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
                 .try_collect::<Vec<()>>()
                 .await?;
             let secs = started.elapsed().as_secs_f64();
-            let cpu = cpu_delta(&cpu_before, &cluster.cpu_seconds());
-            let per_set = cpu["total"].as_f64().unwrap_or(0.0) / args.sets as f64;
+            let cpu = cluster.cpu_seconds().since(&cpu_before);
+            let per_set = cpu.total / args.sets as f64;
             let requests =
                 cluster::requests_delta(&requests_before, &cluster::requests(client).await?);
 
@@ -94,17 +95,17 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
                     &[],
                 )
                 .await;
-            Ok(json!({
-                "sets": args.sets,
-                "seconds": secs,
-                "sets_per_second": args.sets as f64 / secs,
-                "writes_per_set": 8,
-                "retries": PLAIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
-                "requests": requests,
-                "control_plane_cpu_seconds": cpu,
-                "cpu_seconds_per_set": per_set,
-                "churn": churn,
-            }))
+            Ok(Limit {
+                sets: args.sets,
+                seconds: secs,
+                sets_per_second: args.sets as f64 / secs,
+                writes_per_set: WRITES_PER_SET,
+                retries: PLAIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
+                requests,
+                control_plane_cpu_seconds: cpu,
+                cpu_seconds_per_set: per_set,
+                churn,
+            })
         },
     )
     .await
@@ -135,6 +136,10 @@ where
 /// How often the plain client retried (reported with the limit).
 pub(crate) static PLAIN_RETRIES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
+
+/// The limit's writes per set (see `PlainReconciler::create`): three Services, three
+/// Deployments, the Ingress and the status.
+pub(crate) const WRITES_PER_SET: u32 = 8;
 
 /// The plain client's field manager and Event reporter.
 pub(crate) const PLAIN_MANAGER: &str = "vecodex-loadtest-plain";

@@ -1,27 +1,32 @@
 //! The bars every run is held to, and the summary printed at the end.
 
-use serde_json::{Value, json};
-
 use crate::args::Args;
+use crate::results::{Bar, Latency, Results};
 
-pub(crate) fn bar(name: &str, wanted: &str, value: f64, met: bool) -> Value {
-    json!({"bar": name, "wanted": wanted, "value": value, "met": met})
+fn bar(name: &str, wanted: &str, value: f64, met: bool) -> Bar {
+    Bar {
+        bar: name.to_owned(),
+        wanted: wanted.to_owned(),
+        value,
+        met,
+    }
 }
 
-/// Each bar of the load-test issue with this run's figure.
-pub(crate) fn bars(r: &Value, args: &Args) -> Value {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let peak_rss = r["whole_run_per_replica"]
-        .as_array()
-        .map(|a| a.iter().map(|s| f(&s["peak_rss_mib"])).fold(0.0, f64::max))
-        .unwrap_or(f64::NAN);
-    let ratio = f(&r["converge_to_limit_ratio"]);
-    let idle = f(&r["idle"]["write_requests_per_minute"]);
-    let churn = f(&r["churn"]["p99_seconds"]);
-    let flood = f(&r["flood"]["p99_seconds"]);
-    let failover = f(&r["failover"]["converged_after_kill_seconds"]);
+/// Each bar of the load test with this run's figure. A figure that was not measured (NaN)
+/// meets no bar.
+pub(crate) fn bars(r: &Results, args: &Args) -> Vec<Bar> {
+    let peak_rss = r
+        .whole_run_per_replica
+        .iter()
+        .map(|s| s.peak_rss_mib)
+        .fold(0.0, f64::max);
+    let ratio = r.converge_to_limit_ratio;
+    let idle = r.idle.write_requests_per_minute;
+    let churn = r.churn.latency.p99_seconds;
+    let flood = r.flood.p99_seconds;
+    let failover = r.failover.converged_after_kill_seconds;
     let failover_bar = args.lease_seconds as f64 + 5.0;
-    let imbalance = f(&r["cold_start"]["shares"]["max_over_mean_sets"]);
+    let imbalance = r.cold_start.shares.max_over_mean_sets;
     let mut bars = vec![
         bar(
             &format!("sets per replica, max/mean ({} replicas)", args.replicas),
@@ -52,143 +57,128 @@ pub(crate) fn bars(r: &Value, args: &Args) -> Value {
         bar(
             &format!(
                 "failover under {}/s churn: converged after kill (s)",
-                r["failover"]["churn_rate_per_second"]
+                r.failover.churn_rate_per_second
             ),
             &format!("<= lease + 5 = {failover_bar}"),
             failover,
             failover <= failover_bar,
         ),
     ];
-    if let Some(cost) = r["tracing"]["cost"].as_f64() {
+    if let Some(tracing) = &r.tracing {
         bars.push(bar(
             &format!("tracing cost at sampling {}", args.sampling_ratio),
             "<= 0.10",
-            cost,
-            cost <= 0.10,
+            tracing.cost,
+            tracing.cost <= 0.10,
         ));
     }
-    json!(bars)
+    bars
 }
 
-pub(crate) fn summary(r: &Value, args: &Args) {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+fn latency_line(name: &str, l: &Latency) {
+    println!(
+        "{name:<13} | {} updates: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
+        l.updates, l.p50_seconds, l.p95_seconds, l.p99_seconds, l.not_applied_within_60s
+    );
+}
+
+pub(crate) fn summary(r: &Results, args: &Args) {
     println!("scenario      | figure");
     println!("--------------|------------------------------------------------------------");
     println!(
-        "limit         | {:.1} sets/s (plain client, 8 writes/set)",
-        f(&r["limit"]["sets_per_second"])
+        "limit         | {:.1} sets/s (plain client, {} writes/set)",
+        r.limit.sets_per_second, r.limit.writes_per_set
     );
-    let c = &r["cold_start"];
+    let c = &r.cold_start;
     println!(
         "cold start    | {:.1} sets/s over {:.1} s, {:.1} reconciles/s, {:.1} writes/set",
-        f(&c["sets_per_second"]),
-        f(&c["seconds"]),
-        f(&c["reconciles_per_second"]),
-        f(&c["write_requests_per_set"])
+        c.sets_per_second, c.seconds, c.reconciles_per_second, c.write_requests_per_set
     );
     println!(
         "ratio         | {:.2} of the plain client's limit",
-        f(&r["converge_to_limit_ratio"])
+        r.converge_to_limit_ratio
     );
     println!(
         "CPU per set   | plain client: control plane {:.3} s; operator run: {:.3} s (control plane and operator), ratio {:.2}",
-        f(&r["limit"]["cpu_seconds_per_set"]),
-        f(&c["cpu_seconds_per_set"]),
-        f(&c["cpu_cost_ratio"])
+        r.limit.cpu_seconds_per_set,
+        c.cpu_seconds_per_set,
+        c.cpu_cost_ratio.unwrap_or(f64::NAN)
     );
-    for s in r["whole_run_per_replica"].as_array().into_iter().flatten() {
+    for s in &r.whole_run_per_replica {
         println!(
             "replica       | {}: peak RSS {:.1} MiB, {:.1} CPU s",
-            s["identity"].as_str().unwrap_or(""),
-            f(&s["peak_rss_mib"]),
-            f(&s["cpu_seconds"])
+            s.identity, s.peak_rss_mib, s.cpu_seconds
         );
     }
-    for (name, s) in [
-        ("flood", "flood"),
-        ("churn", "churn"),
-        ("failover", "failover"),
-    ] {
-        let v = &r[s];
-        println!(
-            "{name:<13} | {} updates: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
-            v["updates"],
-            f(&v["p50_seconds"]),
-            f(&v["p95_seconds"]),
-            f(&v["p99_seconds"]),
-            v["not_applied_within_60s"]
-        );
-    }
-    for row in r["churn_limit"]["rates"].as_array().into_iter().flatten() {
+    latency_line("flood", &r.flood);
+    latency_line("churn", &r.churn.latency);
+    latency_line("failover", &r.failover.latency);
+    for row in &r.churn_limit.rates {
         println!(
             "churn limit   | {}/s: p99 operator {:.3} s, plain client {:.3} s",
-            row["rate_per_second"],
-            f(&row["operator_p99_seconds"]),
-            f(&row["plain_p99_seconds"])
+            row.rate_per_second, row.operator_p99_seconds, row.plain_p99_seconds
         );
     }
     println!(
         "churn limit   | highest rate with p99 <= 1 s: operator {}/s, plain client {}/s",
-        r["churn_limit"]["operator_highest_rate_within_p99_1s"],
-        r["churn_limit"]["plain_highest_rate_within_p99_1s"]
+        r.churn_limit.operator_highest_rate_within_p99_1s,
+        r.churn_limit.plain_highest_rate_within_p99_1s
     );
     println!(
         "failover      | converged {:.1} s after kill -9 (lease {} s, churn {}/s)",
-        f(&r["failover"]["converged_after_kill_seconds"]),
-        args.lease_seconds,
-        r["failover"]["churn_rate_per_second"]
+        r.failover.converged_after_kill_seconds,
+        r.failover.lease_seconds,
+        r.failover.churn_rate_per_second
     );
     println!(
         "idle          | {:.1} write requests/min",
-        f(&r["idle"]["write_requests_per_minute"])
+        r.idle.write_requests_per_minute
     );
-    let shares = &r["cold_start"]["shares"];
-    for s in shares["per_replica"].as_array().into_iter().flatten() {
+    let shares = &c.shares;
+    for s in &shares.per_replica {
         println!(
-            "share         | {}: {} shards, {} sets ({:.1} %), {} reconciles, {:.2} CPU ms per reconcile, queue wait p99 {} s",
-            s["identity"].as_str().unwrap_or(""),
-            s["shards"],
-            s["sets"],
-            f(&s["share_of_sets"]) * 100.0,
-            s["reconciles"],
-            f(&s["cpu_ms_per_reconcile"]),
-            s["queue_wait_p99_seconds"]
+            "share         | {}: {} shards, {} sets ({:.1} %), {} reconciles, {:.2} CPU ms per reconcile, queue wait p99 {}",
+            s.identity,
+            s.shards,
+            s.sets,
+            s.share_of_sets * 100.0,
+            s.reconciles,
+            s.cpu_ms_per_reconcile,
+            s.queue_wait_p99_seconds
+                .map_or("unknown".to_owned(), |p| format!("{p} s"))
         );
     }
     println!(
         "imbalance     | max/mean of sets per replica {:.3} (scheme {})",
-        f(&shares["max_over_mean_sets"]),
-        shares["scheme"].as_str().unwrap_or("")
+        shares.max_over_mean_sets, shares.scheme
     );
-    if r["scale_out"].is_object() {
-        for run in r["scale_out"]["runs"].as_array().into_iter().flatten() {
+    if let Some(scale_out) = &r.scale_out {
+        for run in &scale_out.runs {
             println!(
                 "scale-out     | {} replicas: {:.1} sets/s (x{:.2} of 1), sets max/mean {:.3}",
-                run["replicas"],
-                f(&run["sets_per_second"]),
-                f(&run["throughput_vs_one_replica"]),
-                f(&run["shares"]["max_over_mean_sets"])
+                run.replicas,
+                run.sets_per_second,
+                run.throughput_vs_one_replica,
+                run.shares.max_over_mean_sets
             );
         }
+    }
+    if let Some(t) = &r.tracing {
         println!(
             "tracing       | off {:.1} sets/s, on ({}) {:.1} sets/s: cost {:.1} %",
-            f(&r["tracing"]["off"]["sets_per_second"]),
-            args.sampling_ratio,
-            f(&r["tracing"]["on"]["sets_per_second"]),
-            f(&r["tracing"]["cost"]) * 100.0
+            t.off.sets_per_second,
+            t.sampling_ratio,
+            t.on.sets_per_second,
+            t.cost * 100.0
         );
     }
-    for b in r["bars"].as_array().into_iter().flatten() {
+    for b in &r.bars {
         println!(
             "bar           | {}: {:.3} (wanted {}) {}",
-            b["bar"].as_str().unwrap_or(""),
-            f(&b["value"]),
-            b["wanted"].as_str().unwrap_or(""),
-            if b["met"].as_bool() == Some(true) {
-                "met"
-            } else {
-                "MISSED"
-            }
+            b.bar,
+            b.value,
+            b.wanted,
+            if b.met { "met" } else { "MISSED" }
         );
     }
     println!(

@@ -5,13 +5,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use serde_json::{Value, json};
 use vecodex_operator::crd::VecodexSetSpec;
 
 use crate::args::Args;
 use crate::churn::{Churner, latency_summary, settle};
 use crate::cluster::is_tenant;
 use crate::cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
+use crate::results::{ChurnRun, ColdStart, ControlPlaneCpu, Failover, ReplicaStats};
 use crate::track::Tracker;
 use crate::{cluster, kubelet, shared, shares};
 
@@ -43,7 +43,7 @@ pub(crate) async fn reconciles(replicas: &[Replica]) -> f64 {
 
 pub(crate) fn stop_replicas(replicas: &mut [Replica]) {
     for r in replicas.iter_mut() {
-        r.stop(shared::SIGTERM);
+        r.stop(libc::SIGTERM);
     }
 }
 
@@ -66,22 +66,6 @@ pub(crate) fn write_total(requests: &std::collections::BTreeMap<String, f64>) ->
         })
         .map(|(_, n)| n)
         .sum()
-}
-
-/// CPU seconds per component between two readings, and their total.
-pub(crate) fn cpu_delta(
-    before: &serde_json::Map<String, Value>,
-    after: &serde_json::Map<String, Value>,
-) -> Value {
-    let mut delta = serde_json::Map::new();
-    let mut total = 0.0;
-    for (k, v) in after {
-        let d = v.as_f64().unwrap_or(0.0) - before.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-        total += d;
-        delta.insert(k.clone(), json!(d));
-    }
-    delta.insert("total".into(), json!(total));
-    Value::Object(delta)
 }
 
 /// Where a run's sets live: `namespaces` namespaces (see `cluster::place`), hashed by
@@ -107,7 +91,7 @@ impl Placement {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn cold_start(
     cluster: &LocalCluster,
-    cpu_before: &serde_json::Map<String, Value>,
+    cpu_before: &ControlPlaneCpu,
     client: &Client,
     tracker: &Tracker,
     replicas: &[Replica],
@@ -116,40 +100,39 @@ pub(crate) async fn cold_start(
     started: Instant,
     requests_before: &std::collections::BTreeMap<String, f64>,
     timeout: Duration,
-) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+) -> anyhow::Result<(ColdStart, Vec<(f64, usize)>)> {
     let curve = tracker.wait_converged(sets, is_tenant, timeout).await?;
     let secs = started.elapsed().as_secs_f64();
     let writes = cluster::write_requests(client).await? - write_total(requests_before);
     let requests = cluster::requests_delta(requests_before, &cluster::requests(client).await?);
     let reconciles = reconciles(replicas).await;
-    let cpu = cpu_delta(cpu_before, &cluster.cpu_seconds());
-    let per_replica: Vec<Value> = replicas.iter().map(Replica::stats).collect();
-    let operator_cpu: f64 = per_replica
-        .iter()
-        .filter_map(|r| r["cpu_seconds"].as_f64())
-        .sum();
-    let per_set = (cpu["total"].as_f64().unwrap_or(0.0) + operator_cpu) / sets.max(1) as f64;
+    let cpu = cluster.cpu_seconds().since(cpu_before);
+    let per_replica: Vec<ReplicaStats> = replicas.iter().map(Replica::stats).collect();
+    let operator_cpu: f64 = per_replica.iter().map(|r| r.cpu_seconds).sum();
+    let per_set = (cpu.total + operator_cpu) / sets.max(1) as f64;
     let set_namespaces: Vec<String> = (0..sets)
         .map(|i| cluster::place(i, placement.namespaces).0)
         .collect();
     let shares = shares::shares(client, replicas, placement.scheme, &set_namespaces).await?;
     Ok((
-        json!({
-            "sets": sets,
-            "replicas": replicas.len(),
-            "seconds": secs,
-            "sets_per_second": sets as f64 / secs,
-            "reconciles": reconciles,
-            "reconciles_per_second": reconciles / secs,
-            "write_requests": writes,
-            "write_requests_per_set": writes / sets.max(1) as f64,
-            "requests": requests,
-            "control_plane_cpu_seconds": cpu,
-            "operator_cpu_seconds": operator_cpu,
-            "cpu_seconds_per_set": per_set,
-            "per_replica": per_replica,
-            "shares": shares,
-        }),
+        ColdStart {
+            sets,
+            replicas: replicas.len(),
+            seconds: secs,
+            sets_per_second: sets as f64 / secs,
+            reconciles,
+            reconciles_per_second: reconciles / secs,
+            write_requests: writes,
+            write_requests_per_set: writes / sets.max(1) as f64,
+            requests,
+            control_plane_cpu_seconds: cpu,
+            operator_cpu_seconds: operator_cpu,
+            cpu_seconds_per_set: per_set,
+            per_replica,
+            shares,
+            converge_to_limit_ratio: None,
+            cpu_cost_ratio: None,
+        },
         curve,
     ))
 }
@@ -163,14 +146,14 @@ pub(crate) async fn failover(
     replicas: &mut [Replica],
     args: &Args,
     rate: f64,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Failover> {
     let gc_before = cluster::collect_apiserver_garbage(client).await;
     let before = 5.0_f64.min(args.churn_seconds as f64);
     let mut sent = churner
         .run(client, tracker, args, rate, "failover", before)
         .await;
     let victim = replicas[0].identity.clone();
-    replicas[0].stop(shared::SIGKILL);
+    replicas[0].stop(libc::SIGKILL);
     let killed = Instant::now();
     sent += churner
         .run(
@@ -187,23 +170,24 @@ pub(crate) async fn failover(
         .await?;
     let recovered = killed.elapsed().as_secs_f64();
     let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
-    let mut result = latency_summary(tracker, "failover", sent, &lost);
-    result["killed"] = json!(victim);
-    result["churn_rate_per_second"] = json!(rate);
-    result["lease_seconds"] = json!(args.lease_seconds);
-    result["converged_after_kill_seconds"] = json!(recovered);
-    result["apiserver_gc_cycles"] = gc_cycles_since(client, gc_before).await;
-    Ok(result)
+    Ok(Failover {
+        latency: latency_summary(tracker, "failover", sent, &lost),
+        killed: victim,
+        churn_rate_per_second: rate,
+        lease_seconds: args.lease_seconds,
+        converged_after_kill_seconds: recovered,
+        apiserver_gc_cycles: gc_cycles_since(client, gc_before).await,
+    })
 }
 
-/// The API server's GC cycles since `before` (from `collect_apiserver_garbage`), or null
+/// The API server's GC cycles since `before` (from `collect_apiserver_garbage`), or none
 /// with the reason printed when either count could not be read.
-pub(crate) async fn gc_cycles_since(client: &Client, before: anyhow::Result<f64>) -> Value {
+pub(crate) async fn gc_cycles_since(client: &Client, before: anyhow::Result<f64>) -> Option<f64> {
     match (before, cluster::gc_cycles(client).await) {
-        (Ok(before), Ok(after)) => json!(after - before),
+        (Ok(before), Ok(after)) => Some(after - before),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("loadtest: API server GC cycles unknown: {e:#}");
-            Value::Null
+            None
         }
     }
 }
@@ -213,32 +197,15 @@ pub(crate) async fn gc_cycles_since(client: &Client, before: anyhow::Result<f64>
 /// measured. Not `--churn-rate` itself: that is the stress rate, at which the machine has no
 /// headroom left to absorb the backlog of a Lease duration's outage on top of the ongoing
 /// churn, so the scenario would measure the backlog and not the failover.
-pub(crate) fn default_failover_rate(args: &Args, operator_churn: &[Value]) -> f64 {
+pub(crate) fn default_failover_rate(args: &Args, operator_churn: &[ChurnRun]) -> f64 {
     let lowest = args.churn_rates().into_iter().fold(f64::INFINITY, f64::min);
     operator_churn
         .iter()
-        .filter(|c| c["p99_seconds"].as_f64().is_some_and(|p| p <= 1.0))
-        .filter_map(|c| c["rate_per_second"].as_f64())
+        .filter(|c| c.latency.p99_seconds <= 1.0)
+        .map(|c| c.rate_per_second)
         .filter(|&rate| rate < args.churn_rate)
         .reduce(f64::max)
         .unwrap_or(lowest)
-}
-
-/// Cold starts of one configuration taken together: sets per second over their summed
-/// time, CPU per set over their summed sets, and each run as it was.
-pub(crate) fn pooled(runs: &[Value]) -> Value {
-    let sum = |field: &str| -> f64 { runs.iter().filter_map(|r| r[field].as_f64()).sum() };
-    let cpu: f64 = runs
-        .iter()
-        .filter_map(|r| Some(r["cpu_seconds_per_set"].as_f64()? * r["sets"].as_f64()?))
-        .sum();
-    json!({
-        "sets": sum("sets"),
-        "seconds": sum("seconds"),
-        "sets_per_second": sum("sets") / sum("seconds").max(1e-9),
-        "cpu_seconds_per_set": cpu / sum("sets").max(1.0),
-        "runs": runs,
-    })
 }
 
 /// A fresh control plane as every run on one starts: the CRD, the simulated kubelet, the
@@ -290,7 +257,7 @@ pub(crate) async fn fresh_cold_start(
     replicas: usize,
     sets: usize,
     otlp: Option<&Otlp>,
-) -> anyhow::Result<(Value, Vec<(f64, usize)>)> {
+) -> anyhow::Result<(ColdStart, Vec<(f64, usize)>)> {
     let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
     eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
     on_fresh_control_plane(args, spec, sets, namespaces, async |fresh: &Fresh<'_>| {

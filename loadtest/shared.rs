@@ -121,13 +121,26 @@ pub struct Replica {
     pub metrics_port: Option<u16>,
 }
 
+/// Sends `signal` (`libc::SIGTERM`, `libc::SIGKILL`, ...) to `child`. A child that was
+/// already reaped is no error (whoever reaped it has its status); any other failure is a bug
+/// of the caller, and panics.
+pub fn signal(child: &std::process::Child, signal: i32) {
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ESRCH),
+            "signal {signal} to {}: {e}",
+            child.id()
+        );
+    }
+}
+
 impl Replica {
-    /// Sends `signal` (a number, as `kill -N`).
+    /// Sends `signal` (see [`signal`]).
     pub fn signal(&self, signal: i32) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status();
+        self::signal(&self.child, signal);
     }
 
     /// Sends `signal` and waits for the process to end.
@@ -140,10 +153,6 @@ impl Replica {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
-
-/// `SIGTERM` and `SIGKILL`, as `kill` takes them.
-pub const SIGTERM: i32 = 15;
-pub const SIGKILL: i32 = 9;
 
 /// The flags of a replica `identity` with `shards` shards and these Lease timings.
 pub fn replica_flags(

@@ -6,10 +6,10 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use serde_json::{Value, json};
 use vecodex_operator::shard::{Scheme, shard_lease_name};
 
 use crate::cluster::Replica;
+use crate::results::{Share, Shares};
 
 /// The Lease namespace and group of the load test's replicas (their defaults).
 const LEASE_NAMESPACE: &str = "default";
@@ -79,7 +79,7 @@ pub async fn shares(
     replicas: &[Replica],
     scheme: Scheme,
     set_namespaces: &[String],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Shares> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let list = leases
         .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={GROUP}")))
@@ -117,38 +117,38 @@ pub async fn shares(
     let total_reconciles: f64 = reconciles.iter().sum::<f64>().max(1.0);
     for (i, r) in replicas.iter().enumerate() {
         let stats = r.stats();
-        let cpu = stats["cpu_seconds"].as_f64().unwrap_or(0.0);
         let metrics = r.metrics().await.unwrap_or_default();
         let shards = holders
             .iter()
             .filter(|h| h.as_deref() == Some(r.identity.as_str()))
             .count();
-        rows.push(json!({
-            "identity": r.identity,
-            "shards": shards,
-            "sets": sets[i],
-            "share_of_sets": sets[i] as f64 / total_sets,
-            "reconciles": reconciles[i],
-            "share_of_reconciles": reconciles[i] / total_reconciles,
-            "cpu_seconds": cpu,
-            "cpu_ms_per_reconcile": 1000.0 * cpu / reconciles[i].max(1.0),
-            "queue_wait_p99_seconds": histogram_p99(&metrics, "workqueue_queue_duration_seconds"),
-            "queue_wait_p99_above_top_bucket":
-                histogram_p99_exceeds_buckets(&metrics, "workqueue_queue_duration_seconds"),
-            "peak_rss_mib": stats["peak_rss_mib"],
-        }));
+        rows.push(Share {
+            identity: r.identity.clone(),
+            shards,
+            sets: sets[i],
+            share_of_sets: sets[i] as f64 / total_sets,
+            reconciles: reconciles[i],
+            share_of_reconciles: reconciles[i] / total_reconciles,
+            cpu_seconds: stats.cpu_seconds,
+            cpu_ms_per_reconcile: 1000.0 * stats.cpu_seconds / reconciles[i].max(1.0),
+            queue_wait_p99_seconds: histogram_p99(&metrics, "workqueue_queue_duration_seconds"),
+            queue_wait_p99_above_top_bucket: histogram_p99_exceeds_buckets(
+                &metrics,
+                "workqueue_queue_duration_seconds",
+            ),
+            peak_rss_mib: stats.peak_rss_mib,
+        });
     }
-    let held: Vec<usize> = sets.clone();
-    let mean = held.iter().sum::<usize>() as f64 / held.len().max(1) as f64;
-    let max = held.iter().copied().max().unwrap_or(0) as f64;
-    let min = held.iter().copied().min().unwrap_or(0) as f64;
-    Ok(json!({
-        "scheme": scheme.id(),
-        "per_replica": rows,
-        "sets_unheld": unheld,
-        "max_over_mean_sets": if mean > 0.0 { max / mean } else { f64::NAN },
-        "min_over_mean_sets": if mean > 0.0 { min / mean } else { f64::NAN },
-    }))
+    let mean = sets.iter().sum::<usize>() as f64 / sets.len().max(1) as f64;
+    let max = sets.iter().copied().max().unwrap_or(0) as f64;
+    let min = sets.iter().copied().min().unwrap_or(0) as f64;
+    Ok(Shares {
+        scheme: scheme.id(),
+        per_replica: rows,
+        sets_unheld: unheld,
+        max_over_mean_sets: if mean > 0.0 { max / mean } else { f64::NAN },
+        min_over_mean_sets: if mean > 0.0 { min / mean } else { f64::NAN },
+    })
 }
 
 #[cfg(test)]

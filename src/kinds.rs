@@ -37,23 +37,18 @@ impl CachedKind for Deployment {
     }
 }
 
-impl CachedKind for Service {
-    fn is_controlled_by(owner: &OwnerReference) -> bool {
-        is_set(owner)
-    }
+/// The other children: controlled by a set, and nothing else read.
+macro_rules! child_kinds {
+    ($($kind:ty),*) => {$(
+        impl CachedKind for $kind {
+            fn is_controlled_by(owner: &OwnerReference) -> bool {
+                is_set(owner)
+            }
+        }
+    )*};
 }
 
-impl CachedKind for Ingress {
-    fn is_controlled_by(owner: &OwnerReference) -> bool {
-        is_set(owner)
-    }
-}
-
-impl CachedKind for ConfigMap {
-    fn is_controlled_by(owner: &OwnerReference) -> bool {
-        is_set(owner)
-    }
-}
+child_kinds!(Service, Ingress, ConfigMap);
 
 /// The operator patches Events (a repeat's series) and reads the answer as `Raw`.
 impl CachedKind for Event {}

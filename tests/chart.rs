@@ -468,7 +468,7 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
         "dispatched: {leases} Lease requests at leader-election, {others} other requests at workload-low; all: {after:?}"
     );
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    common::shared::signal(&operator, libc::SIGTERM);
     let _ = operator.wait();
 
     // ... and nothing more: no secrets, pods or nodes, and nothing beyond the chart's rules.

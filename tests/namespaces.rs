@@ -58,7 +58,7 @@ async fn only_the_listed_namespaces_are_reconciled() {
         "team-c is not watched"
     );
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    common::shared::signal(&operator, libc::SIGTERM);
     assert!(operator.wait().unwrap().success());
 
     // A child deleted while the operator is down is back once it runs again.
@@ -82,6 +82,6 @@ async fn only_the_listed_namespaces_are_reconciled() {
     )
     .await;
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    common::shared::signal(&operator, libc::SIGTERM);
     assert!(operator.wait().unwrap().success());
 }

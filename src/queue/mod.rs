@@ -10,9 +10,10 @@
 //!   the key's backoff; a plain event does not cut a backoff short, a spec change does.
 
 mod bucket;
+mod fair;
 mod metrics;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use crate::key::SetKey;
 
 pub use bucket::TokenBucket;
+use fair::Lane;
 pub use metrics::QueueMetrics;
 
 #[derive(Debug, Clone)]
@@ -106,51 +108,6 @@ pub struct Item {
     pub attempt: u32,
     /// How long it waited in the queue.
     pub waited: Duration,
-}
-
-/// Keys of one priority, served round-robin by namespace.
-#[derive(Default)]
-struct Lane {
-    /// Namespaces that have keys here, in serving order.
-    order: VecDeque<String>,
-    keys: HashMap<String, VecDeque<SetKey>>,
-}
-
-impl Lane {
-    fn push(&mut self, key: &SetKey) {
-        let ns = key.namespace();
-        match self.keys.get_mut(ns) {
-            Some(keys) => keys.push_back(key.clone()),
-            None => {
-                self.keys
-                    .insert(ns.to_owned(), VecDeque::from([key.clone()]));
-                self.order.push_back(ns.to_owned());
-            }
-        }
-    }
-
-    fn pop(&mut self) -> Option<SetKey> {
-        let ns = self.order.pop_front()?;
-        let keys = self.keys.get_mut(&ns)?;
-        let key = keys.pop_front();
-        if keys.is_empty() {
-            self.keys.remove(&ns);
-        } else {
-            self.order.push_back(ns);
-        }
-        key
-    }
-
-    fn remove(&mut self, key: &SetKey) {
-        let ns = key.namespace();
-        if let Some(keys) = self.keys.get_mut(ns) {
-            keys.retain(|k| k != key);
-            if keys.is_empty() {
-                self.keys.remove(ns);
-                self.order.retain(|n| n != ns);
-            }
-        }
-    }
 }
 
 struct Queued {

@@ -20,13 +20,14 @@
 //!   shows no unexpired shard Lease of another scheme. Of two replicas of different schemes
 //!   that acquire at the same moment, at least one sees the other's Lease and lets its own
 //!   go, so no namespace is ever served under two schemes at once.
+//!
+//! `view.rs` reads these facts from the Leases; this file acts on them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use jiff::Timestamp;
 use kube::Client;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,9 +36,10 @@ use tracing::{debug, info, warn};
 use super::assign::{assign, standby};
 use super::config::ShardConfig;
 use super::gate::ShardGate;
-use super::lease::{Attempt, LeaseClient, Observed, Op};
+use super::lease::{Attempt, LeaseClient, Op};
 use super::metrics::ShardMetrics;
-use super::names::{member_prefix, shard_prefix};
+use super::names::member_prefix;
+use super::view::View;
 
 /// Sets per shard under this replica's scheme (index = shard), from its set cache.
 pub type ShardLoads = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
@@ -59,18 +61,6 @@ pub struct ShardManager {
     listed: bool,
     /// Start of the last successful write of our heartbeat Lease.
     member_renewed_at: Option<Instant>,
-}
-
-/// What the Leases say now (see `ShardManager::view`).
-struct View {
-    /// Live replicas of this replica's scheme, itself included.
-    members: Vec<String>,
-    /// Each shard's holder, if its Lease is unexpired and of this scheme.
-    holders: Vec<Option<String>>,
-    /// An older live replica of another scheme: hand every shard over.
-    yield_to: Option<String>,
-    /// Why no shard may be taken now.
-    waiting_for: Option<String>,
 }
 
 /// What an operation of a tick is for.
@@ -181,109 +171,6 @@ impl ShardManager {
         self.shut_down(drain_timeout).await;
     }
 
-    /// What the Leases say now: the live members of this replica's scheme, each shard's
-    /// holder (unexpired, of this scheme), and why this replica must wait for another scheme.
-    ///
-    /// Membership only decides who is *preferred* for a shard; safety rests on the shard
-    /// Leases alone. So besides observed expiry it may also use the heartbeat's `renewTime`:
-    /// a replica that just started has not watched a dead member's heartbeat for a lease
-    /// duration yet, and would otherwise keep assigning shards to it.
-    fn view(&self) -> View {
-        let me = self.config.identity.as_str();
-        let scheme = self.config.scheme.id();
-        let members_prefix = member_prefix(&self.config.group);
-        let now = Instant::now();
-        let wall = jiff::Timestamp::now();
-        let stale_after =
-            jiff::SignedDuration::try_from(self.config.lease_duration + Duration::from_secs(1))
-                .unwrap_or(jiff::SignedDuration::from_secs(16));
-        let live = |o: &&Observed| {
-            let renewed = o
-                .lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.renew_time.as_ref())
-                .map(|t| t.0);
-            !o.is_free(now) && renewed.is_none_or(|t| wall.duration_since(t) < stale_after)
-        };
-        let mut heartbeats: Vec<(&String, &Observed)> = self
-            .leases
-            .all_observed()
-            .filter(|(name, _)| name.starts_with(&members_prefix))
-            .filter(|(_, o)| live(o))
-            .filter(|(_, o)| o.holder().is_some())
-            .collect();
-        heartbeats.sort_by_key(|(name, _)| *name);
-        let heartbeats: Vec<&Observed> = heartbeats.into_iter().map(|(_, o)| o).collect();
-        // A scheme's age is its oldest live heartbeat: created first, then by identity (the
-        // same verdict on every replica of a scheme). A waiting replica keeps no heartbeat,
-        // so a scheme none of whose replicas serves has no age and waits for every other.
-        let age = |o: &Observed| {
-            (
-                o.created().unwrap_or(Timestamp::MAX),
-                o.holder().unwrap_or_default().to_owned(),
-            )
-        };
-        let ours = heartbeats
-            .iter()
-            .filter(|o| o.scheme() == Some(scheme.as_str()))
-            .map(|o| age(o))
-            .min();
-        let mut members: Vec<String> = heartbeats
-            .iter()
-            .filter(|o| o.scheme() == Some(scheme.as_str()))
-            .filter_map(|o| o.holder().map(str::to_owned))
-            .collect();
-        members.push(me.to_owned());
-        members.sort();
-        members.dedup();
-        let elder = heartbeats
-            .iter()
-            .filter(|o| o.scheme() != Some(scheme.as_str()))
-            .min_by_key(|o| age(o))
-            .filter(|o| ours.as_ref().is_none_or(|ours| age(o) < *ours))
-            .map(|o| {
-                format!(
-                    "replica {} started earlier with shard scheme {}",
-                    o.holder().unwrap_or_default(),
-                    o.scheme().unwrap_or("(none recorded)")
-                )
-            });
-        let foreign = self.foreign_shard_lease(now);
-        let holders = (0..self.config.scheme.shards)
-            .map(|shard| {
-                self.leases
-                    .observed(&self.config.shard_lease(shard))
-                    .filter(|o| !o.is_free(now) && o.scheme() == Some(scheme.as_str()))
-                    .and_then(|o| o.holder().map(str::to_owned))
-            })
-            .collect();
-        View {
-            members,
-            holders,
-            yield_to: elder.clone(),
-            waiting_for: elder.or(foreign),
-        }
-    }
-
-    /// An unexpired shard Lease of this group written under another scheme, if any.
-    fn foreign_shard_lease(&self, now: Instant) -> Option<String> {
-        let scheme = self.config.scheme.id();
-        let prefix = shard_prefix(&self.config.group);
-        self.leases
-            .all_observed()
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .filter(|(_, o)| !o.is_free(now) && o.scheme() != Some(scheme.as_str()))
-            .min_by_key(|(name, _)| *name)
-            .map(|(name, o)| {
-                format!(
-                    "{name} is held by {} under shard scheme {}",
-                    o.holder().unwrap_or_default(),
-                    o.scheme().unwrap_or("(none recorded)")
-                )
-            })
-    }
-
     /// Says why this replica waits for another scheme: when it starts, and every 10 s.
     fn say_waiting(&mut self, view: &View) {
         self.metrics.waiting_for_scheme(view.waiting_for.is_some());
@@ -328,7 +215,7 @@ impl ShardManager {
         // keep up with the renew deadline whatever the number of shards.
         let me = self.config.identity.clone();
         let loads = (self.loads)();
-        let view = self.view();
+        let view = View::read(&self.leases, &self.config);
         self.say_waiting(&view);
         let owners = assign(&view.members, &loads, &view.holders);
         let now = Instant::now();
@@ -395,7 +282,7 @@ impl ShardManager {
         }
         self.collect_dead_members().await;
         // What the fresh read shows free now (a release, an expiry) is taken at once.
-        let view = self.view();
+        let view = View::read(&self.leases, &self.config);
         if view.waiting_for.is_none() {
             let owners = assign(&view.members, &loads, &view.holders);
             let (mut ops, mut roles) = (Vec::new(), Vec::new());
@@ -406,7 +293,7 @@ impl ShardManager {
         }
         self.confirm_takes().await;
         self.metrics.held(&self.gate.held());
-        let view = self.view();
+        let view = View::read(&self.leases, &self.config);
         let warm = match view.waiting_for {
             Some(_) => Vec::new(),
             None => standby(&view.members, &loads, &view.holders, &me),
@@ -427,7 +314,7 @@ impl ShardManager {
             self.release_unconfirmed().await;
             return;
         }
-        if let Some(why) = self.view().waiting_for {
+        if let Some(why) = View::read(&self.leases, &self.config).waiting_for {
             warn!(reason = %why, "another shard scheme appeared while acquiring; letting the shards go");
             self.release_unconfirmed().await;
             return;

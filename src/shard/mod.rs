@@ -12,6 +12,7 @@ pub mod manager;
 pub mod metrics;
 pub mod names;
 pub mod table;
+mod view;
 
 pub use config::{ShardConfig, default_identity};
 pub use gate::{ShardEvent, ShardGate, WorkGuard};

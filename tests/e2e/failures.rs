@@ -54,7 +54,7 @@ async fn sigterm_stops_the_operator_cleanly() {
     })
     .await;
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::shared::signal(&child, libc::SIGTERM);
     let status = wait_for("exit after SIGTERM", Duration::from_secs(15), || {
         let s = child.try_wait().ok().flatten();
         async move { s }

@@ -25,7 +25,8 @@ pub(crate) async fn network_cut(client: &Client, fleet: &Fleet) {
     let proxied = common::cluster().dir.join("cut-c3.kubeconfig");
     proxy.kubeconfig(&opts.kubeconfig, &proxied);
     let started = Instant::now();
-    let replicas = three_replicas("c", GROUP, &opts, proxied);
+    let direct = opts.kubeconfig.clone();
+    let replicas = three_replicas("c", GROUP, &opts, [direct.clone(), direct, proxied]);
     let ids = ["c1", "c2", "c3"];
     wait_for("3 replicas balanced", Duration::from_secs(30), || {
         settled(&client, &ids, fleet)

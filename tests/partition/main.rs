@@ -59,23 +59,23 @@ pub(crate) fn shards_held(r: &Replica) -> Option<f64> {
     )
 }
 
-/// Replicas `{prefix}1`–`{prefix}3` of `group`: the first two with `opts`, the third with
-/// `opts` but its own kubeconfig (the one each phase cuts off, slows or revokes).
+/// Replicas `{prefix}1`–`{prefix}3` of `group` with `opts`, each through its kubeconfig of
+/// `kubeconfigs` (a phase cuts off, slows or revokes the access a kubeconfig gives).
 pub(crate) fn three_replicas(
     prefix: &str,
     group: &str,
     opts: &ReplicaOptions,
-    third_kubeconfig: std::path::PathBuf,
+    kubeconfigs: [std::path::PathBuf; 3],
 ) -> [Replica; 3] {
-    let third = ReplicaOptions {
-        kubeconfig: third_kubeconfig,
-        ..opts.clone()
-    };
-    [
-        Replica::start_with(&format!("{prefix}1"), group, SHARDS, opts),
-        Replica::start_with(&format!("{prefix}2"), group, SHARDS, opts),
-        Replica::start_with(&format!("{prefix}3"), group, SHARDS, &third),
-    ]
+    let mut n = 0;
+    kubeconfigs.map(|kubeconfig| {
+        n += 1;
+        let opts = ReplicaOptions {
+            kubeconfig,
+            ..opts.clone()
+        };
+        Replica::start_with(&format!("{prefix}{n}"), group, SHARDS, &opts)
+    })
 }
 
 #[tokio::test]

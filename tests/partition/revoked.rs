@@ -51,7 +51,13 @@ pub(crate) async fn lease_access_revoked(client: &Client, fleet: &Fleet) {
     common::token_kubeconfig(&cluster.kubeconfig, &token, &kubeconfig);
 
     let opts = sa_replica_options();
-    let replicas = three_replicas("r", REVOKED_GROUP, &opts, kubeconfig);
+    let direct = opts.kubeconfig.clone();
+    let replicas = three_replicas(
+        "r",
+        REVOKED_GROUP,
+        &opts,
+        [direct.clone(), direct, kubeconfig],
+    );
     let ids = ["r1", "r2", "r3"];
     wait_for("r1..r3 balanced", Duration::from_secs(60), || {
         settled_in(client, REVOKED_GROUP, &ids, fleet)

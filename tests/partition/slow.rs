@@ -41,23 +41,13 @@ pub(crate) async fn slow_api_server(client: &Client, fleet: &Fleet) {
         ..base.clone()
     };
     let dir = common::cluster().dir.clone();
-    let mut proxies = Vec::new();
-    let mut replicas = Vec::new();
-    for id in ["s1", "s2", "s3"] {
+    let kubeconfigs = [1, 2, 3].map(|i| dir.join(format!("slow-s{i}.kubeconfig")));
+    let proxies = kubeconfigs.clone().map(|kubeconfig| {
         let proxy = Proxy::start(Proxy::upstream_of(&base.kubeconfig));
-        let kubeconfig = dir.join(format!("slow-{id}.kubeconfig"));
         proxy.kubeconfig(&base.kubeconfig, &kubeconfig);
-        replicas.push(Replica::start_with(
-            id,
-            SLOW_GROUP,
-            SHARDS,
-            &ReplicaOptions {
-                kubeconfig,
-                ..opts.clone()
-            },
-        ));
-        proxies.push(proxy);
-    }
+        proxy
+    });
+    let replicas = three_replicas("s", SLOW_GROUP, &opts, kubeconfigs);
     let holders = || shard_holders_in(client, RELEASE_NS, SLOW_GROUP, SHARDS);
     wait_for("s1..s3 balanced", Duration::from_secs(60), || {
         settled_in(client, SLOW_GROUP, &["s1", "s2", "s3"], fleet)

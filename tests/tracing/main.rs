@@ -21,6 +21,26 @@ use vecodex_operator::crd::VecodexSet;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits for an Event in `ns` that `matches`, and returns its note.
+async fn event_note(
+    client: &kube::Client,
+    ns: &str,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> String {
+    wait_for(what, WAIT, || async {
+        Api::<Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| matches(e))?
+            .note
+    })
+    .await
+}
+
 fn sets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<VecodexSet>(&()))
 }
@@ -270,19 +290,9 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
     })
     .await;
     assert_eq!(broken.status, "STATUS_CODE_ERROR");
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let note = wait_for("a Warning event with the trace id", WAIT, || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find_map(|e| {
-                (e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref()?.name.as_deref() == Some("broken"))
-                .then(|| e.note.unwrap_or_default())
-            })
+    let note = event_note(&client, &ns, "a Warning event with the trace id", |e| {
+        e.type_.as_deref() == Some("Warning")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
     })
     .await;
     assert!(
@@ -398,7 +408,7 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
         "reconcile duration carries trace-id exemplars"
     );
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(operator.id() as i32, libc::SIGTERM) };
+    common::shared::signal(&operator, libc::SIGTERM);
     let _ = operator.wait();
     assert_eq!(
         samples["vecodex_operator_build_info"][0].0,
@@ -456,19 +466,9 @@ async fn traces_are_exported_whatever_the_log_level() {
         )
         .await
         .unwrap();
-    let note = wait_for("the InvalidSpec Warning Event", WAIT, || async {
-        let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("InvalidSpec")
-                    && e.reporting_instance.as_deref() == Some("quiet-op")
-            })?
-            .note
+    let note = event_note(&client, &ns, "the InvalidSpec Warning Event", |e| {
+        e.reason.as_deref() == Some("InvalidSpec")
+            && e.reporting_instance.as_deref() == Some("quiet-op")
     })
     .await;
     let trace = note

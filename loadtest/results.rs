@@ -1,0 +1,327 @@
+//! The figures of a run, typed: what `results.json` holds, field for field. `tables.py` and
+//! the READMEs read these names, so a field is renamed only together with them. A figure
+//! that could not be measured is `NaN` or `None`, and both are written as `null`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::track::Applied;
+
+/// Requests by `verb resource`, as the API server counted them.
+pub type Requests = BTreeMap<String, f64>;
+
+/// A figure as one line of JSON, for the progress log: a run that fails later writes no
+/// `results.json`.
+pub fn one_line(figure: &impl Serialize) -> String {
+    serde_json::to_string(figure).unwrap_or_default()
+}
+
+/// The whole run.
+#[derive(Serialize)]
+pub struct Results {
+    pub date: String,
+    pub machine: Machine,
+    pub commit: String,
+    pub build: &'static str,
+    pub parameters: Parameters,
+    pub limit: Limit,
+    pub cold_start: ColdStart,
+    pub converge_to_limit_ratio: f64,
+    pub flood: Latency,
+    pub churn: ChurnRun,
+    pub churn_limit: ChurnLimit,
+    pub failover: Failover,
+    pub idle: Idle,
+    pub whole_run_per_replica: Vec<ReplicaStats>,
+    pub replica_exits: Vec<String>,
+    /// Absent with `--skip-fresh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_out: Option<ScaleOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    pub bars: Vec<Bar>,
+}
+
+/// The machine the run measured on.
+#[derive(Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub memory_gib: f64,
+}
+
+/// The command line that shaped the run.
+#[derive(Serialize)]
+pub struct Parameters {
+    pub sets: usize,
+    pub namespaces: usize,
+    pub replicas: usize,
+    pub shards: u32,
+    pub concurrency: usize,
+    pub churn_rate: f64,
+    pub churn_seconds: u64,
+    pub churn_sweep: Vec<f64>,
+    pub failover_churn_rate: f64,
+    pub idle_seconds: u64,
+    pub lease_seconds: u64,
+    pub scale_sets: usize,
+    pub scale_out_replicas: Vec<usize>,
+    pub sampling_ratio: f64,
+    pub apiserver_gogc: u32,
+    pub apiserver_memory_limit: String,
+}
+
+/// CPU seconds of each control-plane process, and their sum.
+#[derive(Clone, Copy, Default, Serialize)]
+pub struct ControlPlaneCpu {
+    #[serde(rename = "kube-apiserver")]
+    pub apiserver: f64,
+    pub etcd: f64,
+    #[serde(rename = "kube-controller-manager")]
+    pub controller_manager: f64,
+    pub total: f64,
+}
+
+impl ControlPlaneCpu {
+    pub fn new(apiserver: f64, etcd: f64, controller_manager: f64) -> Self {
+        ControlPlaneCpu {
+            apiserver,
+            etcd,
+            controller_manager,
+            total: apiserver + etcd + controller_manager,
+        }
+    }
+
+    /// What each process used between `before` and `self`.
+    pub fn since(&self, before: &ControlPlaneCpu) -> ControlPlaneCpu {
+        ControlPlaneCpu::new(
+            self.apiserver - before.apiserver,
+            self.etcd - before.etcd,
+            self.controller_manager - before.controller_manager,
+        )
+    }
+}
+
+/// The plain client's cold start (the limit) and its churn sweep.
+#[derive(Serialize)]
+pub struct Limit {
+    pub sets: usize,
+    pub seconds: f64,
+    pub sets_per_second: f64,
+    pub writes_per_set: u32,
+    pub retries: u64,
+    pub requests: Requests,
+    pub control_plane_cpu_seconds: ControlPlaneCpu,
+    pub cpu_seconds_per_set: f64,
+    pub churn: Vec<ChurnRun>,
+}
+
+/// A process's peak RSS and CPU so far.
+#[derive(Clone, Serialize)]
+pub struct ReplicaStats {
+    pub identity: String,
+    pub peak_rss_mib: f64,
+    pub cpu_seconds: f64,
+}
+
+/// One cold start: replicas started over existing sets, until every set converged.
+#[derive(Clone, Serialize)]
+pub struct ColdStart {
+    pub sets: usize,
+    pub replicas: usize,
+    pub seconds: f64,
+    pub sets_per_second: f64,
+    pub reconciles: f64,
+    pub reconciles_per_second: f64,
+    pub write_requests: f64,
+    pub write_requests_per_set: f64,
+    pub requests: Requests,
+    pub control_plane_cpu_seconds: ControlPlaneCpu,
+    pub operator_cpu_seconds: f64,
+    pub cpu_seconds_per_set: f64,
+    pub per_replica: Vec<ReplicaStats>,
+    pub shares: Shares,
+    /// The main cold start only: its sets per second over the plain client's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub converge_to_limit_ratio: Option<f64>,
+    /// The main cold start only: the plain client's CPU per set over this run's (control
+    /// plane and operator together), the ratio if CPU were the only limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cost_ratio: Option<f64>,
+}
+
+/// How the sets were shared among the replicas of a cold start.
+#[derive(Clone, Serialize)]
+pub struct Shares {
+    pub scheme: String,
+    pub per_replica: Vec<Share>,
+    pub sets_unheld: usize,
+    pub max_over_mean_sets: f64,
+    pub min_over_mean_sets: f64,
+}
+
+/// One replica's share.
+#[derive(Clone, Serialize)]
+pub struct Share {
+    pub identity: String,
+    pub shards: usize,
+    pub sets: usize,
+    pub share_of_sets: f64,
+    pub reconciles: f64,
+    pub share_of_reconciles: f64,
+    pub cpu_seconds: f64,
+    pub cpu_ms_per_reconcile: f64,
+    pub queue_wait_p99_seconds: Option<f64>,
+    pub queue_wait_p99_above_top_bucket: bool,
+    pub peak_rss_mib: f64,
+}
+
+/// Update latencies of one scenario: PATCH of the set to its Deployment's new spec.
+#[derive(Clone, Default, Serialize)]
+pub struct Latency {
+    pub updates: usize,
+    pub observed: usize,
+    pub not_applied_within_60s: usize,
+    pub not_applied: Vec<String>,
+    pub p50_seconds: f64,
+    pub p95_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+    /// The tail, with the wall-clock time each update was sent, to look it up in the
+    /// replicas' logs (`--log-level info`) and the API server's slow-request traces.
+    pub slowest: Vec<Applied>,
+}
+
+/// One rate of a churn sweep, by the operator or by the plain client.
+#[derive(Clone, Default, Serialize)]
+pub struct ChurnRun {
+    #[serde(flatten)]
+    pub latency: Latency,
+    pub rate_per_second: f64,
+    pub seconds: u64,
+    pub control_plane_cpu_seconds: ControlPlaneCpu,
+    /// This process: the churner, the watches that time it, the kubelet simulator and the
+    /// plain client.
+    pub loadtest_cpu_seconds: f64,
+    pub apiserver_gc_cycles: Option<f64>,
+    /// The operator's runs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_cpu_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciles: Option<f64>,
+    /// Every request until the updates landed: what an update costs each side.
+    pub requests: Requests,
+}
+
+/// The operator's churn sweep against the plain client's, rate by rate.
+#[derive(Serialize)]
+pub struct ChurnLimit {
+    pub rates: Vec<ChurnRate>,
+    pub operator_highest_rate_within_p99_1s: f64,
+    pub plain_highest_rate_within_p99_1s: f64,
+    /// Each operator run in full; the plain client's are in `limit.churn`.
+    pub operator: Vec<ChurnRun>,
+}
+
+/// One rate of both sweeps side by side.
+#[derive(Serialize)]
+pub struct ChurnRate {
+    pub rate_per_second: f64,
+    pub operator_p99_seconds: f64,
+    pub plain_p99_seconds: f64,
+    pub operator_p50_seconds: f64,
+    pub plain_p50_seconds: f64,
+    pub operator_control_plane_cpu_seconds: f64,
+    pub plain_control_plane_cpu_seconds: f64,
+    pub operator_cpu_seconds: Option<f64>,
+    pub reconciles: Option<f64>,
+    pub operator_loadtest_cpu_seconds: f64,
+    pub plain_loadtest_cpu_seconds: f64,
+}
+
+/// kill -9 of a replica during churn.
+#[derive(Serialize)]
+pub struct Failover {
+    #[serde(flatten)]
+    pub latency: Latency,
+    pub killed: String,
+    pub churn_rate_per_second: f64,
+    pub lease_seconds: u64,
+    /// From the kill until every set converged and every update applied.
+    pub converged_after_kill_seconds: f64,
+    pub apiserver_gc_cycles: Option<f64>,
+}
+
+/// Writes while nothing changed.
+#[derive(Serialize)]
+pub struct Idle {
+    pub seconds: u64,
+    pub write_requests: f64,
+    pub write_requests_per_minute: f64,
+}
+
+/// Cold starts of the same sets with each replica count, each on a fresh control plane.
+#[derive(Serialize)]
+pub struct ScaleOut {
+    pub sets: usize,
+    pub runs: Vec<ScaleRun>,
+}
+
+#[derive(Serialize)]
+pub struct ScaleRun {
+    pub replicas: usize,
+    pub sets_per_second: f64,
+    pub throughput_vs_one_replica: f64,
+    pub shares: Shares,
+    pub cold_start: ColdStart,
+}
+
+/// Cold starts with tracing off and on, pooled per setting.
+#[derive(Serialize)]
+pub struct Tracing {
+    pub sampling_ratio: f64,
+    pub collector_batches: usize,
+    /// 1 - (sets per second with tracing) / (sets per second without).
+    pub cost: f64,
+    pub off: Pooled,
+    pub on: Pooled,
+}
+
+/// Cold starts of one configuration taken together: sets per second over their summed
+/// time, CPU per set over their summed sets, and each run as it was.
+#[derive(Serialize)]
+pub struct Pooled {
+    pub sets: usize,
+    pub seconds: f64,
+    pub sets_per_second: f64,
+    pub cpu_seconds_per_set: f64,
+    pub runs: Vec<ColdStart>,
+}
+
+impl Pooled {
+    pub fn of(runs: Vec<ColdStart>) -> Pooled {
+        let sets: usize = runs.iter().map(|r| r.sets).sum();
+        let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+        let cpu: f64 = runs
+            .iter()
+            .map(|r| r.cpu_seconds_per_set * r.sets as f64)
+            .sum();
+        Pooled {
+            sets,
+            seconds,
+            sets_per_second: sets as f64 / seconds.max(1e-9),
+            cpu_seconds_per_set: cpu / sets.max(1) as f64,
+            runs,
+        }
+    }
+}
+
+/// One bar of the load test and this run's figure.
+#[derive(Serialize)]
+pub struct Bar {
+    pub bar: String,
+    pub wanted: String,
+    pub value: f64,
+    pub met: bool,
+}
