@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use vecodex_operator::crd::VecodexSet;
 
 use crate::args::Args;
-use crate::cluster;
 use crate::cluster::{LocalCluster, Replica};
 use crate::plain::PlainReconciler;
-use crate::results::{ChurnLimit, ChurnRate, ChurnRun, Latency, one_line};
+use crate::results::{ChurnLimit, ChurnRate, ChurnRun, Latency, SetLatency, one_line};
 use crate::scenarios::{gc_cycles_since, reconciles};
 use crate::track::{Tracker, percentile};
+use crate::{cluster, shared};
 
 /// Spec updates: each changes a set's searcher replicas to a value it did not have, so its
 /// Deployment shows when the update is applied.
@@ -52,16 +52,30 @@ impl Churner {
         self.current.insert(key, want);
         let deployment = format!("{ns}/{name}-searcher");
         tracker.expect(&deployment, want, scenario);
+        // The set's own status is followed for the operator only: the plain client writes
+        // observedGeneration but no conditions.
+        let set = format!("{ns}/{name}");
+        let token = self
+            .plain
+            .is_none()
+            .then(|| tracker.expect_set(&set, scenario));
         let api: Api<VecodexSet> = Api::namespaced(client.clone(), ns);
         let tracker = tracker.clone();
         let name = name.to_owned();
         let plain = self.plain.clone();
         tokio::spawn(async move {
             let patch = json!({"spec": {"searcher": {"replicas": want}}});
-            let sent = match api
+            let answer = api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+                .await;
+            if let Some(token) = token {
+                tracker.update_answered(
+                    &set,
+                    token,
+                    answer.as_ref().ok().and_then(|s| s.metadata.generation),
+                );
+            }
+            let sent = match answer {
                 Ok(set) => match &plain {
                     Some(plain) => {
                         let child = format!("{name}-searcher");
@@ -165,7 +179,14 @@ impl Churner {
             // Every request until the updates landed, by verb and resource: what an update
             // costs each side.
             let requests = cluster::requests(client).await.unwrap_or_default();
+            let requests = cluster::requests_delta(&requests_before, &requests);
+            let status_writes: f64 = requests
+                .iter()
+                .filter(|(k, _)| shared::is_write(k) && k.ends_with(" vecodexsets/status"))
+                .map(|(_, n)| n)
+                .sum();
             let summary = ChurnRun {
+                status_writes_per_update: status_writes / latency.updates.max(1) as f64,
                 latency,
                 rate_per_second: rate,
                 seconds: args.churn_seconds,
@@ -174,7 +195,7 @@ impl Churner {
                 apiserver_gc_cycles,
                 operator_cpu_seconds,
                 reconciles,
-                requests: cluster::requests_delta(&requests_before, &requests),
+                requests,
             };
             eprintln!("loadtest: {scenario}: {}", one_line(&summary));
             // Every update with its send time, beside results.json: a tail is then read
@@ -209,6 +230,11 @@ pub(crate) fn churn_limit(operator: &[ChurnRun], plain: &[ChurnRun]) -> ChurnLim
             plain_p99_seconds: p.latency.p99_seconds,
             operator_p50_seconds: o.latency.p50_seconds,
             plain_p50_seconds: p.latency.p50_seconds,
+            operator_status_observed_p50_seconds: o.latency.status_observed.p50_seconds,
+            operator_status_observed_p99_seconds: o.latency.status_observed.p99_seconds,
+            operator_status_ready_p50_seconds: o.latency.status_ready.p50_seconds,
+            operator_status_ready_p99_seconds: o.latency.status_ready.p99_seconds,
+            operator_status_writes_per_update: o.status_writes_per_update,
             operator_control_plane_cpu_seconds: o.control_plane_cpu_seconds.total,
             plain_control_plane_cpu_seconds: p.control_plane_cpu_seconds.total,
             operator_cpu_seconds: o.operator_cpu_seconds,
@@ -225,10 +251,13 @@ pub(crate) fn churn_limit(operator: &[ChurnRun], plain: &[ChurnRun]) -> ChurnLim
     }
 }
 
-/// Waits up to `limit` for a scenario's updates to land; returns those that did not.
+/// Waits up to `limit` for a scenario's updates to land and their sets to report them
+/// ready; returns the updates whose Deployment did not get them.
 pub(crate) async fn settle(tracker: &Tracker, scenario: &str, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
-    while !tracker.pending(scenario).is_empty() && Instant::now() < deadline {
+    while (!tracker.pending(scenario).is_empty() || tracker.sets_pending(scenario) > 0)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tracker.pending(scenario)
@@ -241,6 +270,7 @@ pub(crate) fn latency_summary(
     lost: &[String],
 ) -> Latency {
     let l = tracker.latencies(scenario);
+    let (observed, ready) = tracker.set_latencies(scenario);
     Latency {
         updates: sent,
         observed: l.len(),
@@ -251,6 +281,9 @@ pub(crate) fn latency_summary(
         p99_seconds: percentile(&l, 0.99),
         max_seconds: l.last().copied().unwrap_or(f64::NAN),
         slowest: tracker.slowest(scenario, 10),
+        status_observed: SetLatency::of(&observed),
+        status_ready: SetLatency::of(&ready),
+        sets_not_ready_within_60s: tracker.sets_pending(scenario),
     }
 }
 

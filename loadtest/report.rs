@@ -55,6 +55,18 @@ pub(crate) fn bars(r: &Results, args: &Args) -> Vec<Bar> {
         ),
         bar("tenant under flood p99 (s)", "<= 2", flood, flood <= 2.0),
         bar(
+            "failover: takeover of every lost shard after kill (s)",
+            &format!("<= lease + 1 = {}", args.lease_seconds + 1),
+            r.failover.takeover_max_seconds,
+            r.failover.takeover_max_seconds <= args.lease_seconds as f64 + 1.0,
+        ),
+        bar(
+            "failover: every update sent after kill applied within (s)",
+            &format!("<= lease + 3 = {}", args.lease_seconds + 3),
+            r.failover.outage_update_max_seconds,
+            r.failover.outage_update_max_seconds <= args.lease_seconds as f64 + 3.0,
+        ),
+        bar(
             &format!(
                 "failover under {}/s churn: converged after kill (s)",
                 r.failover.churn_rate_per_second
@@ -79,6 +91,15 @@ fn latency_line(name: &str, l: &Latency) {
     println!(
         "{name:<13} | {} updates: p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, {} not applied",
         l.updates, l.p50_seconds, l.p95_seconds, l.p99_seconds, l.not_applied_within_60s
+    );
+    println!(
+        "{:<13} | set status: observedGeneration p50 {:.3} s, p99 {:.3} s; Ready p50 {:.3} s, p99 {:.3} s; {} not ready",
+        "",
+        l.status_observed.p50_seconds,
+        l.status_observed.p99_seconds,
+        l.status_ready.p50_seconds,
+        l.status_ready.p99_seconds,
+        l.sets_not_ready_within_60s
     );
 }
 
@@ -115,8 +136,13 @@ pub(crate) fn summary(r: &Results, args: &Args) {
     latency_line("failover", &r.failover.latency);
     for row in &r.churn_limit.rates {
         println!(
-            "churn limit   | {}/s: p99 operator {:.3} s, plain client {:.3} s",
-            row.rate_per_second, row.operator_p99_seconds, row.plain_p99_seconds
+            "churn limit   | {}/s: p99 operator {:.3} s, plain client {:.3} s; operator's set status: observedGeneration p99 {:.3} s, Ready p99 {:.3} s, {:.2} status writes per update",
+            row.rate_per_second,
+            row.operator_p99_seconds,
+            row.plain_p99_seconds,
+            row.operator_status_observed_p99_seconds,
+            row.operator_status_ready_p99_seconds,
+            row.operator_status_writes_per_update
         );
     }
     println!(
@@ -125,10 +151,15 @@ pub(crate) fn summary(r: &Results, args: &Args) {
         r.churn_limit.plain_highest_rate_within_p99_1s
     );
     println!(
-        "failover      | converged {:.1} s after kill -9 (lease {} s, churn {}/s)",
+        "failover      | converged {:.1} s after kill -9 (lease {} s, churn {}/s); {} shards taken over after p50 {:.2} s, max {:.2} s; {} updates sent after the kill applied within {:.2} s",
         r.failover.converged_after_kill_seconds,
         r.failover.lease_seconds,
-        r.failover.churn_rate_per_second
+        r.failover.churn_rate_per_second,
+        r.failover.lost_shards,
+        r.failover.takeover_p50_seconds,
+        r.failover.takeover_max_seconds,
+        r.failover.outage_updates,
+        r.failover.outage_update_max_seconds
     );
     println!(
         "idle          | {:.1} write requests/min",

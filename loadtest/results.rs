@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::track::Applied;
+use crate::track::{Applied, percentile};
 
 /// Requests by `verb resource`, as the API server counted them.
 pub type Requests = BTreeMap<String, f64>;
@@ -191,6 +191,35 @@ pub struct Latency {
     /// The tail, with the wall-clock time each update was sent, to look it up in the
     /// replicas' logs (`--log-level info`) and the API server's slow-request traces.
     pub slowest: Vec<Applied>,
+    /// From the PATCH to the set's `status.observedGeneration` reaching the update's
+    /// generation: what `kubectl wait` on observedGeneration, or a GitOps tool, waits for.
+    pub status_observed: SetLatency,
+    /// From the PATCH to the set's `Ready=True` for the update's generation.
+    pub status_ready: SetLatency,
+    /// Updates whose set had not reported them ready 60 s after the last one was sent.
+    pub sets_not_ready_within_60s: usize,
+}
+
+/// One set-level latency of a scenario's updates. An update overtaken by the next one of
+/// the same set before it was ready is not counted.
+#[derive(Clone, Default, Serialize)]
+pub struct SetLatency {
+    pub updates: usize,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+}
+
+impl SetLatency {
+    /// From sorted latencies.
+    pub fn of(sorted: &[f64]) -> SetLatency {
+        SetLatency {
+            updates: sorted.len(),
+            p50_seconds: percentile(sorted, 0.50),
+            p99_seconds: percentile(sorted, 0.99),
+            max_seconds: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 /// One rate of a churn sweep, by the operator or by the plain client.
@@ -200,6 +229,8 @@ pub struct ChurnRun {
     pub latency: Latency,
     pub rate_per_second: f64,
     pub seconds: u64,
+    /// Status writes of the run (by whoever writes sets' status) per update sent.
+    pub status_writes_per_update: f64,
     pub control_plane_cpu_seconds: ControlPlaneCpu,
     /// This process: the churner, the watches that time it, the kubelet simulator and the
     /// plain client.
@@ -232,6 +263,12 @@ pub struct ChurnRate {
     pub plain_p99_seconds: f64,
     pub operator_p50_seconds: f64,
     pub plain_p50_seconds: f64,
+    /// The operator's set-level latencies (see [`Latency`]) and its status writes.
+    pub operator_status_observed_p50_seconds: f64,
+    pub operator_status_observed_p99_seconds: f64,
+    pub operator_status_ready_p50_seconds: f64,
+    pub operator_status_ready_p99_seconds: f64,
+    pub operator_status_writes_per_update: f64,
     pub operator_control_plane_cpu_seconds: f64,
     pub plain_control_plane_cpu_seconds: f64,
     pub operator_cpu_seconds: Option<f64>,
@@ -250,6 +287,15 @@ pub struct Failover {
     pub lease_seconds: u64,
     /// From the kill until every set converged and every update applied.
     pub converged_after_kill_seconds: f64,
+    /// Shards the killed replica held.
+    pub lost_shards: usize,
+    /// From the kill until another replica acquired a lost shard's Lease (its acquireTime),
+    /// over the lost shards.
+    pub takeover_p50_seconds: f64,
+    pub takeover_max_seconds: f64,
+    /// Updates sent after the kill, and the longest of them from PATCH to applied.
+    pub outage_updates: usize,
+    pub outage_update_max_seconds: f64,
     pub apiserver_gc_cycles: Option<f64>,
 }
 

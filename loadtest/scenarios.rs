@@ -12,7 +12,7 @@ use crate::churn::{Churner, latency_summary, settle};
 use crate::cluster::is_tenant;
 use crate::cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
 use crate::results::{ChurnRun, ColdStart, ControlPlaneCpu, Failover, ReplicaStats};
-use crate::track::Tracker;
+use crate::track::{Tracker, percentile};
 use crate::{cluster, kubelet, shared, shares};
 
 /// Starts `n` replicas; logs go next to the cluster's.
@@ -153,8 +153,24 @@ pub(crate) async fn failover(
         .run(client, tracker, args, rate, "failover", before)
         .await;
     let victim = replicas[0].identity.clone();
+    let lost_shards: Vec<u32> = shares::shard_holders(client, args.shards)
+        .await?
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.as_ref().is_some_and(|h| h.identity == victim))
+        .map(|(shard, _)| shard as u32)
+        .collect();
     replicas[0].stop(libc::SIGKILL);
     let killed = Instant::now();
+    let killed_at = jiff::Timestamp::now();
+    let takeovers = tokio::spawn(takeovers(
+        client.clone(),
+        args.shards,
+        victim.clone(),
+        lost_shards.clone(),
+        killed_at,
+        args.timeout(),
+    ));
     sent += churner
         .run(
             client,
@@ -170,14 +186,68 @@ pub(crate) async fn failover(
         .await?;
     let recovered = killed.elapsed().as_secs_f64();
     let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
+    let mut takeover = takeovers.await??;
+    takeover.sort_by(f64::total_cmp);
+    // Updates sent after the kill: the ones the outage could delay.
+    let mut outage: Vec<f64> = tracker
+        .applied("failover")
+        .iter()
+        .filter(|a| {
+            a.sent
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|sent| sent >= killed_at)
+        })
+        .map(|a| a.seconds)
+        .collect();
+    outage.sort_by(f64::total_cmp);
     Ok(Failover {
         latency: latency_summary(tracker, "failover", sent, &lost),
         killed: victim,
         churn_rate_per_second: rate,
         lease_seconds: args.lease_seconds,
         converged_after_kill_seconds: recovered,
+        lost_shards: lost_shards.len(),
+        takeover_p50_seconds: percentile(&takeover, 0.5),
+        takeover_max_seconds: takeover.last().copied().unwrap_or(f64::NAN),
+        outage_updates: outage.len(),
+        outage_update_max_seconds: outage.last().copied().unwrap_or(f64::NAN),
         apiserver_gc_cycles: gc_cycles_since(client, gc_before).await,
     })
+}
+
+/// Each lost shard's takeover: seconds from `killed_at` until another replica acquired its
+/// Lease (the Lease's acquireTime, which the new holder writes in the acquiring update: its
+/// first write as the holder). Reads the Leases every 200 ms until every shard has a new
+/// holder, at most `timeout`.
+async fn takeovers(
+    client: Client,
+    shards: u32,
+    victim: String,
+    lost: Vec<u32>,
+    killed_at: jiff::Timestamp,
+    timeout: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let deadline = Instant::now() + timeout;
+    let mut taken: Vec<Option<f64>> = vec![None; lost.len()];
+    while taken.iter().any(Option::is_none) {
+        if Instant::now() > deadline {
+            anyhow::bail!("failover: shards of {victim} not taken over after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(holders) = shares::shard_holders(&client, shards).await else {
+            continue;
+        };
+        for (i, &shard) in lost.iter().enumerate() {
+            if let Some(h) = &holders[shard as usize]
+                && h.identity != victim
+                && taken[i].is_none()
+            {
+                let acquired = h.acquired.unwrap_or_else(jiff::Timestamp::now);
+                taken[i] = Some(acquired.duration_since(killed_at).as_secs_f64());
+            }
+        }
+    }
+    Ok(taken.into_iter().flatten().collect())
 }
 
 /// The API server's GC cycles since `before` (from `collect_apiserver_garbage`), or none

@@ -72,6 +72,34 @@ pub fn histogram_p99_exceeds_buckets(metrics: &str, name: &str) -> bool {
     total > 0.0 && below < 0.99 * total
 }
 
+/// Who holds a shard's Lease, and when they acquired it (the holder's own clock).
+pub struct Holder {
+    pub identity: String,
+    pub acquired: Option<jiff::Timestamp>,
+}
+
+/// Each shard's holder (index = shard), from the run's shard Leases.
+pub async fn shard_holders(client: &Client, shards: u32) -> anyhow::Result<Vec<Option<Holder>>> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let list = leases
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={GROUP}")))
+        .await?;
+    let holder = |shard: u32| -> Option<Holder> {
+        let name = shard_lease_name(GROUP, shard, shards);
+        let spec = list
+            .items
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()))?
+            .spec
+            .as_ref()?;
+        Some(Holder {
+            identity: spec.holder_identity.clone().filter(|h| !h.is_empty())?,
+            acquired: spec.acquire_time.as_ref().map(|t| t.0),
+        })
+    };
+    Ok((0..shards).map(holder).collect())
+}
+
 /// Each replica's share of the sets `set_namespaces` (one entry per set) under `scheme`, with
 /// its reconciles and CPU, and the imbalance.
 pub async fn shares(
@@ -80,22 +108,11 @@ pub async fn shares(
     scheme: Scheme,
     set_namespaces: &[String],
 ) -> anyhow::Result<Shares> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let list = leases
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={GROUP}")))
-        .await?;
-    let holder = |shard: u32| -> Option<String> {
-        let name = shard_lease_name(GROUP, shard, scheme.shards);
-        list.items
-            .iter()
-            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()))?
-            .spec
-            .as_ref()?
-            .holder_identity
-            .clone()
-            .filter(|h| !h.is_empty())
-    };
-    let holders: Vec<Option<String>> = (0..scheme.shards).map(holder).collect();
+    let holders: Vec<Option<String>> = shard_holders(client, scheme.shards)
+        .await?
+        .into_iter()
+        .map(|h| h.map(|h| h.identity))
+        .collect();
     let mut sets = vec![0usize; replicas.len()];
     let mut unheld = 0usize;
     for ns in set_namespaces {

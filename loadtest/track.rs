@@ -1,7 +1,9 @@
 //! Follows convergence through watches (never by listing: at 10,000 sets a list every half
 //! second would load the API server it measures). A set is converged when its status has
 //! observed its generation and its 7 children exist, controlled by it; an expected change
-//! (a churned spec) is applied when the component's Deployment carries it.
+//! (a churned spec) is applied when the component's Deployment carries it, observed when the
+//! set's `status.observedGeneration` reaches the update's generation, and ready when the set
+//! reports `Ready=True` for that generation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,8 +26,7 @@ pub const CHILDREN: usize = 7;
 
 #[derive(Default)]
 struct State {
-    /// ns/name -> (uid, generation, observedGeneration)
-    sets: HashMap<String, (String, i64, Option<i64>)>,
+    sets: HashMap<String, SetSeen>,
     /// child uid -> owner uid
     owner_of: HashMap<String, String>,
     /// owner uid -> children
@@ -34,6 +35,62 @@ struct State {
     pending: HashMap<String, (i32, Instant, jiff::Timestamp, String)>,
     /// scenario -> every applied update
     latencies: BTreeMap<String, Vec<Applied>>,
+    /// ns/name -> the set's latest update not yet reported ready
+    set_updates: HashMap<String, SetUpdate>,
+    /// The token of the next [`SetUpdate`].
+    next_token: u64,
+    /// scenario -> seconds from each update's PATCH to its generation observed in status
+    observed: BTreeMap<String, Vec<f64>>,
+    /// scenario -> seconds from each update's PATCH to `Ready=True` for its generation
+    ready: BTreeMap<String, Vec<f64>>,
+}
+
+/// A set as its watch last showed it.
+#[derive(Default)]
+struct SetSeen {
+    uid: String,
+    generation: i64,
+    /// `status.observedGeneration`.
+    observed: Option<i64>,
+    /// The generation of a `Ready=True` condition, if Ready is True.
+    ready: Option<i64>,
+}
+
+/// A spec update followed on the set itself: when its PATCH was sent, the generation the
+/// PATCH answered with, and whether the status has observed it yet.
+struct SetUpdate {
+    /// Which update of the set this is (see [`Tracker::expect_set`]).
+    token: u64,
+    scenario: String,
+    since: Instant,
+    generation: Option<i64>,
+    observed: bool,
+}
+
+impl State {
+    /// Records what `key`'s pending update has reached as the set is seen now, and drops
+    /// the update once it is ready.
+    fn progress(&mut self, key: &str) {
+        let (Some(update), Some(seen)) = (self.set_updates.get_mut(key), self.sets.get(key)) else {
+            return;
+        };
+        let Some(generation) = update.generation else {
+            return;
+        };
+        let took = update.since.elapsed().as_secs_f64();
+        let scenario = update.scenario.clone();
+        if !update.observed && seen.observed >= Some(generation) {
+            update.observed = true;
+            self.observed
+                .entry(scenario.clone())
+                .or_default()
+                .push(took);
+        }
+        if seen.ready >= Some(generation) {
+            self.set_updates.remove(key);
+            self.ready.entry(scenario).or_default().push(took);
+        }
+    }
 }
 
 /// An expected change that landed: which Deployment, when it was sent (wall clock, to find
@@ -133,15 +190,24 @@ impl Tracker {
     }
 
     fn set_seen(&self, set: &VecodexSet) {
-        let observed = set.status.as_ref().and_then(|s| s.observed_generation);
-        self.lock().sets.insert(
-            key(set.meta()),
-            (
-                set.uid().unwrap_or_default(),
-                set.metadata.generation.unwrap_or(0),
+        let status = set.status.as_ref();
+        let observed = status.and_then(|s| s.observed_generation);
+        let ready = status
+            .and_then(|s| s.condition(vecodex_operator::status::READY))
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.observed_generation.or(observed));
+        let k = key(set.meta());
+        let mut state = self.lock();
+        state.sets.insert(
+            k.clone(),
+            SetSeen {
+                uid: set.uid().unwrap_or_default(),
+                generation: set.metadata.generation.unwrap_or(0),
                 observed,
-            ),
+                ready,
+            },
         );
+        state.progress(&k);
     }
 
     fn child_seen(&self, meta: &ObjectMeta) {
@@ -199,6 +265,67 @@ impl Tracker {
         );
     }
 
+    /// Follows an update of set `set` (ns/name) sent now, until its generation is known
+    /// ([`Tracker::update_answered`]) and ready. An update the next one of the same set
+    /// overtakes before it was ready is not counted.
+    pub fn expect_set(&self, set: &str, scenario: &str) -> u64 {
+        let mut state = self.lock();
+        state.next_token += 1;
+        let token = state.next_token;
+        state.set_updates.insert(
+            set.to_owned(),
+            SetUpdate {
+                token,
+                scenario: scenario.to_owned(),
+                since: Instant::now(),
+                generation: None,
+                observed: false,
+            },
+        );
+        token
+    }
+
+    /// The PATCH of `set`'s update `token` answered with `generation` (`None`: it failed,
+    /// and there is nothing to follow). The answer to an update since overtaken is ignored.
+    pub fn update_answered(&self, set: &str, token: u64, generation: Option<i64>) {
+        let mut state = self.lock();
+        if state.set_updates.get(set).is_none_or(|u| u.token != token) {
+            return;
+        }
+        match generation {
+            Some(g) => {
+                if let Some(update) = state.set_updates.get_mut(set) {
+                    update.generation = Some(g);
+                }
+                state.progress(set);
+            }
+            None => {
+                state.set_updates.remove(set);
+            }
+        }
+    }
+
+    /// A scenario's set-level latencies (s), each sorted: to the generation observed in
+    /// status, and to `Ready=True` for it.
+    pub fn set_latencies(&self, scenario: &str) -> (Vec<f64>, Vec<f64>) {
+        let state = self.lock();
+        let sorted = |m: &BTreeMap<String, Vec<f64>>| {
+            let mut l = m.get(scenario).cloned().unwrap_or_default();
+            l.sort_by(f64::total_cmp);
+            l
+        };
+        (sorted(&state.observed), sorted(&state.ready))
+    }
+
+    /// Updates of a scenario whose set has not reported them ready yet.
+    pub fn sets_pending(&self, scenario: &str) -> usize {
+        self.lock()
+            .set_updates
+            .values()
+            .filter(|u| u.scenario == scenario)
+            .count()
+    }
+
     /// The request failed: nothing to wait for.
     pub fn forget(&self, deployment: &str) {
         self.lock().pending.remove(deployment);
@@ -247,13 +374,13 @@ impl Tracker {
         let state = self.lock();
         let mut done = 0;
         let mut total = 0;
-        for (k, (uid, generation, observed)) in &state.sets {
+        for (k, seen) in &state.sets {
             if !in_ns(k.split('/').next().unwrap_or("")) {
                 continue;
             }
             total += 1;
-            if *observed == Some(*generation)
-                && state.children.get(uid).copied().unwrap_or(0) == CHILDREN
+            if seen.observed == Some(seen.generation)
+                && state.children.get(&seen.uid).copied().unwrap_or(0) == CHILDREN
             {
                 done += 1;
             }
@@ -263,12 +390,10 @@ impl Tracker {
 
     pub fn is_converged(&self, ns: &str, name: &str) -> bool {
         let state = self.lock();
-        state
-            .sets
-            .get(&format!("{ns}/{name}"))
-            .is_some_and(|(uid, g, o)| {
-                *o == Some(*g) && state.children.get(uid).copied().unwrap_or(0) == CHILDREN
-            })
+        state.sets.get(&format!("{ns}/{name}")).is_some_and(|s| {
+            s.observed == Some(s.generation)
+                && state.children.get(&s.uid).copied().unwrap_or(0) == CHILDREN
+        })
     }
 
     /// Waits until `sets` sets (of the namespaces `in_ns` accepts) are converged and nothing

@@ -467,7 +467,6 @@ async fn chart_installs_upgrades_uninstalls_and_its_rbac_is_enough_and_no_more()
         leases > 0.0 && others > 0.0,
         "dispatched: {leases} Lease requests at leader-election, {others} other requests at workload-low; all: {after:?}"
     );
-    // SAFETY: signalling our own child process.
     common::shared::signal(&operator, libc::SIGTERM);
     let _ = operator.wait();
 

@@ -57,7 +57,6 @@ async fn only_the_listed_namespaces_are_reconciled() {
             .is_empty(),
         "team-c is not watched"
     );
-    // SAFETY: signalling our own child process.
     common::shared::signal(&operator, libc::SIGTERM);
     assert!(operator.wait().unwrap().success());
 
@@ -81,7 +80,6 @@ async fn only_the_listed_namespaces_are_reconciled() {
         },
     )
     .await;
-    // SAFETY: signalling our own child process.
     common::shared::signal(&operator, libc::SIGTERM);
     assert!(operator.wait().unwrap().success());
 }

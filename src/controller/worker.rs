@@ -106,15 +106,21 @@ async fn work(
             Some(Ok(report)) => {
                 queue.forget(&item.key);
                 if let Report::Applied {
-                    status_after: Some(after),
+                    status_after: Some(refresh),
                     ..
                 } = report
                 {
-                    // Low priority, as every status refresh: under load the next spec
-                    // change (someone waits for its children) goes first, and the status
-                    // follows when a worker is free. Until then observedGeneration says the
-                    // set is not done.
-                    queue.add_after(&item.key, after, Priority::Low, Trigger::ChildStatus);
+                    // A new set's first status finishes it, and goes before starting the
+                    // next set: during a cold start sets complete one by one. Any other
+                    // refresh is low priority: under load the next spec change (someone
+                    // waits for its children) goes first, and the status follows when a
+                    // worker is free.
+                    let priority = if refresh.first {
+                        Priority::Finish
+                    } else {
+                        Priority::Low
+                    };
+                    queue.add_after(&item.key, refresh.after, priority, Trigger::ChildStatus);
                 }
                 match report {
                     Report::Applied {

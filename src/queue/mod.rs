@@ -4,8 +4,9 @@
 //! - a key (a [`SetKey`]) is queued at most once and never processed by two workers at
 //!   once; an add while it is processed marks it dirty, and it runs again right after;
 //! - bounded: state grows with distinct keys, never with events; at capacity `add` waits;
-//! - two priorities (initial list, resyncs and takeovers are `Low`), and round-robin across
-//!   namespaces within a priority, so one tenant's flood cannot starve another's change;
+//! - three priorities (a new set's first status is `Finish`; initial list, resyncs and
+//!   takeovers are `Low`), and round-robin across namespaces within a priority, so one
+//!   tenant's flood cannot starve another's change;
 //! - failures wait `max(per-key exponential backoff, global token bucket)`; success resets
 //!   the key's backoff; a plain event does not cut a backoff short, a spec change does.
 
@@ -60,6 +61,14 @@ pub enum Priority {
     Low = 0,
     /// A create, a spec change (also one a shard takeover finds unapplied), a child's drift.
     Normal = 1,
+    /// The first status of a set whose children were applied: finishing a set goes before
+    /// starting another.
+    Finish = 2,
+}
+
+impl Priority {
+    /// Highest first: the order in which [`WorkQueue::get`] serves them.
+    const SERVED: [Priority; 3] = [Priority::Finish, Priority::Normal, Priority::Low];
 }
 
 /// Why a key was queued (the trace's `vecodex.trigger`).
@@ -117,7 +126,7 @@ struct Queued {
 }
 
 struct State {
-    lanes: [Lane; 2],
+    lanes: [Lane; 3],
     queued: HashMap<SetKey, Queued>,
     /// Keys being processed, with their start.
     processing: HashMap<SetKey, Instant>,
@@ -153,7 +162,7 @@ impl WorkQueue {
         metrics.init(&config.name);
         let queue = Arc::new(WorkQueue {
             state: Mutex::new(State {
-                lanes: [Lane::default(), Lane::default()],
+                lanes: Default::default(),
                 queued: HashMap::new(),
                 processing: HashMap::new(),
                 dirty: HashMap::new(),
@@ -262,7 +271,7 @@ impl WorkQueue {
         self.ready.notify_one();
     }
 
-    /// Waits for the next key: normal priority first, namespaces in turn. `None` once the
+    /// Waits for the next key: the highest priority first, namespaces in turn. `None` once the
     /// queue is shut down.
     pub async fn get(&self) -> Option<Item> {
         loop {
@@ -272,9 +281,9 @@ impl WorkQueue {
                 if s.shut_down {
                     return None;
                 }
-                let next = s.lanes[Priority::Normal as usize]
-                    .pop()
-                    .or_else(|| s.lanes[Priority::Low as usize].pop());
+                let next = Priority::SERVED
+                    .iter()
+                    .find_map(|p| s.lanes[*p as usize].pop());
                 if let Some(key) = next {
                     let now = Instant::now();
                     let queued = s.queued.remove(&key);

@@ -166,6 +166,27 @@ async fn normal_priority_goes_first_and_upgrades_move_keys_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn finishing_a_set_goes_before_starting_the_next() {
+    let q = WorkQueue::new(config());
+    for i in 0..100 {
+        q.add(
+            &k(&format!("ns-{i}/new")),
+            Priority::Normal,
+            Trigger::Create,
+        )
+        .await;
+    }
+    q.add(
+        &k("ns-7/first-status"),
+        Priority::Finish,
+        Trigger::ChildStatus,
+    )
+    .await;
+    assert_eq!(key(&q).await, "ns-7/first-status");
+    assert_eq!(key(&q).await, "ns-0/new");
+}
+
+#[tokio::test(start_paused = true)]
 async fn namespaces_are_served_in_turn() {
     let q = WorkQueue::new(config());
     for i in 0..5000 {

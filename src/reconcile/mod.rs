@@ -28,7 +28,7 @@ use crate::validate::{Limits, validate};
 
 use self::apply::{apply_children, describe, roll_back};
 pub use self::status_write::{CONTROLLER_WAIT, STATUS_SETTLE};
-use self::status_write::{StatusWrite, write_status};
+use self::status_write::{StatusWrite, moves_reported_generation, write_status};
 
 pub struct Context {
     pub writer: Writer,
@@ -90,12 +90,35 @@ pub enum Report {
     /// they have.
     NotSynced,
     /// Children are as desired; `writes` counts the child writes this reconcile needed.
-    /// `status_after`: the status is written by another reconcile that long from now.
+    /// `status_after`: the status is written by another reconcile later.
     Applied {
         writes: usize,
         status_patched: bool,
-        status_after: Option<Duration>,
+        status_after: Option<Refresh>,
     },
+}
+
+/// A status refresh a reconcile leaves to a later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refresh {
+    /// How long from now.
+    pub after: Duration,
+    /// The set has no status yet: the refresh finishes it.
+    pub first: bool,
+}
+
+impl Refresh {
+    /// A refresh [`STATUS_SETTLE`] from now.
+    fn settle(set: &VecodexSet) -> Self {
+        Refresh {
+            after: STATUS_SETTLE,
+            first: set
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .is_none(),
+        }
+    }
 }
 
 pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
@@ -255,18 +278,21 @@ pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
     }
     forget_rejection(ctx, key);
     // A Deployment created or changed just now has not been seen by its controller yet: its
-    // status changes within moments (observedGeneration, updated replicas). The set's status
-    // is written once, by a refresh STATUS_SETTLE from now, instead of now and again then:
-    // one status write per spec change instead of two, which at thousands of sets is a
-    // sixth of all writes. Until then observedGeneration says the set is not yet done.
-    if changes
-        .iter()
-        .any(|c| c.verb != "deleted" && c.kind == "Deployment")
+    // status changes within moments (observedGeneration, updated replicas). A set that has
+    // no status yet, or whose status already reports this generation (a restore), gets it
+    // once, by a refresh STATUS_SETTLE from now, instead of now and again then: one status
+    // write per new set, which at thousands of sets is a sixth of all writes. A set whose
+    // status reports an earlier generation gets the new observedGeneration now (see
+    // `write_status`), and Ready with the controller's report.
+    if !moves_reported_generation(&set)
+        && changes
+            .iter()
+            .any(|c| c.verb != "deleted" && c.kind == "Deployment")
     {
         return Ok(Report::Applied {
             writes: changes.len(),
             status_patched: false,
-            status_after: Some(STATUS_SETTLE),
+            status_after: Some(Refresh::settle(&set)),
         });
     }
     let outcome = Outcome::Applied(result);
@@ -295,7 +321,7 @@ pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
             (true, None)
         }
         StatusWrite::Unchanged => (false, None),
-        StatusWrite::AwaitingController => (false, Some(STATUS_SETTLE)),
+        StatusWrite::AwaitingController => (false, Some(Refresh::settle(&set))),
     };
     Ok(Report::Applied {
         writes: changes.len(),

@@ -34,12 +34,13 @@ pub(super) enum StatusWrite {
     Written,
     /// The status already says it.
     Unchanged,
-    /// The status would change, but a Deployment this replica changed less than
-    /// [`CONTROLLER_WAIT`] ago has not been seen by its controller yet: its report (a status
-    /// update of the Deployment, which queues the set) changes the status again within
-    /// moments. The status is written once then, instead of now and again then: under load
-    /// the deployment controller reports later than [`STATUS_SETTLE`], and an interim write
-    /// would cost a spec change a second status write on a control plane at its limit.
+    /// The status would change, but not its reported observedGeneration, and a Deployment
+    /// this replica changed less than [`CONTROLLER_WAIT`] ago has not been seen by its
+    /// controller yet: its report (a status update of the Deployment, which queues the set)
+    /// changes the status again within moments. The status is written once then, instead of
+    /// now and again then: under load the deployment controller reports later than
+    /// [`STATUS_SETTLE`], and an interim write would cost a new set a second status write on
+    /// a control plane at its limit.
     AwaitingController,
 }
 
@@ -49,9 +50,10 @@ struct ReplicasOnly {
     replicas: Option<i32>,
 }
 
-/// Patches the status if it differs from the current one, unless (for an applied set) a
-/// Deployment's controller is about to report on our change of it (see
-/// [`StatusWrite::AwaitingController`]).
+/// Patches the status if it differs from the current one, unless (for an applied set whose
+/// reported observedGeneration stays) a Deployment's controller is about to report on our
+/// change of it (see [`StatusWrite::AwaitingController`]). A new observedGeneration is
+/// written at once: a user waits on it for a spec change.
 pub(super) async fn write_status(
     ctx: &Context,
     set: &Arc<VecodexSet>,
@@ -107,7 +109,7 @@ pub(super) async fn write_status(
     let named = deployments
         .iter()
         .map(|(_, name, state)| (name.as_str(), state));
-    if awaiting_controller(outcome, named, recently_written) {
+    if !moves_reported_generation(set) && awaiting_controller(outcome, named, recently_written) {
         debug!("a Deployment's controller has yet to report on our change; status follows it");
         return Ok(StatusWrite::AwaitingController);
     }
@@ -139,6 +141,15 @@ pub(super) async fn write_status(
     Ok(StatusWrite::Written)
 }
 
+/// Whether applying `set` moves the observedGeneration its status already reports: a user
+/// (`kubectl wait`, a GitOps tool) waits on it for the change.
+pub(super) fn moves_reported_generation(set: &VecodexSet) -> bool {
+    set.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| Some(g) != set.metadata.generation)
+}
+
 /// Whether an applied set's status should wait for a Deployment's controller: some
 /// Deployment (by name) exists, its controller has not yet seen its newest spec, and this
 /// replica wrote it moments ago (`recently_written`), so the controller's report is on its
@@ -157,8 +168,33 @@ fn awaiting_controller<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::awaiting_controller;
+    use super::{awaiting_controller, moves_reported_generation};
+    use crate::crd::{VecodexSet, VecodexSetStatus};
     use crate::status::{DeploymentState, Outcome};
+
+    #[test]
+    fn only_a_set_that_reported_an_earlier_generation_gets_it_at_once() {
+        let yaml = include_str!("../../deploy/samples/vecodexset-example.yaml");
+        let mut set: VecodexSet = serde_saphyr::from_str(yaml).expect("the example parses");
+        set.metadata.generation = Some(4);
+        assert!(
+            !moves_reported_generation(&set),
+            "a new set gets one status, after it settles"
+        );
+        let reported = |g| VecodexSetStatus {
+            observed_generation: g,
+            ..VecodexSetStatus::default()
+        };
+        set.status = Some(reported(None));
+        assert!(!moves_reported_generation(&set), "nothing reported yet");
+        set.status = Some(reported(Some(4)));
+        assert!(
+            !moves_reported_generation(&set),
+            "a restore keeps the generation"
+        );
+        set.status = Some(reported(Some(3)));
+        assert!(moves_reported_generation(&set), "a spec change");
+    }
 
     #[test]
     fn the_status_waits_only_for_a_controller_reporting_on_our_recent_change() {

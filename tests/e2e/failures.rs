@@ -53,7 +53,6 @@ async fn sigterm_stops_the_operator_cleanly() {
             .then_some(())
     })
     .await;
-    // SAFETY: sending a signal to our own child process.
     common::shared::signal(&child, libc::SIGTERM);
     let status = wait_for("exit after SIGTERM", Duration::from_secs(15), || {
         let s = child.try_wait().ok().flatten();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{client, namespace, seed_example, wait_for};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::json;
 use vecodex_operator::crd::VecodexSet;
@@ -247,8 +247,41 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
             .then_some(refresh)
     })
     .await;
-    // Low: under churn the next spec change goes before an earlier one's status refresh.
-    assert_eq!(refresh.attributes["vecodex.priority"], "Low");
+    // A new set's first status finishes it, before any other set is started.
+    assert_eq!(refresh.attributes["vecodex.priority"], "Finish");
+    // A spec change of a set that reported a generation: the reconcile that applies it
+    // writes the new observedGeneration in its own trace, without waiting for the
+    // Deployment's controller (the user waits on it for the change).
+    sets(&client, &ns)
+        .patch(
+            "traced",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"searcher": {"replicas": 4}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the spec change's reconcile writing the status in its trace",
+        WAIT,
+        || async {
+            let spans = collector.spans();
+            let change = spans.iter().find(|s| {
+                s.name == "reconcile"
+                    && s.attributes.get("vecodex.set.name").map(String::as_str) == Some("traced")
+                    && s.attributes.get("vecodex.trigger").map(String::as_str)
+                        == Some("spec change")
+            })?;
+            let in_it = |resource: &str| {
+                spans.iter().any(|s| {
+                    s.trace_id == change.trace_id
+                        && s.parent_id == change.id
+                        && s.attributes.get("k8s.resource").map(String::as_str) == Some(resource)
+                })
+            };
+            (in_it("Deployment") && in_it("VecodexSet/status")).then_some(())
+        },
+    )
+    .await;
     assert!(
         children
             .iter()
@@ -407,7 +440,6 @@ async fn reconciles_are_traced_metered_and_survive_a_collector_restart() {
         ),
         "reconcile duration carries trace-id exemplars"
     );
-    // SAFETY: signalling our own child process.
     common::shared::signal(&operator, libc::SIGTERM);
     let _ = operator.wait();
     assert_eq!(
