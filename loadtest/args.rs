@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cluster::{self, Otlp, ReplicaOptions};
+use crate::profile::Profile;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load test of vecodex-operator on local control planes")]
@@ -21,9 +22,13 @@ pub struct Args {
     pub replicas: usize,
     #[arg(long, default_value_t = vecodex_operator::shard::DEFAULT_SHARDS)]
     pub shards: u32,
-    /// Reconcile concurrency per replica, and the plain client's concurrency.
+    /// Reconcile concurrency per replica.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// The plain client's sets in flight, one limit run each on a control plane of its own;
+    /// the fastest is the limit.
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 32, 64, 128])]
+    pub plain_concurrency: Vec<usize>,
     /// Spec updates per second in the churn and failover scenarios.
     #[arg(long, default_value_t = 50.0)]
     pub churn_rate: f64,
@@ -59,19 +64,27 @@ pub struct Args {
     /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
     #[arg(long)]
     pub skip_fresh: bool,
-    /// GOGC of the control planes' kube-apiserver. At 10,000 sets its live heap is 1.1-2.9
-    /// GB; with Go's default (100) it collects every 6 s or so, and each mark phase (1-4 s on
-    /// two busy cores) slows every request it overlaps: those were the 2-3 s tails at 50
-    /// updates/s, of the plain client as much as the operator's. With 400 it collects about
-    /// five times less often. Both sides of every ratio run with it.
-    #[arg(long, default_value_t = 400)]
-    pub apiserver_gogc: u32,
-    /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none): with
-    /// GOGC 400 and 2.9 GB live its heap would grow to 15 GB of the machine's 24 GiB. Under
-    /// churn at 50/s it allocates about 250 MB/s, so with 2-3 GB live even 12 GiB means a
-    /// collection every 30-40 s; 8 GiB meant one every 20-25 s.
-    #[arg(long, default_value = "12GiB")]
-    pub apiserver_memory_limit: String,
+    /// The control-plane profile (see `profile.rs`).
+    #[arg(long, value_enum, default_value_t = Profile::Lean)]
+    pub profile: Profile,
+    /// Fake Nodes of the full profile's node simulator.
+    #[arg(long, default_value_t = 10)]
+    pub sim_nodes: usize,
+    /// In the full profile, how long after it was bound a pod is marked Running and Ready.
+    #[arg(long, default_value_t = 1.0)]
+    pub pod_ready_seconds: f64,
+    /// GOGC of the control planes' kube-apiserver (default: the profile's; 400 in the lean
+    /// one). At 10,000 sets its live heap is 1.1-2.9 GB; with Go's default (100) it collects
+    /// every 6 s or so, and each mark phase (1-4 s on two busy cores) slows every request it
+    /// overlaps. With 400 it collects about five times less often. Both sides of every ratio
+    /// run with it.
+    #[arg(long)]
+    pub apiserver_gogc: Option<u32>,
+    /// GOMEMLIMIT of the control planes' kube-apiserver (Go's syntax; "" for none; default:
+    /// the profile's, 12GiB in the lean one): with GOGC 400 and 2.9 GB live its heap would
+    /// grow to 15 GB of the machine's 24 GiB.
+    #[arg(long)]
+    pub apiserver_memory_limit: Option<String>,
     /// Give up on a convergence after this long.
     #[arg(long, default_value_t = 1800)]
     pub timeout_seconds: u64,
@@ -88,11 +101,26 @@ impl Args {
         rates
     }
 
-    pub fn apiserver_gc(&self) -> cluster::ApiServerGc {
-        cluster::ApiServerGc {
-            gogc: self.apiserver_gogc,
-            memory_limit: self.apiserver_memory_limit.clone(),
+    /// How the control planes run: the profile's settings, and any GC flag given.
+    pub fn control_plane(&self) -> cluster::ControlPlaneSettings {
+        let (gogc, memory_limit) = self.profile.apiserver_gc();
+        cluster::ControlPlaneSettings {
+            gogc: self.apiserver_gogc.unwrap_or(gogc),
+            memory_limit: self
+                .apiserver_memory_limit
+                .clone()
+                .unwrap_or_else(|| memory_limit.to_owned()),
+            controllers: self.profile.controllers(),
         }
+    }
+
+    /// Starts the profile's kubelet stand-in on `client`'s control plane.
+    pub fn simulator(&self, client: kube::Client) -> tokio::task::JoinHandle<()> {
+        self.profile.simulator(
+            client,
+            self.sim_nodes,
+            Duration::from_secs_f64(self.pod_ready_seconds),
+        )
     }
 
     pub fn timeout(&self) -> Duration {

@@ -12,6 +12,7 @@ use vecodex_operator::crd::VecodexSet;
 
 use crate::args::Args;
 use crate::cluster::{LocalCluster, Replica};
+use crate::machine::CpuMark;
 use crate::plain::PlainReconciler;
 use crate::results::{ChurnLimit, ChurnRate, ChurnRun, Latency, SetLatency, one_line};
 use crate::scenarios::{gc_cycles_since, reconciles};
@@ -150,6 +151,7 @@ impl Churner {
             let gc_before = cluster::collect_apiserver_garbage(client).await;
             let scenario = format!("{prefix}-{rate}");
             let cpu_before = cluster.cpu_seconds();
+            let busy_before = CpuMark::now();
             let (operator_before, own_before) = (operator_cpu(), own_cpu());
             let reconciles_before = reconciles(replicas).await;
             let requests_before = cluster::requests(client).await.unwrap_or_default();
@@ -165,6 +167,7 @@ impl Churner {
                 .await;
             let lost = settle(tracker, &scenario, Duration::from_secs(60)).await;
             let latency = latency_summary(tracker, &scenario, sent, &lost);
+            let cpu_busy = busy_before.busy();
             let control_plane_cpu_seconds = cluster.cpu_seconds().since(&cpu_before);
             let loadtest_cpu_seconds = own_cpu() - own_before;
             let apiserver_gc_cycles = gc_cycles_since(client, gc_before).await;
@@ -187,6 +190,7 @@ impl Churner {
                 .sum();
             let summary = ChurnRun {
                 status_writes_per_update: status_writes / latency.updates.max(1) as f64,
+                cpu_busy,
                 latency,
                 rate_per_second: rate,
                 seconds: args.churn_seconds,

@@ -27,12 +27,14 @@ pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// How the control planes' kube-apiserver collects its garbage (Go's GOGC and GOMEMLIMIT).
+/// How a control plane runs: its kube-apiserver's garbage collection (Go's GOGC and
+/// GOMEMLIMIT) and kube-controller-manager's controllers (see `profile.rs`).
 #[derive(Debug, Clone)]
-pub struct ApiServerGc {
+pub struct ControlPlaneSettings {
     pub gogc: u32,
     /// Go's syntax (`12GiB`); empty for none.
     pub memory_limit: String,
+    pub controllers: &'static str,
 }
 
 /// A control plane started for the load test; `down` stops it, and a watchdog stops it if
@@ -52,16 +54,13 @@ impl LocalCluster {
     ///
     /// `gc` is the API server's GOGC and GOMEMLIMIT (`--apiserver-gogc`,
     /// `--apiserver-memory-limit`).
-    pub fn up(gc: &ApiServerGc) -> anyhow::Result<LocalCluster> {
+    pub fn up(settings: &ControlPlaneSettings) -> anyhow::Result<LocalCluster> {
         let out = Command::new("bash")
             .arg(repo_root().join("deploy/local/cluster.sh"))
             .args(["up", "--owner-pid", &std::process::id().to_string()])
-            .env(
-                "VECODEX_KCM_CONTROLLERS",
-                "*,-deployment,-replicaset,-endpoint,-endpointslice,-endpointslicemirroring",
-            )
-            .env("VECODEX_APISERVER_GOGC", gc.gogc.to_string())
-            .env("VECODEX_APISERVER_GOMEMLIMIT", &gc.memory_limit)
+            .env("VECODEX_KCM_CONTROLLERS", settings.controllers)
+            .env("VECODEX_APISERVER_GOGC", settings.gogc.to_string())
+            .env("VECODEX_APISERVER_GOMEMLIMIT", &settings.memory_limit)
             .stderr(Stdio::inherit())
             .output()
             .context("run deploy/local/cluster.sh")?;

@@ -13,7 +13,9 @@ mod cluster;
 mod collector;
 mod kubelet;
 mod machine;
+mod nodes;
 mod plain;
+mod profile;
 mod report;
 mod results;
 mod scenarios;
@@ -30,7 +32,7 @@ use churn::{Churner, churn_limit, flood, latency_summary, settle};
 use clap::Parser;
 use cluster::{LocalCluster, Replica};
 use collector::start_collector;
-use machine::machine;
+use machine::{CpuMark, machine};
 use plain::limit;
 use report::{bars, summary};
 use results::{Idle, Limit, Parameters, Pooled, Results, ScaleOut, ScaleRun, Tracing, one_line};
@@ -56,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     // is gone before the main one starts.
     let limit = limit(&args, &spec).await?;
     eprintln!("loadtest: limit: {}", one_line(&limit));
-    let main = LocalCluster::up(&args.apiserver_gc())?;
+    let main = LocalCluster::up(&args.control_plane())?;
     let outcome = main_cluster(&args, &spec, &main, limit).await;
     main.down();
     let MainRun {
@@ -216,7 +218,7 @@ async fn main_cluster(
     let kubeconfig = cluster.kubeconfig();
     let client = cluster::client_for(&kubeconfig).await?;
     cluster::install_crd(&client).await?;
-    let kubelet = kubelet::start(client.clone());
+    let kubelet = args.simulator(client.clone());
     let tracker = Tracker::start(&client);
 
     // 1. Cold start, and 5. a tenant flooding its set meanwhile.
@@ -228,6 +230,7 @@ async fn main_cluster(
     let requests_before = cluster::requests(&client).await?;
     let opts = args.replica_options(&kubeconfig, None);
     let cpu_before = cluster.cpu_seconds();
+    let busy_before = CpuMark::now();
     let mut replicas = start_replicas(args.replicas, &opts, &cluster.dir, "main")?;
     let started = Instant::now();
     let stop_flood = CancellationToken::new();
@@ -235,6 +238,7 @@ async fn main_cluster(
     let cold = cold_start(
         cluster,
         &cpu_before,
+        &busy_before,
         &client,
         &tracker,
         &replicas,
@@ -251,11 +255,11 @@ async fn main_cluster(
     let flood_lost = settle(&tracker, "flood", Duration::from_secs(60)).await;
     let flood = latency_summary(&tracker, "flood", flood_sent, &flood_lost);
     eprintln!("loadtest: cold start: {}", one_line(&cold));
-    let ratio = cold.sets_per_second / limit.sets_per_second;
+    let ratio = cold.sets_per_second / limit.best.sets_per_second;
     cold.converge_to_limit_ratio = Some(ratio);
     // What the ratio would be if CPU were the only limit: the plain client's control-plane CPU
     // per set against the operator run's (control plane and operator together).
-    cold.cpu_cost_ratio = Some(limit.cpu_seconds_per_set / cold.cpu_seconds_per_set);
+    cold.cpu_cost_ratio = Some(limit.best.cpu_seconds_per_set / cold.cpu_seconds_per_set);
 
     // 4. Churn: the sweep's lower rates, then the bar's.
     let mut churner = Churner::default();
@@ -356,6 +360,7 @@ async fn main_cluster(
             replicas: args.replicas,
             shards: args.shards,
             concurrency: args.concurrency,
+            plain_concurrency: args.plain_concurrency.clone(),
             churn_rate: args.churn_rate,
             churn_seconds: args.churn_seconds,
             churn_sweep: args.churn_sweep.clone(),
@@ -365,8 +370,11 @@ async fn main_cluster(
             scale_sets: args.scale_sets.unwrap_or(args.sets),
             scale_out_replicas: args.scale_out_replicas.clone(),
             sampling_ratio: args.sampling_ratio,
-            apiserver_gogc: args.apiserver_gogc,
-            apiserver_memory_limit: args.apiserver_memory_limit.clone(),
+            profile: args.profile,
+            apiserver_gogc: args.control_plane().gogc,
+            apiserver_memory_limit: args.control_plane().memory_limit,
+            sim_nodes: args.sim_nodes,
+            pod_ready_seconds: args.pod_ready_seconds,
         },
         limit,
         cold_start: cold,

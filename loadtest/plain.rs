@@ -2,10 +2,12 @@
 //! children the operator would, with no cache, queue or shards, as fast as the API server
 //! takes them; its rate is the limit the scenarios measure against.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{StreamExt, TryStreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -16,18 +18,55 @@ use crate::args::Args;
 use crate::churn::Churner;
 use crate::cluster;
 use crate::cluster::is_tenant;
-use crate::results::Limit;
+use crate::machine::CpuMark;
+use crate::results::{ChurnRun, Limit, LimitRun, one_line};
 use crate::scenarios::{Fresh, on_fresh_control_plane};
 
-/// Scenario 2, on a control plane of its own: the same sets exist (created before the clock
-/// starts, as for the cold start), and a plain client server-side applies, for each, exactly
-/// the children the operator would (its builders; owned by the set, so the garbage collector
-/// does the same work) and writes the set's status, one set's requests after another,
-/// `concurrency` sets at once. A control plane of its own, so that the controllers' backlog of
-/// this phase (the garbage collector and the endpoint controllers run behind the writes) does
-/// not land on the operator's cold start.
+/// Scenario 2: for each concurrency of `--plain-concurrency`, on a control plane of its own
+/// where the same sets exist (created before the clock starts, as for the cold start), a plain
+/// client server-side applies, for each set, exactly the children the operator would (its
+/// builders; owned by the set, so the garbage collector does the same work), all of a set's
+/// children at once, then the set's status, `concurrency` sets at once. The fastest run is
+/// the limit. A control plane of its own, so that the controllers' backlog of one run (the
+/// garbage collector and the endpoint controllers run behind the writes) does not land on the
+/// next. The churn sweep runs once, on the first run's control plane.
 pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Limit> {
-    eprintln!("loadtest: limit: fresh control plane, {} sets", args.sets);
+    let mut sweep = Vec::new();
+    let mut churn = Vec::new();
+    for (i, &concurrency) in args.plain_concurrency.iter().enumerate() {
+        let (run, run_churn) = limit_at(args, spec, concurrency, i == 0).await?;
+        eprintln!(
+            "loadtest: limit at concurrency {concurrency}: {}",
+            one_line(&run)
+        );
+        sweep.push(run);
+        churn.extend(run_churn);
+    }
+    let best = sweep
+        .iter()
+        .max_by(|a, b| a.sets_per_second.total_cmp(&b.sets_per_second))
+        .cloned()
+        .context("--plain-concurrency names no concurrency")?;
+    Ok(Limit {
+        best,
+        writes_per_set: WRITES_PER_SET,
+        sweep,
+        churn,
+    })
+}
+
+/// One run of the limit at `concurrency` sets in flight, and the plain client's churn sweep
+/// after it when `with_churn`.
+async fn limit_at(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    concurrency: usize,
+    with_churn: bool,
+) -> anyhow::Result<(LimitRun, Vec<ChurnRun>)> {
+    eprintln!(
+        "loadtest: limit: fresh control plane, {} sets, {concurrency} in flight",
+        args.sets
+    );
     // The tracker watches as on the main control plane, so that both sides pay for the same
     // watchers (its watches of every set, child and Deployment).
     on_fresh_control_plane(
@@ -60,6 +99,8 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
             let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
             eprintln!("loadtest: limit: control plane quiet after {waited:?}");
             let cpu_before = cluster.cpu_seconds();
+            let busy_before = CpuMark::now();
+            let retries_before = PLAIN_RETRIES.load(Ordering::Relaxed);
             let requests_before = cluster::requests(client).await?;
             let started = Instant::now();
             let shards = args.shards;
@@ -69,15 +110,29 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
                     let plain = plain.clone();
                     async move { plain.create(&set).await }
                 })
-                .buffer_unordered(args.concurrency)
+                .buffer_unordered(concurrency)
                 .try_collect::<Vec<()>>()
                 .await?;
             let secs = started.elapsed().as_secs_f64();
+            let cpu_busy = busy_before.busy();
             let cpu = cluster.cpu_seconds().since(&cpu_before);
             let per_set = cpu.total / args.sets as f64;
             let requests =
                 cluster::requests_delta(&requests_before, &cluster::requests(client).await?);
-
+            let run = LimitRun {
+                concurrency,
+                sets: args.sets,
+                seconds: secs,
+                sets_per_second: args.sets as f64 / secs,
+                retries: PLAIN_RETRIES.load(Ordering::Relaxed) - retries_before,
+                requests,
+                control_plane_cpu_seconds: cpu,
+                cpu_seconds_per_set: per_set,
+                cpu_busy,
+            };
+            if !with_churn {
+                return Ok((run, Vec::new()));
+            }
             // The churn limit: the same updates at the same rates, each followed at once by the
             // writes the operator makes for it.
             tracker
@@ -95,17 +150,7 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
                     &[],
                 )
                 .await;
-            Ok(Limit {
-                sets: args.sets,
-                seconds: secs,
-                sets_per_second: args.sets as f64 / secs,
-                writes_per_set: WRITES_PER_SET,
-                retries: PLAIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
-                requests,
-                control_plane_cpu_seconds: cpu,
-                cpu_seconds_per_set: per_set,
-                churn,
-            })
+            Ok((run, churn))
         },
     )
     .await
@@ -128,7 +173,7 @@ where
             done => return done,
         }
         tries += 1;
-        PLAIN_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PLAIN_RETRIES.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -210,18 +255,14 @@ impl PlainReconciler {
         Ok(())
     }
 
-    /// The limit's work for one set: every child, then the status, one request after another.
+    /// The limit's work for one set: every child at once, then the status.
     pub(crate) async fn create(&self, set: &VecodexSet) -> anyhow::Result<()> {
         let desired = self.desired(set)?;
-        for svc in &desired.services {
-            self.apply(svc).await?;
-        }
-        for d in &desired.deployments {
-            self.apply(d).await?;
-        }
-        if let Some(ing) = &desired.ingress {
-            self.apply(ing).await?;
-        }
+        let mut writes: Vec<BoxFuture<'_, anyhow::Result<()>>> = Vec::new();
+        writes.extend(desired.services.iter().map(|s| self.apply(s).boxed()));
+        writes.extend(desired.deployments.iter().map(|d| self.apply(d).boxed()));
+        writes.extend(desired.ingress.iter().map(|i| self.apply(i).boxed()));
+        futures::future::try_join_all(writes).await?;
         self.apply_status(set).await
     }
 

@@ -55,6 +55,18 @@ pub(crate) fn bars(r: &Results, args: &Args) -> Vec<Bar> {
         ),
         bar("tenant under flood p99 (s)", "<= 2", flood, flood <= 2.0),
         bar(
+            "cold start: first 1 % of sets converged (fraction of its duration)",
+            "<= 0.1",
+            r.cold_start.first_percent_at,
+            r.cold_start.first_percent_at <= 0.1,
+        ),
+        bar(
+            "cold start: half of the sets converged (fraction of its duration)",
+            "<= 0.6",
+            r.cold_start.half_at,
+            r.cold_start.half_at <= 0.6,
+        ),
+        bar(
             "failover: takeover of every lost shard after kill (s)",
             &format!("<= lease + 1 = {}", args.lease_seconds + 1),
             r.failover.takeover_max_seconds,
@@ -107,13 +119,27 @@ pub(crate) fn summary(r: &Results, args: &Args) {
     println!("scenario      | figure");
     println!("--------------|------------------------------------------------------------");
     println!(
-        "limit         | {:.1} sets/s (plain client, {} writes/set)",
-        r.limit.sets_per_second, r.limit.writes_per_set
+        "limit         | {:.1} sets/s (plain client, {} writes/set, {} sets in flight)",
+        r.limit.best.sets_per_second, r.limit.writes_per_set, r.limit.best.concurrency
     );
+    for run in &r.limit.sweep {
+        println!(
+            "limit sweep   | {} in flight: {:.1} sets/s, machine {:.0} % busy (load test {:.0} %)",
+            run.concurrency,
+            run.sets_per_second,
+            run.cpu_busy.machine * 100.0,
+            run.cpu_busy.loadtest * 100.0
+        );
+    }
     let c = &r.cold_start;
     println!(
-        "cold start    | {:.1} sets/s over {:.1} s, {:.1} reconciles/s, {:.1} writes/set",
-        c.sets_per_second, c.seconds, c.reconciles_per_second, c.write_requests_per_set
+        "cold start    | {:.1} sets/s over {:.1} s, {:.1} reconciles/s, {:.1} writes/set, machine {:.0} % busy (load test {:.0} %)",
+        c.sets_per_second,
+        c.seconds,
+        c.reconciles_per_second,
+        c.write_requests_per_set,
+        c.cpu_busy.machine * 100.0,
+        c.cpu_busy.loadtest * 100.0
     );
     println!(
         "ratio         | {:.2} of the plain client's limit",
@@ -121,7 +147,7 @@ pub(crate) fn summary(r: &Results, args: &Args) {
     );
     println!(
         "CPU per set   | plain client: control plane {:.3} s; operator run: {:.3} s (control plane and operator), ratio {:.2}",
-        r.limit.cpu_seconds_per_set,
+        r.limit.best.cpu_seconds_per_set,
         c.cpu_seconds_per_set,
         c.cpu_cost_ratio.unwrap_or(f64::NAN)
     );

@@ -59,6 +59,7 @@ pub struct Parameters {
     pub replicas: usize,
     pub shards: u32,
     pub concurrency: usize,
+    pub plain_concurrency: Vec<usize>,
     pub churn_rate: f64,
     pub churn_seconds: u64,
     pub churn_sweep: Vec<f64>,
@@ -68,8 +69,12 @@ pub struct Parameters {
     pub scale_sets: usize,
     pub scale_out_replicas: Vec<usize>,
     pub sampling_ratio: f64,
+    pub profile: crate::profile::Profile,
     pub apiserver_gogc: u32,
     pub apiserver_memory_limit: String,
+    /// The full profile's node simulator.
+    pub sim_nodes: usize,
+    pub pod_ready_seconds: f64,
 }
 
 /// CPU seconds of each control-plane process, and their sum.
@@ -103,18 +108,38 @@ impl ControlPlaneCpu {
     }
 }
 
-/// The plain client's cold start (the limit) and its churn sweep.
+/// How busy the machine was during a phase: the fraction of all its cores' time spent
+/// busy (every process), and the part of it this load-test process used (the churner, the
+/// watches that time convergence, the kubelet simulator and the plain client).
+#[derive(Clone, Copy, Default, Serialize)]
+pub struct Busy {
+    pub machine: f64,
+    pub loadtest: f64,
+}
+
+/// The plain client's cold starts (the limit: the fastest of them) and its churn sweep.
 #[derive(Serialize)]
 pub struct Limit {
+    #[serde(flatten)]
+    pub best: LimitRun,
+    pub writes_per_set: u32,
+    /// Every concurrency of the sweep, each on a control plane of its own.
+    pub sweep: Vec<LimitRun>,
+    pub churn: Vec<ChurnRun>,
+}
+
+/// One cold start of the plain client, at `concurrency` sets in flight.
+#[derive(Clone, Serialize)]
+pub struct LimitRun {
+    pub concurrency: usize,
     pub sets: usize,
     pub seconds: f64,
     pub sets_per_second: f64,
-    pub writes_per_set: u32,
     pub retries: u64,
     pub requests: Requests,
     pub control_plane_cpu_seconds: ControlPlaneCpu,
     pub cpu_seconds_per_set: f64,
-    pub churn: Vec<ChurnRun>,
+    pub cpu_busy: Busy,
 }
 
 /// A process's peak RSS and CPU so far.
@@ -149,6 +174,11 @@ pub struct ColdStart {
     /// plane and operator together), the ratio if CPU were the only limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_cost_ratio: Option<f64>,
+    pub cpu_busy: Busy,
+    /// When the first 1 % of the sets, and half of them, had converged, as fractions of
+    /// `seconds` (from the replicas' start).
+    pub first_percent_at: f64,
+    pub half_at: f64,
 }
 
 /// How the sets were shared among the replicas of a cold start.
@@ -231,6 +261,7 @@ pub struct ChurnRun {
     pub seconds: u64,
     /// Status writes of the run (by whoever writes sets' status) per update sent.
     pub status_writes_per_update: f64,
+    pub cpu_busy: Busy,
     pub control_plane_cpu_seconds: ControlPlaneCpu,
     /// This process: the churner, the watches that time it, the kubelet simulator and the
     /// plain client.
@@ -296,6 +327,8 @@ pub struct Failover {
     /// Updates sent after the kill, and the longest of them from PATCH to applied.
     pub outage_updates: usize,
     pub outage_update_max_seconds: f64,
+    /// From the kill until every set converged.
+    pub cpu_busy: Busy,
     pub apiserver_gc_cycles: Option<f64>,
 }
 

@@ -11,9 +11,10 @@ use crate::args::Args;
 use crate::churn::{Churner, latency_summary, settle};
 use crate::cluster::is_tenant;
 use crate::cluster::{LocalCluster, Otlp, Replica, ReplicaOptions};
+use crate::machine::CpuMark;
 use crate::results::{ChurnRun, ColdStart, ControlPlaneCpu, Failover, ReplicaStats};
 use crate::track::{Tracker, percentile};
-use crate::{cluster, kubelet, shared, shares};
+use crate::{cluster, shared, shares};
 
 /// Starts `n` replicas; logs go next to the cluster's.
 pub(crate) fn start_replicas(
@@ -92,6 +93,7 @@ impl Placement {
 pub(crate) async fn cold_start(
     cluster: &LocalCluster,
     cpu_before: &ControlPlaneCpu,
+    busy_before: &CpuMark,
     client: &Client,
     tracker: &Tracker,
     replicas: &[Replica],
@@ -101,8 +103,18 @@ pub(crate) async fn cold_start(
     requests_before: &std::collections::BTreeMap<String, f64>,
     timeout: Duration,
 ) -> anyhow::Result<(ColdStart, Vec<(f64, usize)>)> {
+    let started_to_wait = started.elapsed().as_secs_f64();
     let curve = tracker.wait_converged(sets, is_tenant, timeout).await?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu_busy = busy_before.busy();
+    // The first sample with `n` sets converged, as a fraction of the run.
+    let reached = |n: usize| {
+        curve
+            .iter()
+            .find(|(_, done)| *done >= n.max(1))
+            .map_or(f64::NAN, |(at, _)| (at + started_to_wait) / secs)
+    };
+    let (first_percent_at, half_at) = (reached(sets.div_ceil(100)), reached(sets.div_ceil(2)));
     let writes = cluster::write_requests(client).await? - write_total(requests_before);
     let requests = cluster::requests_delta(requests_before, &cluster::requests(client).await?);
     let reconciles = reconciles(replicas).await;
@@ -132,6 +144,9 @@ pub(crate) async fn cold_start(
             shares,
             converge_to_limit_ratio: None,
             cpu_cost_ratio: None,
+            cpu_busy,
+            first_percent_at,
+            half_at,
         },
         curve,
     ))
@@ -162,6 +177,7 @@ pub(crate) async fn failover(
         .collect();
     replicas[0].stop(libc::SIGKILL);
     let killed = Instant::now();
+    let busy_before = CpuMark::now();
     let killed_at = jiff::Timestamp::now();
     let takeovers = tokio::spawn(takeovers(
         client.clone(),
@@ -185,6 +201,7 @@ pub(crate) async fn failover(
         .wait_converged(args.sets, is_tenant, args.timeout())
         .await?;
     let recovered = killed.elapsed().as_secs_f64();
+    let cpu_busy = busy_before.busy();
     let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
     let mut takeover = takeovers.await??;
     takeover.sort_by(f64::total_cmp);
@@ -211,6 +228,7 @@ pub(crate) async fn failover(
         takeover_max_seconds: takeover.last().copied().unwrap_or(f64::NAN),
         outage_updates: outage.len(),
         outage_update_max_seconds: outage.last().copied().unwrap_or(f64::NAN),
+        cpu_busy,
         apiserver_gc_cycles: gc_cycles_since(client, gc_before).await,
     })
 }
@@ -296,11 +314,11 @@ pub(crate) async fn on_fresh_control_plane<T>(
     namespaces: usize,
     run: impl AsyncFnOnce(&Fresh<'_>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let cluster = LocalCluster::up(&args.apiserver_gc())?;
+    let cluster = LocalCluster::up(&args.control_plane())?;
     let result = async {
         let client = cluster::client_for(&cluster.kubeconfig()).await?;
         cluster::install_crd(&client).await?;
-        let kubelet = kubelet::start(client.clone());
+        let kubelet = args.simulator(client.clone());
         let fresh = Fresh {
             cluster: &cluster,
             tracker: Tracker::start(&client),
@@ -341,11 +359,13 @@ pub(crate) async fn fresh_cold_start(
         let kubeconfig = cluster.kubeconfig();
         let opts = args.replica_options(&kubeconfig, otlp);
         let cpu_before = cluster.cpu_seconds();
+        let busy_before = CpuMark::now();
         let mut running = start_replicas(replicas, &opts, &cluster.dir, label)?;
         let started = Instant::now();
         let result = cold_start(
             cluster,
             &cpu_before,
+            &busy_before,
             client,
             tracker,
             &running,

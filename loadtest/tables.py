@@ -10,10 +10,18 @@ m=d['machine']
 print(f"Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s; scale-out with {p['sets']:,} sets and {', '.join(str(x) for x in p.get('scale_out_replicas', []))} replicas, tracing cost with {p['scale_sets']:,} sets. Full figures: [`results/latest.json`](results/latest.json).")
 print()
 print("| scenario | figures |\n|---|---|")
-print(f"| limit (plain client) | {li['sets_per_second']:.1f} sets/s ({li['seconds']:.0f} s); control plane {li['cpu_seconds_per_set']:.3f} CPU s per set |")
+def busy(x):
+    b=x.get('cpu_busy')
+    return '' if not b else f"; machine {b['machine']*100:.0f} % busy (load test {b['loadtest']*100:.0f} %)"
+inflight='' if 'concurrency' not in li else f", {li['concurrency']} sets in flight"
+print(f"| limit (plain client) | {li['sets_per_second']:.1f} sets/s ({li['seconds']:.0f} s{inflight}); control plane {li['cpu_seconds_per_set']:.3f} CPU s per set{busy(li)} |")
+if li.get('sweep'):
+    print(f"| limit sweep (sets in flight: sets/s) | " + '; '.join(f"{r['concurrency']}: {r['sets_per_second']:.1f}{busy(r)}" for r in li['sweep']) + " |")
 cp=cs['control_plane_cpu_seconds']['total']/p['sets']; op=cs['operator_cpu_seconds']/p['sets']
 rss=", ".join(f"{r['peak_rss_mib']:.0f}" for r in cs['per_replica']); cpu=", ".join(f"{r['cpu_seconds']:.0f}" for r in cs['per_replica'])
-print(f"| cold start | {cs['sets_per_second']:.1f} sets/s ({cs['seconds']:.0f} s), {cs['reconciles_per_second']:.1f} reconciles/s, {cs['write_requests_per_set']:.2f} write requests per set; **{cs['converge_to_limit_ratio']:.2f} of the limit**; CPU per set {cs['cpu_seconds_per_set']:.3f} s (control plane {cp:.3f}, operator {op:.3f}): CPU ratio {cs['cpu_cost_ratio']:.2f}; peak RSS {rss} MiB, CPU {cpu} s |")
+print(f"| cold start | {cs['sets_per_second']:.1f} sets/s ({cs['seconds']:.0f} s), {cs['reconciles_per_second']:.1f} reconciles/s, {cs['write_requests_per_set']:.2f} write requests per set; **{cs['converge_to_limit_ratio']:.2f} of the limit**; CPU per set {cs['cpu_seconds_per_set']:.3f} s (control plane {cp:.3f}, operator {op:.3f}): CPU ratio {cs['cpu_cost_ratio']:.2f}; peak RSS {rss} MiB, CPU {cpu} s{busy(cs)} |")
+if 'half_at' in cs:
+    print(f"| cold start curve | first 1 % of the sets converged at {cs['first_percent_at']:.2f}, half at {cs['half_at']:.2f} of its duration |")
 print(f"| tenant under flood | {lat(d['flood'])} |")
 c=d['churn']
 print(f"| churn {c['rate_per_second']:.0f}/s for {c['seconds']} s | {lat(c)} |")
@@ -30,10 +38,15 @@ cl=d.get('churn_limit')
 if cl:
     for i, r in enumerate(cl['rates']):
         print(f"| churn {r['rate_per_second']:.0f}/s: operator against plain client | p99 {r['operator_p99_seconds']:.3f} s against {r['plain_p99_seconds']:.3f} s (p50 {r['operator_p50_seconds']:.3f} against {r['plain_p50_seconds']:.3f} s); control plane CPU {r['operator_control_plane_cpu_seconds']:.0f} against {r['plain_control_plane_cpu_seconds']:.0f} s{ops(r)}{gcs(i)} |")
+        if 'operator_status_observed_p99_seconds' in r:
+            o=cl['operator'][i]
+            print(f"| churn {r['rate_per_second']:.0f}/s: the set's status (operator) | observedGeneration p50 {r['operator_status_observed_p50_seconds']:.3f} s, p99 {r['operator_status_observed_p99_seconds']:.3f} s, max {o['status_observed']['max_seconds']:.3f} s; Ready p50 {r['operator_status_ready_p50_seconds']:.3f} s, p99 {r['operator_status_ready_p99_seconds']:.3f} s, max {o['status_ready']['max_seconds']:.3f} s; {r['operator_status_writes_per_update']:.2f} status writes per update{busy(o)} |")
     print(f"| highest churn rate with p99 <= 1 s | operator {cl['operator_highest_rate_within_p99_1s']:.0f}/s, plain client {cl['plain_highest_rate_within_p99_1s']:.0f}/s (of those measured) |")
 f=d['failover']
 fg = '' if f.get('apiserver_gc_cycles') is None else f"; API server GC cycles {f['apiserver_gc_cycles']:.0f}"
 print(f"| failover under {f.get('churn_rate_per_second', p['churn_rate']):.0f}/s churn | {lat(f)}; converged {f['converged_after_kill_seconds']:.1f} s after `kill -9` of {f['killed']}{fg} |")
+if 'takeover_max_seconds' in f:
+    print(f"| failover: takeover | {f['lost_shards']} shards lost, taken over after p50 {f['takeover_p50_seconds']:.2f} s, max {f['takeover_max_seconds']:.2f} s (Lease {f['lease_seconds']} s); the {f['outage_updates']} updates sent after the kill applied within {f['outage_update_max_seconds']:.2f} s |")
 i=d['idle']
 print(f"| idle | {i['write_requests_per_minute']:.1f} write requests per minute over {i['seconds']} s |")
 w=d['whole_run_per_replica']

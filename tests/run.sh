@@ -33,8 +33,17 @@ if [ "$status" -eq 0 ]; then
   cargo run --locked --quiet --bin vecodex-loadtest -- \
     --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
     --churn-rate 5 --churn-sweep 2 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
-    --scale-out-replicas 1,2 \
+    --scale-out-replicas 1,2 --plain-concurrency 16,64 \
     --out target/loadtest-smoke \
+    || status=$?
+fi
+if [ "$status" -eq 0 ]; then
+  echo "== load-test smoke run in the full profile (every controller, the node simulator): 50 sets"
+  cargo run --locked --quiet --bin vecodex-loadtest -- --profile full \
+    --sets 50 --namespaces 5 --replicas 2 --idle-seconds 5 \
+    --churn-rate 5 --churn-sweep 2 --churn-seconds 5 --lease-seconds 6 --skip-fresh \
+    --plain-concurrency 16 \
+    --out target/loadtest-smoke-full \
     || status=$?
 fi
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
