@@ -61,6 +61,16 @@ pub struct Args {
     /// Trace sampling ratio of the tracing-cost scenario.
     #[arg(long, default_value_t = 1.0)]
     pub sampling_ratio: f64,
+    /// Set counts of the memory scenario, each held by one replica on a control plane of its
+    /// own (none: the scenario does not run).
+    #[arg(long, value_delimiter = ',')]
+    pub memory_sets: Vec<usize>,
+    /// Updates per second of the memory scenario's churn.
+    #[arg(long, default_value_t = 20.0)]
+    pub memory_churn_rate: f64,
+    /// How long the memory scenario churns before its second reading.
+    #[arg(long, default_value_t = 300)]
+    pub memory_churn_seconds: u64,
     /// Skip the scale-out and tracing-cost scenarios (each starts a fresh control plane).
     #[arg(long)]
     pub skip_fresh: bool,

@@ -314,6 +314,19 @@ pub async fn operator_events(client: &Client) -> anyhow::Result<i64> {
         .sum())
 }
 
+/// Resident memory (bytes, `VmRSS`) of a process now, from /proc.
+pub fn proc_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Peak RSS (bytes) and CPU seconds of a process, from /proc.
 pub fn proc_stats(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -13,6 +13,7 @@ mod cluster;
 mod collector;
 mod kubelet;
 mod machine;
+mod memory;
 mod nodes;
 mod plain;
 mod profile;
@@ -151,6 +152,9 @@ async fn main() -> anyhow::Result<()> {
             n,
             on_curve,
         ));
+    }
+    if !args.memory_sets.is_empty() {
+        results.memory = Some(memory::memory(&args, &spec).await?);
     }
     results.bars = bars(&results, &args);
 
@@ -392,6 +396,7 @@ async fn main_cluster(
         replica_exits: exits,
         scale_out: None,
         tracing: None,
+        memory: None,
         bars: Vec::new(),
     };
     Ok(MainRun {

@@ -40,6 +40,7 @@ pub struct Results {
     pub scale_out: Option<ScaleOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    pub memory: Option<Memory>,
     pub bars: Vec<Bar>,
 }
 
@@ -403,4 +404,32 @@ pub struct Bar {
     pub wanted: String,
     pub value: f64,
     pub met: bool,
+}
+
+/// Memory per set held (see `memory.rs`).
+#[derive(Serialize)]
+pub struct Memory {
+    pub churn_rate_per_second: f64,
+    pub churn_seconds: u64,
+    pub runs: Vec<MemoryRun>,
+    /// The line through the resident memory after each cold start: its value at 0 sets, and
+    /// MiB per 1,000 sets.
+    pub base_mib: f64,
+    pub slope_mib_per_1000_sets: f64,
+    /// The same after the churn.
+    pub base_after_churn_mib: f64,
+    pub slope_after_churn_mib_per_1000_sets: f64,
+}
+
+/// One replica holding `sets` sets.
+#[derive(Serialize)]
+pub struct MemoryRun {
+    pub sets: usize,
+    /// Resident memory (`VmRSS`) once every set converged.
+    pub rss_after_cold_start_mib: f64,
+    /// Resident memory after the churn.
+    pub rss_after_churn_mib: f64,
+    /// `VmHWM` at the end.
+    pub peak_rss_mib: f64,
+    pub churn_updates: usize,
 }

@@ -179,14 +179,17 @@ pub(crate) async fn failover(
     let killed = Instant::now();
     let busy_before = CpuMark::now();
     let killed_at = jiff::Timestamp::now();
-    let takeovers = tokio::spawn(takeovers(
-        client.clone(),
-        args.shards,
-        victim.clone(),
-        lost_shards.clone(),
-        killed_at,
-        args.timeout(),
-    ));
+    // With no other replica nobody takes over until the victim restarts: no takeover to time.
+    let takeovers = (replicas.len() > 1).then(|| {
+        tokio::spawn(takeovers(
+            client.clone(),
+            args.shards,
+            victim.clone(),
+            lost_shards.clone(),
+            killed_at,
+            args.timeout(),
+        ))
+    });
     sent += churner
         .run(
             client,
@@ -203,7 +206,10 @@ pub(crate) async fn failover(
     let recovered = killed.elapsed().as_secs_f64();
     let cpu_busy = busy_before.busy();
     let lost = settle(tracker, "failover", Duration::from_secs(60)).await;
-    let mut takeover = takeovers.await??;
+    let mut takeover = match takeovers {
+        Some(t) => t.await??,
+        None => Vec::new(),
+    };
     takeover.sort_by(f64::total_cmp);
     // Updates sent after the kill: the ones the outage could delay.
     let mut outage: Vec<f64> = tracker

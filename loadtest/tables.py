@@ -79,6 +79,10 @@ if t:
     runs=lambda side: ', '.join('%.1f' % r['sets_per_second'] for r in t[side].get('runs', []))
     order='' if 'runs' not in t['off'] else f"; runs in the order off {runs('off').split(', ')[0]}, on {runs('on')}, off {runs('off').split(', ')[-1]} sets/s"
     print(f"| tracing cost | off {t['off']['sets_per_second']:.1f} sets/s, sampling {t['sampling_ratio']} {t['on']['sets_per_second']:.1f} sets/s: cost {t['cost']*100:.1f} % (CPU per set {t['off']['cpu_seconds_per_set']:.3f} → {t['on']['cpu_seconds_per_set']:.3f} s){order} |")
+mem=d.get('memory')
+if mem:
+    runs='; '.join(f"{r['sets']:,} sets: {r['rss_after_cold_start_mib']:.0f} MiB after the cold start, {r['rss_after_churn_mib']:.0f} MiB after {r['churn_updates']} updates" for r in mem['runs'])
+    print(f"| memory per set held (1 replica) | {runs}; {mem['slope_mib_per_1000_sets']:.2f} MiB per 1,000 sets over {mem['base_mib']:.0f} MiB ({mem['slope_after_churn_mib_per_1000_sets']:.2f} over {mem['base_after_churn_mib']:.0f} after {mem['churn_seconds']} s of churn at {mem['churn_rate_per_second']:.0f}/s) |")
 print()
 print("| bar | wanted | measured | |\n|---|---|---|---|")
 for b in d['bars']:

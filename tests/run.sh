@@ -33,7 +33,7 @@ if [ "$status" -eq 0 ]; then
   cargo run --locked --quiet --bin vecodex-loadtest -- \
     --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
     --churn-rate 5 --churn-sweep 2 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
-    --scale-out-replicas 1,2 --plain-concurrency 16,64 \
+    --scale-out-replicas 1,2 --plain-concurrency 16,64 --memory-sets 30,60 --memory-churn-seconds 3 \
     --out target/loadtest-smoke \
     || status=$?
 fi

@@ -183,24 +183,35 @@ async fn a_new_shard_scheme_serves_only_once_the_old_replicas_are_gone() {
         .converge(&client, "after the upgrade", Duration::from_secs(90))
         .await;
 
-    // 4. Every child carries its namespace's shard under the new scheme.
+    // 4. Every child carries its namespace's shard under the new scheme. A set whose
+    //    status already reports its generation (an old replica applied and reported it before
+    //    the hand-over) is relabelled by the new holder's takeover sweep, at low priority,
+    //    after the fleet reads as converged: the labels are waited for, not read once.
     let deployments: Api<Deployment> = Api::all(client.clone());
-    for d in deployments
-        .list(&ListParams::default().labels(&managed_selector()))
-        .await
-        .unwrap()
-    {
-        let ns = d.namespace().unwrap_or_default();
-        if !ns.starts_with("team-") {
-            continue;
-        }
-        assert_eq!(
-            d.labels().get(LABEL_SHARD),
-            Some(&shard_of(&ns, SHARDS).to_string()),
-            "{ns}/{} relabelled for the new scheme",
-            d.name_any()
-        );
+    let stale = || async {
+        deployments
+            .list(&ListParams::default().labels(&managed_selector()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| {
+                let ns = d.namespace().unwrap_or_default();
+                ns.starts_with("team-")
+                    && d.labels().get(LABEL_SHARD) != Some(&shard_of(&ns, SHARDS).to_string())
+            })
+            .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
+            .collect::<Vec<String>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left = stale().await;
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        left = stale().await;
     }
+    assert!(
+        left.is_empty(),
+        "children not relabelled for the new scheme 60 s after the fleet converged: {left:?}"
+    );
 
     // 5. The audit log: every child and status write came from the replica holding its
     //    namespace's shard under that replica's own scheme, by the Lease writes of the same
