@@ -314,12 +314,12 @@ pub async fn operator_events(client: &Client) -> anyhow::Result<i64> {
         .sum())
 }
 
-/// Resident memory (bytes, `VmRSS`) of a process now, from /proc.
-pub fn proc_rss(pid: u32) -> Option<u64> {
+/// A `kB` field of a process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -327,20 +327,18 @@ pub fn proc_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Resident memory (bytes, `VmRSS`) of a process now, from /proc.
+pub fn proc_rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
 /// Peak RSS (bytes) and CPU seconds of a process, from /proc.
 pub fn proc_stats(pid: u32) -> Option<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let hwm = status_bytes(pid, "VmHWM")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((hwm_kib * 1024, ticks / 100.0))
+    Some((hwm, ticks / 100.0))
 }
 
 /// Where traces go, for the tracing-cost scenario.

@@ -2,6 +2,7 @@
 //! compares every set's children and status with what its spec demands.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub struct Fleet {
     /// Sets deleted on purpose (or with their namespace): churn leaves them alone and the
     /// checker expects them and their children to be gone.
     pub removed: Arc<Mutex<HashSet<usize>>>,
+    /// Updates sent so far, over every churn of the fleet: a churn goes on with the
+    /// sequence instead of starting it again, so each update changes its set's spec (one
+    /// that repeated an earlier churn's would write nothing and reconcile nothing).
+    pub sent: Arc<AtomicUsize>,
 }
 
 impl Fleet {
@@ -38,6 +43,7 @@ impl Fleet {
             count,
             desired: Arc::default(),
             removed: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
@@ -91,18 +97,20 @@ impl Fleet {
     ) -> tokio::task::JoinHandle<usize> {
         let desired = self.desired.clone();
         let removed = self.removed.clone();
+        let sent = self.sent.clone();
         let places: Vec<(String, String)> = (0..self.count).map(|i| self.place(i)).collect();
         let pause = Duration::from_millis(1000 / u64::from(per_second.max(1)));
         tokio::spawn(async move {
             let mut applied = 0;
-            let mut n: usize = 0;
             while !stop.is_cancelled() {
-                n += 1;
+                let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
                 let i = (n * 7919) % places.len();
                 if removed.lock().unwrap().contains(&i) {
                     continue;
                 }
-                let replicas = (n % 4 + 1) as i64;
+                // Updates go round the sets (7919 is a prime larger than any fleet), each round
+                // with the next value, so every update changes its set's spec.
+                let replicas = ((n - 1) / places.len() % 4 + 1) as i64;
                 let (ns, name) = &places[i];
                 let api = sets(&client, ns);
                 let patch = Patch::Merge(json!({"spec": {"searcher": {"replicas": replicas}}}));
