@@ -95,6 +95,17 @@ impl Fleet {
         per_second: u32,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<usize> {
+        self.churn_sparing(client, per_second, stop, HashSet::new())
+    }
+
+    /// [`Fleet::churn`], leaving the sets `spared` alone.
+    pub fn churn_sparing(
+        &self,
+        client: Client,
+        per_second: u32,
+        stop: CancellationToken,
+        spared: HashSet<usize>,
+    ) -> tokio::task::JoinHandle<usize> {
         let desired = self.desired.clone();
         let removed = self.removed.clone();
         let sent = self.sent.clone();
@@ -105,7 +116,7 @@ impl Fleet {
             while !stop.is_cancelled() {
                 let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
                 let i = (n * 7919) % places.len();
-                if removed.lock().unwrap().contains(&i) {
+                if removed.lock().unwrap().contains(&i) || spared.contains(&i) {
                     continue;
                 }
                 // Updates go round the sets (7919 is a prime larger than any fleet), each round
