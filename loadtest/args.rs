@@ -32,6 +32,11 @@ pub struct Args {
     /// Spec updates per second in the churn and failover scenarios.
     #[arg(long, default_value_t = 50.0)]
     pub churn_rate: f64,
+    /// Trials of the headline figures (the cold start's ratio to the limit, churn p99 at
+    /// --churn-rate): the main run, then each further trial as described in `Repeats`; the
+    /// bars judge the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trials: u32,
     /// How long the churn scenario runs.
     #[arg(long, default_value_t = 30)]
     pub churn_seconds: u64,
@@ -48,6 +53,9 @@ pub struct Args {
     /// How long the idle scenario measures.
     #[arg(long, default_value_t = 60)]
     pub idle_seconds: u64,
+    /// Whether the replicas keep warm standby caches (`--warm-standby`).
+    #[arg(long, default_value_t = vecodex_operator::shard::ShardConfig::default().warm_standby, action = clap::ArgAction::Set)]
+    pub warm_standby: bool,
     /// The replicas' shard Lease duration (renew deadline 2/3 of it, retry period 1/7).
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
@@ -147,6 +155,7 @@ impl Args {
             shards: self.shards,
             concurrency: self.concurrency,
             lease_seconds: self.lease_seconds,
+            warm_standby: self.warm_standby,
             otlp,
         }
     }

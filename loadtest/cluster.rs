@@ -355,6 +355,7 @@ pub struct ReplicaOptions<'a> {
     pub shards: u32,
     pub concurrency: usize,
     pub lease_seconds: u64,
+    pub warm_standby: bool,
     pub otlp: Option<&'a Otlp>,
 }
 
@@ -373,6 +374,7 @@ impl Replica {
         ))
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--concurrency", &opts.concurrency.to_string()])
+        .arg(format!("--warm-standby={}", opts.warm_standby))
         .args([
             "--log-level",
             &std::env::var("VECODEX_LOADTEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),

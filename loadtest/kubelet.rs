@@ -3,9 +3,6 @@
 //! (Ready, replicas per component) is exercised as on a real cluster. It handles every
 //! Deployment, the plain client's too, so both sides of the limit comparison pay for it.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
@@ -13,6 +10,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
+
+use crate::work_loop::WorkLoop;
 
 /// Concurrent status patches: a kubelet per node reports on its own; this is a small fleet.
 const WORKERS: usize = 4;
@@ -41,65 +40,40 @@ fn wanted(d: &Deployment) -> Option<Wanted> {
 pub fn start(client: Client) -> JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<Deployment> = Api::all(client.clone());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Wanted>();
-        // A Deployment already waiting for a patch is not queued twice; the patch carries
-        // what the latest event said when it was queued, and any later change queues again.
-        let queued: Arc<Mutex<HashSet<Wanted>>> = Arc::default();
-        let patcher = {
-            let queued = queued.clone();
-            tokio::spawn(
-                tokio_stream_from(rx)
-                    .map(move |(ns, name, generation, replicas)| {
-                        let client = client.clone();
-                        let queued = queued.clone();
-                        async move {
-                            let now = jiff::Timestamp::now()
-                                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                                .to_string();
-                            let condition = |type_: &str, reason: &str| {
-                                json!({"type": type_, "status": "True", "reason": reason,
-                                       "message": "simulated by vecodex-loadtest",
-                                       "lastUpdateTime": now, "lastTransitionTime": now})
-                            };
-                            let patch = json!({"status": {
-                                "observedGeneration": generation,
-                                "replicas": replicas, "updatedReplicas": replicas,
-                                "readyReplicas": replicas, "availableReplicas": replicas,
-                                "conditions": [condition("Available", "MinimumReplicasAvailable"),
-                                               condition("Progressing", "NewReplicaSetAvailable")],
-                            }});
-                            let api: Api<Deployment> = Api::namespaced(client, &ns);
-                            let _ = api
-                                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                                .await;
-                            queued
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .remove(&(ns, name, generation, replicas));
-                        }
-                    })
-                    .buffer_unordered(WORKERS)
-                    .for_each(|()| async {}),
-            )
-        };
+        // The patch carries what the latest event said when it was queued.
+        let patcher = WorkLoop::start(WORKERS, move |(ns, name, generation, replicas): Wanted| {
+            let client = client.clone();
+            async move {
+                let now = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                let condition = |type_: &str, reason: &str| {
+                    json!({"type": type_, "status": "True", "reason": reason,
+                           "message": "simulated by vecodex-loadtest",
+                           "lastUpdateTime": now, "lastTransitionTime": now})
+                };
+                let patch = json!({"status": {
+                    "observedGeneration": generation,
+                    "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas,
+                    "conditions": [condition("Available", "MinimumReplicasAvailable"),
+                                   condition("Progressing", "NewReplicaSetAvailable")],
+                }});
+                let api: Api<Deployment> = Api::namespaced(client, &ns);
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        });
+        let tx = patcher.sender();
         let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
         while let Some(event) = events.next().await {
             if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = event
                 && let Some(w) = wanted(&d)
-                && queued
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(w.clone())
+                && patcher.claim(&w)
             {
                 let _ = tx.send(w);
             }
         }
-        patcher.abort();
     })
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

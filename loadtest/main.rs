@@ -23,6 +23,7 @@ mod scenarios;
 mod shared;
 mod shares;
 mod track;
+mod work_loop;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,13 +34,16 @@ use churn::{Churner, churn_limit, flood, latency_summary, settle};
 use clap::Parser;
 use cluster::{LocalCluster, Replica};
 use collector::start_collector;
-use machine::{CpuMark, machine};
+use machine::machine;
 use plain::limit;
 use report::{bars, summary};
-use results::{Idle, Limit, Parameters, Pooled, Results, ScaleOut, ScaleRun, Tracing, one_line};
+use results::{
+    Idle, Limit, Parameters, Pooled, Repeats, Results, ScaleOut, ScaleRun, Tracing, Trials,
+    one_line,
+};
 use scenarios::{
-    Placement, cold_start, default_failover_rate, failover, fresh_cold_start, start_replicas,
-    stop_replicas, write_total,
+    Before, Placement, cold_start, default_failover_rate, failover, fresh_cold_start,
+    start_replicas, stop_replicas, write_total,
 };
 use tokio_util::sync::CancellationToken;
 use track::Tracker;
@@ -67,6 +71,21 @@ async fn main() -> anyhow::Result<()> {
         curve,
         latencies,
     } = outcome?;
+
+    // Further cold-start trials: a limit run at the best concurrency and an operator cold
+    // start, each on a control plane of its own.
+    for k in 2..=args.trials {
+        let concurrency = results.limit.best.concurrency;
+        let trial_limit = plain::limit_once(&args, &spec, concurrency).await?;
+        let label = format!("trial-{k}");
+        let (cold, _) =
+            fresh_cold_start(&args, &spec, &label, args.replicas, args.sets, None).await?;
+        eprintln!(
+            "loadtest: {label}: limit {:.1} sets/s, cold start {:.1} sets/s",
+            trial_limit.sets_per_second, cold.sets_per_second
+        );
+        results.trials.add_cold_start(trial_limit, cold);
+    }
 
     let mut curves = vec![(
         format!("{} replicas (main)", args.replicas),
@@ -181,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         .churn
         .iter()
         .chain(&results.churn_limit.operator)
+        .chain(&results.trials.churn_runs)
         .map(|r| {
             (
                 format!("churn limit at {}/s", r.rate_per_second),
@@ -231,25 +251,21 @@ async fn main_cluster(
     cluster::create_set(&client, "flood", "flooded", spec.clone()).await?;
     let waited = cluster.wait_quiet(Duration::from_secs(300)).await;
     eprintln!("loadtest: control plane quiet after {waited:?}");
-    let requests_before = cluster::requests(&client).await?;
     let opts = args.replica_options(&kubeconfig, None);
-    let cpu_before = cluster.cpu_seconds();
-    let busy_before = CpuMark::now();
+    let before = Before::read(cluster, &client).await?;
     let mut replicas = start_replicas(args.replicas, &opts, &cluster.dir, "main")?;
     let started = Instant::now();
     let stop_flood = CancellationToken::new();
     let flooder = flood(client.clone(), tracker.clone(), stop_flood.clone());
     let cold = cold_start(
         cluster,
-        &cpu_before,
-        &busy_before,
+        &before,
         &client,
         &tracker,
         &replicas,
         args.sets,
         &Placement::of(args, args.namespaces),
         started,
-        &requests_before,
         args.timeout(),
     )
     .await;
@@ -279,6 +295,23 @@ async fn main_cluster(
         )
         .await;
     let churn = operator_churn.last().cloned().unwrap_or_default();
+    // Further trials of the churn at the bar's rate.
+    let mut churn_trials = Vec::new();
+    for k in 2..=args.trials {
+        let prefix = format!("churn-trial-{k}");
+        let runs = churner
+            .sweep(
+                cluster,
+                &client,
+                &tracker,
+                args,
+                &[args.churn_rate],
+                &prefix,
+                &replicas,
+            )
+            .await;
+        churn_trials.extend(runs);
+    }
     let churn_limit = churn_limit(&operator_churn, &limit.churn);
     let failover_rate = args
         .failover_churn_rate
@@ -349,6 +382,25 @@ async fn main_cluster(
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let trials = Repeats {
+        trials: args.trials as usize,
+        converge_to_limit_ratio: Trials::of(vec![ratio]),
+        churn_p99_seconds: Trials::of(
+            std::iter::once(&churn)
+                .chain(&churn_trials)
+                .map(|r| r.latency.p99_seconds)
+                .collect(),
+        ),
+        status_observed_p99_seconds: Trials::of(
+            std::iter::once(&churn)
+                .chain(&churn_trials)
+                .map(|r| r.latency.status_observed.p99_seconds)
+                .collect(),
+        ),
+        limit_runs: Vec::new(),
+        cold_starts: Vec::new(),
+        churn_runs: churn_trials,
+    };
     let results = Results {
         date: jiff::Timestamp::now().to_string(),
         machine: machine(),
@@ -371,6 +423,8 @@ async fn main_cluster(
             failover_churn_rate: failover_rate,
             idle_seconds: args.idle_seconds,
             lease_seconds: args.lease_seconds,
+            trials: args.trials as usize,
+            warm_standby: args.warm_standby,
             scale_sets: args.scale_sets.unwrap_or(args.sets),
             scale_out_replicas: args.scale_out_replicas.clone(),
             sampling_ratio: args.sampling_ratio,
@@ -397,6 +451,7 @@ async fn main_cluster(
         scale_out: None,
         tracing: None,
         memory: None,
+        trials,
         bars: Vec::new(),
     };
     Ok(MainRun {

@@ -9,69 +9,61 @@ use vecodex_operator::crd::VecodexSetSpec;
 
 use crate::args::Args;
 use crate::churn::{Churner, settle};
-use crate::cluster::{is_tenant, proc_rss};
+use crate::cluster::{Replica, is_tenant, proc_rss};
 use crate::results::{Memory, MemoryRun, one_line};
-use crate::scenarios::{Fresh, on_fresh_control_plane, start_replicas, stop_replicas};
+use crate::scenarios::{Before, Fresh, fresh_namespaces, with_fresh_replicas};
 
 const MIB: f64 = 1048576.0;
 
 pub(crate) async fn memory(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<Memory> {
     let mut runs = Vec::new();
     for &sets in &args.memory_sets {
-        // The sets' namespaces in the main run's proportion, so the churner finds them.
-        let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
         let sized = Args {
             sets,
-            namespaces,
+            namespaces: fresh_namespaces(args, sets),
             ..args.clone()
         };
-        eprintln!("loadtest: memory: fresh control plane, {sets} sets, 1 replica");
-        let run =
-            on_fresh_control_plane(args, spec, sets, namespaces, async |fresh: &Fresh<'_>| {
+        let run = with_fresh_replicas(
+            args,
+            spec,
+            "memory",
+            1,
+            sets,
+            None,
+            async |fresh: &Fresh<'_>, running: &[Replica], _: &Before, _| {
                 let Fresh {
-                    cluster,
-                    client,
-                    tracker,
+                    client, tracker, ..
                 } = fresh;
-                cluster.wait_quiet(Duration::from_secs(120)).await;
-                let kubeconfig = cluster.kubeconfig();
-                let opts = args.replica_options(&kubeconfig, None);
-                let mut running = start_replicas(1, &opts, &cluster.dir, "memory")?;
-                let result = async {
-                    tracker
-                        .wait_converged(sets, is_tenant, args.timeout())
-                        .await?;
-                    let rss =
-                        || proc_rss(running[0].child.id()).map_or(f64::NAN, |b| b as f64 / MIB);
-                    let after_cold_start = rss();
-                    let scenario = format!("memory-{sets}");
-                    let sent = Churner::default()
-                        .run(
-                            client,
-                            tracker,
-                            &sized,
-                            args.memory_churn_rate,
-                            &scenario,
-                            args.memory_churn_seconds as f64,
-                        )
-                        .await;
-                    let lost = settle(tracker, &scenario, Duration::from_secs(60)).await;
-                    if !lost.is_empty() {
-                        anyhow::bail!("memory: {} updates of {sets} sets not applied", lost.len());
-                    }
-                    anyhow::Ok(MemoryRun {
-                        sets,
-                        rss_after_cold_start_mib: after_cold_start,
-                        rss_after_churn_mib: rss(),
-                        peak_rss_mib: running[0].stats().peak_rss_mib,
-                        churn_updates: sent,
-                    })
+                tracker
+                    .wait_converged(sets, is_tenant, args.timeout())
+                    .await?;
+                let rss = || proc_rss(running[0].child.id()).map_or(f64::NAN, |b| b as f64 / MIB);
+                let after_cold_start = rss();
+                let scenario = format!("memory-{sets}");
+                let sent = Churner::default()
+                    .run(
+                        client,
+                        tracker,
+                        &sized,
+                        args.memory_churn_rate,
+                        &scenario,
+                        args.memory_churn_seconds as f64,
+                    )
+                    .await;
+                let lost = settle(tracker, &scenario, Duration::from_secs(60)).await;
+                if !lost.is_empty() {
+                    anyhow::bail!("memory: {} updates of {sets} sets not applied", lost.len());
                 }
-                .await;
-                stop_replicas(&mut running);
-                result
-            })
-            .await?;
+                Ok(MemoryRun {
+                    sets,
+                    rss_after_cold_start_mib: after_cold_start,
+                    rss_after_churn_mib: rss(),
+                    peak_rss_mib: running[0].stats().peak_rss_mib,
+                    churn_updates: sent,
+                })
+            },
+        )
+        .await?;
         eprintln!("loadtest: memory: {}", one_line(&run));
         runs.push(run);
     }

@@ -4,9 +4,8 @@
 //! a Deployment's status: kube-controller-manager's ReplicaSet and deployment controllers
 //! compute it from these pods, as on a real cluster.
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,6 +16,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
+
+use crate::work_loop::WorkLoop;
 
 /// The fake Nodes' names: `{NODE_PREFIX}{i}`.
 const NODE_PREFIX: &str = "vecodex-sim-node-";
@@ -136,43 +137,21 @@ fn work(pod: &Pod) -> Option<Work> {
 }
 
 async fn pods(client: Client, nodes: Vec<String>, ready_after: Duration) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Work>();
-    // A pod already waiting for its work is not queued twice.
-    let queued: Arc<Mutex<HashSet<Work>>> = Arc::default();
     let next_node = Arc::new(AtomicUsize::new(0));
     let worker = {
-        let queued = queued.clone();
         let client = client.clone();
-        tokio::spawn(
-            futures::stream::poll_fn({
-                let mut rx = rx;
-                move |cx| rx.poll_recv(cx)
-            })
-            .map(move |w: Work| {
-                let (client, queued, nodes, next_node) = (
-                    client.clone(),
-                    queued.clone(),
-                    nodes.clone(),
-                    next_node.clone(),
-                );
-                async move {
-                    do_work(&client, &w, &nodes, &next_node).await;
-                    queued.lock().unwrap_or_else(|e| e.into_inner()).remove(&w);
-                }
-            })
-            .buffer_unordered(WORKERS)
-            .for_each(|()| async {}),
-        )
+        WorkLoop::start(WORKERS, move |w: Work| {
+            let (client, nodes, next_node) = (client.clone(), nodes.clone(), next_node.clone());
+            async move { do_work(&client, &w, &nodes, &next_node).await }
+        })
     };
+    let tx = worker.sender();
     let api: Api<Pod> = Api::all(client);
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
     while let Some(event) = events.next().await {
         if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = event
             && let Some(w) = work(&p)
-            && queued
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(w.clone())
+            && worker.claim(&w)
         {
             if matches!(w, Work::MarkReady(..)) {
                 // Its containers start: Ready after the delay, without holding a worker.
@@ -186,7 +165,6 @@ async fn pods(client: Client, nodes: Vec<String>, ready_after: Duration) {
             }
         }
     }
-    worker.abort();
 }
 
 async fn do_work(client: &Client, work: &Work, nodes: &[String], next_node: &AtomicUsize) {

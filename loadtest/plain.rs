@@ -55,6 +55,15 @@ pub(crate) async fn limit(args: &Args, spec: &VecodexSetSpec) -> anyhow::Result<
     })
 }
 
+/// One more run of the limit at `concurrency` sets in flight, on a control plane of its own.
+pub(crate) async fn limit_once(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    concurrency: usize,
+) -> anyhow::Result<LimitRun> {
+    Ok(limit_at(args, spec, concurrency, false).await?.0)
+}
+
 /// One run of the limit at `concurrency` sets in flight, and the plain client's churn sweep
 /// after it when `with_churn`.
 async fn limit_at(

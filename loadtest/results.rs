@@ -41,6 +41,8 @@ pub struct Results {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
     pub memory: Option<Memory>,
+    /// The headline figures over `--trials` trials, the main run's first.
+    pub trials: Repeats,
     pub bars: Vec<Bar>,
 }
 
@@ -67,6 +69,8 @@ pub struct Parameters {
     pub failover_churn_rate: f64,
     pub idle_seconds: u64,
     pub lease_seconds: u64,
+    pub trials: usize,
+    pub warm_standby: bool,
     pub scale_sets: usize,
     pub scale_out_replicas: Vec<usize>,
     pub sampling_ratio: f64,
@@ -368,6 +372,65 @@ pub struct Tracing {
     pub on: Pooled,
 }
 
+/// One figure over several trials; the median is the one the bars judge.
+#[derive(Clone, Serialize)]
+pub struct Trials {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Each trial's value, in the order run.
+    pub values: Vec<f64>,
+}
+
+impl Trials {
+    /// The median (of the middle two for an even count), min and max of `values`.
+    pub fn of(values: Vec<f64>) -> Trials {
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Trials {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+            values,
+        }
+    }
+}
+
+/// The headline figures repeated: the main run is the first trial. Each further cold-start
+/// trial is a limit run at the best concurrency and an operator cold start, each on a
+/// control plane of its own; each further churn trial is one more run at `--churn-rate` on
+/// the main control plane.
+#[derive(Serialize)]
+pub struct Repeats {
+    pub trials: usize,
+    pub converge_to_limit_ratio: Trials,
+    /// Churn at `--churn-rate`: p99 from the PATCH to the child Deployment's new spec.
+    pub churn_p99_seconds: Trials,
+    /// Churn at `--churn-rate`: p99 from the PATCH to the set's observedGeneration.
+    pub status_observed_p99_seconds: Trials,
+    /// The further trials' runs.
+    pub limit_runs: Vec<LimitRun>,
+    pub cold_starts: Vec<ColdStart>,
+    pub churn_runs: Vec<ChurnRun>,
+}
+
+impl Repeats {
+    /// One more cold-start trial: its own limit run and operator cold start.
+    pub fn add_cold_start(&mut self, limit: LimitRun, cold: ColdStart) {
+        let mut values = std::mem::take(&mut self.converge_to_limit_ratio.values);
+        values.push(cold.sets_per_second / limit.sets_per_second);
+        self.converge_to_limit_ratio = Trials::of(values);
+        self.limit_runs.push(limit);
+        self.cold_starts.push(cold);
+    }
+}
+
 /// Cold starts of one configuration taken together: sets per second over their summed
 /// time, CPU per set over their summed sets, and each run as it was.
 #[derive(Serialize)]
@@ -432,4 +495,18 @@ pub struct MemoryRun {
     /// `VmHWM` at the end.
     pub peak_rss_mib: f64,
     pub churn_updates: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trials;
+
+    #[test]
+    fn trials_judge_the_median_and_keep_every_value() {
+        let t = Trials::of(vec![0.9, 0.7, 1.2]);
+        assert_eq!((t.median, t.min, t.max), (0.9, 0.7, 1.2));
+        assert_eq!(t.values, vec![0.9, 0.7, 1.2]);
+        assert_eq!(Trials::of(vec![2.0, 1.0]).median, 1.5);
+        assert!(Trials::of(Vec::new()).median.is_nan());
+    }
 }

@@ -86,23 +86,43 @@ impl Placement {
     }
 }
 
+/// What a cold start measures from, read just before its replicas start.
+pub(crate) struct Before {
+    pub cpu: ControlPlaneCpu,
+    pub busy: CpuMark,
+    pub requests: std::collections::BTreeMap<String, f64>,
+}
+
+impl Before {
+    pub async fn read(cluster: &LocalCluster, client: &Client) -> anyhow::Result<Before> {
+        Ok(Before {
+            requests: cluster::requests(client).await?,
+            cpu: cluster.cpu_seconds(),
+            busy: CpuMark::now(),
+        })
+    }
+}
+
 /// A cold start: `replicas` start over `sets` existing sets; figures until all converged.
 /// Besides wall-clock time it reports the CPU seconds per set that the control plane and the
 /// operator spent, which other work on a shared machine does not distort.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn cold_start(
     cluster: &LocalCluster,
-    cpu_before: &ControlPlaneCpu,
-    busy_before: &CpuMark,
+    before: &Before,
     client: &Client,
     tracker: &Tracker,
     replicas: &[Replica],
     sets: usize,
     placement: &Placement,
     started: Instant,
-    requests_before: &std::collections::BTreeMap<String, f64>,
     timeout: Duration,
 ) -> anyhow::Result<(ColdStart, Vec<(f64, usize)>)> {
+    let Before {
+        cpu: cpu_before,
+        busy: busy_before,
+        requests: requests_before,
+    } = before;
     let started_to_wait = started.elapsed().as_secs_f64();
     let curve = tracker.wait_converged(sets, is_tenant, timeout).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -343,6 +363,38 @@ pub(crate) async fn on_fresh_control_plane<T>(
     result
 }
 
+/// On a fresh control plane with `sets` sets (their namespaces in the main run's
+/// proportion), once it is quiet: starts `replicas` replicas labelled `label`, runs `run` with
+/// them, what was read just before they started and when they did, and stops them.
+pub(crate) async fn with_fresh_replicas<T>(
+    args: &Args,
+    spec: &VecodexSetSpec,
+    label: &str,
+    replicas: usize,
+    sets: usize,
+    otlp: Option<&Otlp>,
+    run: impl AsyncFnOnce(&Fresh<'_>, &[Replica], &Before, Instant) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let namespaces = fresh_namespaces(args, sets);
+    eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
+    on_fresh_control_plane(args, spec, sets, namespaces, async |fresh: &Fresh<'_>| {
+        fresh.cluster.wait_quiet(Duration::from_secs(120)).await;
+        let before = Before::read(fresh.cluster, &fresh.client).await?;
+        let kubeconfig = fresh.cluster.kubeconfig();
+        let opts = args.replica_options(&kubeconfig, otlp);
+        let mut running = start_replicas(replicas, &opts, &fresh.cluster.dir, label)?;
+        let result = run(fresh, &running, &before, Instant::now()).await;
+        stop_replicas(&mut running);
+        result
+    })
+    .await
+}
+
+/// The namespaces of a fresh control plane's `sets` sets: the main run's proportion.
+pub(crate) fn fresh_namespaces(args: &Args, sets: usize) -> usize {
+    (args.namespaces * sets / args.sets.max(1)).max(1)
+}
+
 /// A cold start of `replicas` replicas against `sets` sets on a fresh control plane.
 pub(crate) async fn fresh_cold_start(
     args: &Args,
@@ -352,38 +404,28 @@ pub(crate) async fn fresh_cold_start(
     sets: usize,
     otlp: Option<&Otlp>,
 ) -> anyhow::Result<(ColdStart, Vec<(f64, usize)>)> {
-    let namespaces = (args.namespaces * sets / args.sets.max(1)).max(1);
-    eprintln!("loadtest: {label}: fresh control plane, {sets} sets, {replicas} replicas");
-    on_fresh_control_plane(args, spec, sets, namespaces, async |fresh: &Fresh<'_>| {
-        let Fresh {
-            cluster,
-            client,
-            tracker,
-        } = fresh;
-        cluster.wait_quiet(Duration::from_secs(120)).await;
-        let requests_before = cluster::requests(client).await?;
-        let kubeconfig = cluster.kubeconfig();
-        let opts = args.replica_options(&kubeconfig, otlp);
-        let cpu_before = cluster.cpu_seconds();
-        let busy_before = CpuMark::now();
-        let mut running = start_replicas(replicas, &opts, &cluster.dir, label)?;
-        let started = Instant::now();
-        let result = cold_start(
-            cluster,
-            &cpu_before,
-            &busy_before,
-            client,
-            tracker,
-            &running,
-            sets,
-            &Placement::of(args, namespaces),
-            started,
-            &requests_before,
-            args.timeout(),
-        )
-        .await;
-        stop_replicas(&mut running);
-        result
-    })
+    let placement = Placement::of(args, fresh_namespaces(args, sets));
+    with_fresh_replicas(
+        args,
+        spec,
+        label,
+        replicas,
+        sets,
+        otlp,
+        async |fresh: &Fresh<'_>, running: &[Replica], before: &Before, started: Instant| {
+            cold_start(
+                fresh.cluster,
+                before,
+                &fresh.client,
+                &fresh.tracker,
+                running,
+                sets,
+                &placement,
+                started,
+                args.timeout(),
+            )
+            .await
+        },
+    )
     .await
 }

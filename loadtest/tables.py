@@ -7,7 +7,13 @@ def lat(x, extra=''):
     return f"{x['updates']} updates: p50 {x['p50_seconds']:.3f} s, p95 {x['p95_seconds']:.3f} s, p99 {x['p99_seconds']:.3f} s, max {x['max_seconds']:.3f} s; {len(x['not_applied'])} not applied{extra}"
 date=d['date'][:19].replace('T',' ')
 m=d['machine']
-print(f"Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s; scale-out with {p['sets']:,} sets and {', '.join(str(x) for x in p.get('scale_out_replicas', []))} replicas, tracing cost with {p['scale_sets']:,} sets. Full figures: [`results/latest.json`](results/latest.json).")
+import os
+# The results file, as linked from loadtest/README.md.
+link=os.path.relpath(os.path.abspath(sys.argv[1]), os.path.join(os.path.dirname(os.path.abspath(__file__))))
+profile=p.get('profile', 'lean')
+fresh='' if 'scale_out' not in d else f"; scale-out with {p['sets']:,} sets and {', '.join(str(x) for x in p.get('scale_out_replicas', []))} replicas, tracing cost with {p['scale_sets']:,} sets"
+standby='' if p.get('warm_standby', True) else ', warm standby off'
+print(f"**{profile} profile.** Run of {date} UTC on {m['cores']} cores ({m['cpu']}, {m['memory_gib']} GiB), commit `{d['commit']}`, {d['build']} build: {p['sets']:,} sets over {p['namespaces']:,} namespaces, {p['replicas']} replicas, {p['shards']} shards, concurrency {p['concurrency']}, Lease {p['lease_seconds']} s{standby}{fresh}. Full figures: [`{link}`]({link}).")
 print()
 print("| scenario | figures |\n|---|---|")
 def busy(x):
@@ -79,6 +85,11 @@ if t:
     runs=lambda side: ', '.join('%.1f' % r['sets_per_second'] for r in t[side].get('runs', []))
     order='' if 'runs' not in t['off'] else f"; runs in the order off {runs('off').split(', ')[0]}, on {runs('on')}, off {runs('off').split(', ')[-1]} sets/s"
     print(f"| tracing cost | off {t['off']['sets_per_second']:.1f} sets/s, sampling {t['sampling_ratio']} {t['on']['sets_per_second']:.1f} sets/s: cost {t['cost']*100:.1f} % (CPU per set {t['off']['cpu_seconds_per_set']:.3f} → {t['on']['cpu_seconds_per_set']:.3f} s){order} |")
+tr=d.get('trials')
+if tr:
+    def trial(x, unit=''):
+        return f"median {x['median']:.3f}{unit} (min {x['min']:.3f}, max {x['max']:.3f}{unit}; " + ', '.join('%.3f' % v for v in x['values']) + ")"
+    print(f"| {tr['trials']} trials | cold start / limit {trial(tr['converge_to_limit_ratio'])}; churn p99 at {p['churn_rate']:.0f}/s {trial(tr['churn_p99_seconds'], ' s')}; observedGeneration p99 {trial(tr['status_observed_p99_seconds'], ' s')} |")
 mem=d.get('memory')
 if mem:
     runs='; '.join(f"{r['sets']:,} sets: {r['rss_after_cold_start_mib']:.0f} MiB after the cold start, {r['rss_after_churn_mib']:.0f} MiB after {r['churn_updates']} updates" for r in mem['runs'])

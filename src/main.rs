@@ -145,6 +145,10 @@ struct RunArgs {
     /// How often Leases are read, renewed and acquired.
     #[arg(long, default_value_t = Dur(ShardConfig::default().retry_period), env = "VECODEX_RETRY_PERIOD")]
     retry_period: Dur,
+    /// Cache the children of the shards a failure would bring this replica, so that a
+    /// takeover lists nothing (false: hold only the own shards' children, less memory).
+    #[arg(long, default_value_t = ShardConfig::default().warm_standby, env = "VECODEX_WARM_STANDBY", action = clap::ArgAction::Set)]
+    warm_standby: bool,
     /// A reconcile running longer than this is cancelled and retried with backoff.
     #[arg(long, default_value_t = Dur(Config::default().reconcile_timeout), env = "VECODEX_RECONCILE_TIMEOUT")]
     reconcile_timeout: Dur,
@@ -375,6 +379,7 @@ async fn run(args: RunArgs, metrics: Metrics) -> anyhow::Result<()> {
             lease_duration,
             renew_deadline,
             retry_period,
+            warm_standby: args.warm_standby,
         },
         instance: args.instance,
         reconcile_timeout: args.reconcile_timeout.0,

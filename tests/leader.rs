@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    LEASE_DURATION_S, Replica, client, failover_bound, seed_example, shard_holders, wait_for,
+    LEASE_DURATION_S, Replica, ReplicaOptions, client, failover_bound, seed_example, shard_holders,
+    wait_for,
 };
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -121,8 +122,13 @@ async fn one_shard_is_classic_leader_election() {
     )
     .await
     .unwrap();
-    let a = Replica::start("leader-a", "solo", 1);
-    let b = Replica::start("leader-b", "solo", 1);
+    // Warm standby off: the standby caches no child, and its takeover lists the shard.
+    let cold = ReplicaOptions {
+        extra_args: vec!["--warm-standby=false".to_owned()],
+        ..ReplicaOptions::default()
+    };
+    let a = Replica::start_with("leader-a", "solo", 1, &cold);
+    let b = Replica::start_with("leader-b", "solo", 1, &cold);
     wait_for("a leader", Duration::from_secs(20), || async {
         shard_holders(&client, "solo", 1).await.remove(0)
     })
@@ -155,6 +161,20 @@ async fn one_shard_is_classic_leader_election() {
     // Leader and standby: every write in the audit log came from the holder of the one
     // shard (the standby may have held it first and handed it over), checked at the end.
 
+    // With warm standby on, the standby would cache the shard's children a Lease duration
+    // after the members settled, once the fleet caught up (the set has converged): give it
+    // that long and more, then it must not have.
+    tokio::time::sleep(Duration::from_secs(LEASE_DURATION_S + 4)).await;
+    assert!(
+        !standby
+            .log_text()
+            .contains("every standby shard's children are cached"),
+        "the standby cached the shard's children with --warm-standby=false"
+    );
+
+    // The standby may have held the shard first: its takeover is the line said after the kill.
+    let listed = "queueing its sets shard=0 warm=false";
+    let listed_before = standby.log_text().matches(listed).count();
     leader_replica.signal(libc::SIGKILL);
     let killed = Instant::now();
     let bound = failover_bound(LEASE_DURATION_S);
@@ -171,6 +191,12 @@ async fn one_shard_is_classic_leader_election() {
     let took = killed.elapsed();
     eprintln!("leadership moved {took:?} after kill -9 (bound {bound:?})");
     assert!(took <= bound, "leadership moved after {took:?}");
+    wait_for(
+        "the new leader to list the shard it took over",
+        Duration::from_secs(10),
+        || async { (standby.log_text().matches(listed).count() > listed_before).then_some(()) },
+    )
+    .await;
     sets.patch(
         "one",
         &PatchParams::default(),

@@ -31,9 +31,10 @@ set -e
 if [ "$status" -eq 0 ]; then
   echo "== load-test smoke run (every scenario briefly: 100 sets, 2 replicas), so the tool never rots"
   cargo run --locked --quiet --bin vecodex-loadtest -- \
-    --sets 100 --namespaces 10 --replicas 2 --idle-seconds 10 \
-    --churn-rate 5 --churn-sweep 2 --churn-seconds 10 --lease-seconds 6 --scale-sets 50 \
+    --sets 100 --namespaces 10 --replicas 2 --idle-seconds 5 \
+    --churn-rate 5 --churn-sweep 2 --churn-seconds 5 --lease-seconds 6 --scale-sets 50 \
     --scale-out-replicas 1,2 --plain-concurrency 16,64 --memory-sets 30,60 --memory-churn-seconds 3 \
+    --trials 2 \
     --out target/loadtest-smoke \
     || status=$?
 fi
@@ -42,7 +43,7 @@ if [ "$status" -eq 0 ]; then
   cargo run --locked --quiet --bin vecodex-loadtest -- --profile full \
     --sets 50 --namespaces 5 --replicas 2 --idle-seconds 5 \
     --churn-rate 5 --churn-sweep 2 --churn-seconds 5 --lease-seconds 6 --skip-fresh \
-    --plain-concurrency 16 \
+    --plain-concurrency 16 --trials 1 \
     --out target/loadtest-smoke-full \
     || status=$?
 fi

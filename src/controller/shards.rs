@@ -288,7 +288,8 @@ impl Follower {
                 .standby
                 .iter()
                 .all(|s| self.watches.stores.children_synced(*s));
-            if self.phase != StandbyPhase::Cached && all_listed {
+            // No standby shard (one replica, or warm standby off): nothing to say.
+            if self.phase != StandbyPhase::Cached && all_listed && !self.standby.is_empty() {
                 self.phase = StandbyPhase::Cached;
                 info!(shards = ?self.standby, "every standby shard's children are cached");
             }

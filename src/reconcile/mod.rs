@@ -28,7 +28,7 @@ use crate::validate::{Limits, validate};
 
 use self::apply::{apply_children, describe, roll_back};
 pub use self::status_write::{CONTROLLER_WAIT, STATUS_SETTLE};
-use self::status_write::{StatusWrite, moves_reported_generation, write_status};
+use self::status_write::{Reported, StatusWrite, write_status};
 
 pub struct Context {
     pub writer: Writer,
@@ -112,11 +112,7 @@ impl Refresh {
     fn settle(set: &VecodexSet) -> Self {
         Refresh {
             after: STATUS_SETTLE,
-            first: set
-                .status
-                .as_ref()
-                .and_then(|s| s.observed_generation)
-                .is_none(),
+            first: Reported::of(set) == Reported::Nothing,
         }
     }
 }
@@ -224,12 +220,11 @@ pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
     };
     // With this generation already applied, a change can only put back what someone else
     // changed or deleted: the Event then says "Restored" instead of "Applied".
-    let changed =
-        if set.status.as_ref().and_then(|s| s.observed_generation) == set.metadata.generation {
-            "Restored"
-        } else {
-            "Applied"
-        };
+    let reported = Reported::of(&set);
+    let changed = match reported {
+        Reported::Current => "Restored",
+        Reported::Nothing | Reported::Earlier => "Applied",
+    };
     let mut changes = Vec::new();
     // Deployments this reconcile applied, as the API server returned them: newer than the
     // cache, so the status written next does not need a second reconcile to catch up.
@@ -281,10 +276,11 @@ pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
     // status changes within moments (observedGeneration, updated replicas). A set that has
     // no status yet, or whose status already reports this generation (a restore), gets it
     // once, by a refresh STATUS_SETTLE from now, instead of now and again then: one status
-    // write per new set, which at thousands of sets is a sixth of all writes. A set whose
+    // write per new set, which at thousands of sets is a sixth of all writes.
+    // The refresh writes a new set's first status whether or not the controller reported. A set whose
     // status reports an earlier generation gets the new observedGeneration now (see
     // `write_status`), and Ready with the controller's report.
-    if !moves_reported_generation(&set)
+    if reported != Reported::Earlier
         && changes
             .iter()
             .any(|c| c.verb != "deleted" && c.kind == "Deployment")

@@ -34,13 +34,13 @@ pub(super) enum StatusWrite {
     Written,
     /// The status already says it.
     Unchanged,
-    /// The status would change, but not its reported observedGeneration, and a Deployment
-    /// this replica changed less than [`CONTROLLER_WAIT`] ago has not been seen by its
-    /// controller yet: its report (a status update of the Deployment, which queues the set)
-    /// changes the status again within moments. The status is written once then, instead of
-    /// now and again then: under load the deployment controller reports later than
-    /// [`STATUS_SETTLE`], and an interim write would cost a new set a second status write on
-    /// a control plane at its limit.
+    /// The status would change, but not its reported observedGeneration (a restore of the
+    /// generation already reported), and a Deployment this replica changed less than
+    /// [`CONTROLLER_WAIT`] ago has not been seen by its controller yet: its report (a status
+    /// update of the Deployment, which queues the set) changes the status again within
+    /// moments. The status is written once then, instead of now and again then. A status
+    /// that reports a generation (a new set's first, a spec change's) never waits: a user
+    /// waits on it, and under load the deployment controller reports seconds late.
     AwaitingController,
 }
 
@@ -53,7 +53,7 @@ struct ReplicasOnly {
 /// Patches the status if it differs from the current one, unless (for an applied set whose
 /// reported observedGeneration stays) a Deployment's controller is about to report on our
 /// change of it (see [`StatusWrite::AwaitingController`]). A new observedGeneration is
-/// written at once: a user waits on it for a spec change.
+/// written at once: a user waits on it for a new set or a spec change.
 pub(super) async fn write_status(
     ctx: &Context,
     set: &Arc<VecodexSet>,
@@ -109,7 +109,8 @@ pub(super) async fn write_status(
     let named = deployments
         .iter()
         .map(|(_, name, state)| (name.as_str(), state));
-    if !moves_reported_generation(set) && awaiting_controller(outcome, named, recently_written) {
+    if Reported::of(set).keeps_generation() && awaiting_controller(outcome, named, recently_written)
+    {
         debug!("a Deployment's controller has yet to report on our change; status follows it");
         return Ok(StatusWrite::AwaitingController);
     }
@@ -141,13 +142,32 @@ pub(super) async fn write_status(
     Ok(StatusWrite::Written)
 }
 
-/// Whether applying `set` moves the observedGeneration its status already reports: a user
-/// (`kubectl wait`, a GitOps tool) waits on it for the change.
-pub(super) fn moves_reported_generation(set: &VecodexSet) -> bool {
-    set.status
-        .as_ref()
-        .and_then(|s| s.observed_generation)
-        .is_some_and(|g| Some(g) != set.metadata.generation)
+/// What a set's status reports of the set's generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reported {
+    /// No generation yet: a new set.
+    Nothing,
+    /// The set's generation: applying it can only put back what someone else changed.
+    Current,
+    /// An earlier generation: applying the set moves what a user (`kubectl wait`, a GitOps
+    /// tool) waits on for the change.
+    Earlier,
+}
+
+impl Reported {
+    /// Whether a status written now leaves the reported observedGeneration as it is: only
+    /// such a write waits for a Deployment's controller.
+    pub(super) fn keeps_generation(self) -> bool {
+        self == Reported::Current
+    }
+
+    pub(super) fn of(set: &VecodexSet) -> Reported {
+        match set.status.as_ref().and_then(|s| s.observed_generation) {
+            None => Reported::Nothing,
+            Some(g) if Some(g) == set.metadata.generation => Reported::Current,
+            Some(_) => Reported::Earlier,
+        }
+    }
 }
 
 /// Whether an applied set's status should wait for a Deployment's controller: some
@@ -168,17 +188,18 @@ fn awaiting_controller<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::{awaiting_controller, moves_reported_generation};
+    use super::{Reported, awaiting_controller};
     use crate::crd::{VecodexSet, VecodexSetStatus};
     use crate::status::{DeploymentState, Outcome};
 
     #[test]
-    fn only_a_set_that_reported_an_earlier_generation_gets_it_at_once() {
+    fn a_status_that_reports_a_generation_never_waits_for_the_controller() {
         let yaml = include_str!("../../deploy/samples/vecodexset-example.yaml");
         let mut set: VecodexSet = serde_saphyr::from_str(yaml).expect("the example parses");
         set.metadata.generation = Some(4);
-        assert!(
-            !moves_reported_generation(&set),
+        assert_eq!(
+            Reported::of(&set),
+            Reported::Nothing,
             "a new set gets one status, after it settles"
         );
         let reported = |g| VecodexSetStatus {
@@ -186,14 +207,22 @@ mod tests {
             ..VecodexSetStatus::default()
         };
         set.status = Some(reported(None));
-        assert!(!moves_reported_generation(&set), "nothing reported yet");
+        assert_eq!(
+            Reported::of(&set),
+            Reported::Nothing,
+            "nothing reported yet"
+        );
         set.status = Some(reported(Some(4)));
-        assert!(
-            !moves_reported_generation(&set),
+        assert_eq!(
+            Reported::of(&set),
+            Reported::Current,
             "a restore keeps the generation"
         );
         set.status = Some(reported(Some(3)));
-        assert!(moves_reported_generation(&set), "a spec change");
+        assert_eq!(Reported::of(&set), Reported::Earlier, "a spec change");
+        // Only a restore's status waits for the Deployments' controller.
+        assert!(Reported::Current.keeps_generation());
+        assert!(!Reported::Nothing.keeps_generation() && !Reported::Earlier.keeps_generation());
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct ShardConfig {
     pub renew_deadline: Duration,
     /// How often Leases are read, renewed and acquired. Default 2 s (client-go's).
     pub retry_period: Duration,
+    /// Whether the replica caches the children of the shards a failure would bring it
+    /// (warm standby), so that a takeover lists nothing. Off, it holds only its own shards'
+    /// children and a takeover lists the shard first. Default on.
+    pub warm_standby: bool,
 }
 
 impl Default for ShardConfig {
@@ -37,6 +41,7 @@ impl Default for ShardConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            warm_standby: true,
         }
     }
 }
@@ -121,6 +126,7 @@ mod tests {
             lease_duration: Duration::from_secs(lease),
             renew_deadline: Duration::from_secs(deadline),
             retry_period: Duration::from_secs(retry),
+            ..ShardConfig::default()
         }
     }
 

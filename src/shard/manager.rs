@@ -295,8 +295,8 @@ impl ShardManager {
         self.metrics.held(&self.gate.held());
         let view = View::read(&self.leases, &self.config);
         let warm = match view.waiting_for {
-            Some(_) => Vec::new(),
-            None => standby(&view.members, &loads, &view.holders, &me),
+            None if self.config.warm_standby => standby(&view.members, &loads, &view.holders, &me),
+            _ => Vec::new(),
         };
         self.gate.set_standby(warm);
     }
