@@ -3,6 +3,9 @@ python3 loadtest/tables.py loadtest/results/latest.json"""
 import json,sys
 d=json.load(open(sys.argv[1]))
 p=d['parameters']; cs=d['cold_start']; li=d['limit']
+def f3(x):
+    # A latency no update reached (NaN in the run, null in the JSON) reads "none".
+    return 'none' if x is None else f"{x:.3f}"
 def lat(x, extra=''):
     return f"{x['updates']} updates: p50 {x['p50_seconds']:.3f} s, p95 {x['p95_seconds']:.3f} s, p99 {x['p99_seconds']:.3f} s, max {x['max_seconds']:.3f} s; {len(x['not_applied'])} not applied{extra}"
 date=d['date'][:19].replace('T',' ')
@@ -46,7 +49,7 @@ if cl:
         print(f"| churn {r['rate_per_second']:.0f}/s: operator against plain client | p99 {r['operator_p99_seconds']:.3f} s against {r['plain_p99_seconds']:.3f} s (p50 {r['operator_p50_seconds']:.3f} against {r['plain_p50_seconds']:.3f} s); control plane CPU {r['operator_control_plane_cpu_seconds']:.0f} against {r['plain_control_plane_cpu_seconds']:.0f} s{ops(r)}{gcs(i)} |")
         if 'operator_status_observed_p99_seconds' in r:
             o=cl['operator'][i]
-            print(f"| churn {r['rate_per_second']:.0f}/s: the set's status (operator) | observedGeneration p50 {r['operator_status_observed_p50_seconds']:.3f} s, p99 {r['operator_status_observed_p99_seconds']:.3f} s, max {o['status_observed']['max_seconds']:.3f} s; Ready p50 {r['operator_status_ready_p50_seconds']:.3f} s, p99 {r['operator_status_ready_p99_seconds']:.3f} s, max {o['status_ready']['max_seconds']:.3f} s; {r['operator_status_writes_per_update']:.2f} status writes per update{busy(o)} |")
+            print(f"| churn {r['rate_per_second']:.0f}/s: the set's status (operator) | observedGeneration p50 {f3(r['operator_status_observed_p50_seconds'])} s, p99 {f3(r['operator_status_observed_p99_seconds'])} s, max {f3(o['status_observed']['max_seconds'])} s; Ready ({o['status_ready']['updates']} updates) p50 {f3(r['operator_status_ready_p50_seconds'])} s, p99 {f3(r['operator_status_ready_p99_seconds'])} s, max {f3(o['status_ready']['max_seconds'])} s, {o['sets_not_ready_within_60s']} not Ready within 60 s; {r['operator_status_writes_per_update']:.2f} status writes per update{busy(o)} |")
     print(f"| highest churn rate with p99 <= 1 s | operator {cl['operator_highest_rate_within_p99_1s']:.0f}/s, plain client {cl['plain_highest_rate_within_p99_1s']:.0f}/s (of those measured) |")
 f=d['failover']
 fg = '' if f.get('apiserver_gc_cycles') is None else f"; API server GC cycles {f['apiserver_gc_cycles']:.0f}"
