@@ -338,6 +338,15 @@ async fn main_cluster(
     tracker
         .wait_converged(args.sets, cluster::is_tenant, args.timeout())
         .await?;
+    // Nothing may change while idle is measured: every set Ready, so that no controller is
+    // still rolling out (in the full profile they run minutes behind a cold start's pods, and
+    // each of their reports moves a set's status).
+    let waited = Instant::now();
+    tracker
+        .wait_ready(args.sets, cluster::is_tenant, args.timeout())
+        .await?;
+    eprintln!("loadtest: every set Ready after {:?}", waited.elapsed());
+    cluster.wait_quiet(Duration::from_secs(300)).await;
 
     // 3. Idle.
     let idle_before = cluster::write_requests(&client).await?;

@@ -396,6 +396,34 @@ impl Tracker {
         })
     }
 
+    /// Waits until `sets` sets (of the namespaces `in_ns` accepts) report `Ready=True` for
+    /// their generation: with real controllers, until their rollouts are done.
+    pub async fn wait_ready(
+        &self,
+        sets: usize,
+        in_ns: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let ready = self
+                .lock()
+                .sets
+                .iter()
+                .filter(|(k, seen)| {
+                    in_ns(k.split('/').next().unwrap_or("")) && seen.ready == Some(seen.generation)
+                })
+                .count();
+            if ready >= sets {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!("not ready after {timeout:?}: {ready}/{sets} sets");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits until `sets` sets (of the namespaces `in_ns` accepts) are converged and nothing
     /// is pending; samples the curve every 250 ms.
     pub async fn wait_converged(
