@@ -276,8 +276,8 @@ pub async fn reconcile(ctx: &Context, key: &SetKey) -> Result<Report, Error> {
     // status changes within moments (observedGeneration, updated replicas). A set that has
     // no status yet, or whose status already reports this generation (a restore), gets it
     // once, by a refresh STATUS_SETTLE from now, instead of now and again then: one status
-    // write per new set, which at thousands of sets is a sixth of all writes.
-    // The refresh writes a new set's first status whether or not the controller reported. A set whose
+    // write per new set, which at thousands of sets is a sixth of all writes. The refresh
+    // writes a new set's first status whether or not the controller reported. A set whose
     // status reports an earlier generation gets the new observedGeneration now (see
     // `write_status`), and Ready with the controller's report.
     if reported != Reported::Earlier
